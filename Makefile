@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make train` and `make test`.
+# Each creates .venv and installs the project into it when that has not been done yet.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# Extra trainer flags, e.g. `make train ARGS="--loss=nce --epochs=2"`.
+ARGS ?=
+DATA ?= builtin
+
+.PHONY: train test test-fast install clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+train: $(INSTALLED)
+	$(PY) -m trainers.train --data=$(DATA) $(ARGS)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -ra tests
+
+# Everything but the multi-process tests, for a quick local loop.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -ra -m 'not slow' tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,159 @@
+"""Candidate samplers: which negatives a sampled loss scores, and how often each was expected to be drawn.
+
+Every sampler returns `SampledCandidates(ids, true_expected_count, sampled_expected_count)`, the triple that
+TensorFlow's `tf.random.*_candidate_sampler` ops return, so the losses treat all of them alike:
+
+- `ids`                    [num_sampled] int64: the sampled item ids, shared by every row of the batch.
+- `true_expected_count`    [batch, num_true] float32: Q of each true item (how often the sampler would draw it).
+- `sampled_expected_count` [num_sampled] float32: Q of each sampled item.
+- `own_positive`           optional [batch, num_sampled] bool: sampled columns that are the row's own positive
+                           by construction (the diagonal of in-batch sampling). Losses always drop them: they
+                           are the positive, not a negative that happens to equal it.
+
+Corpus samplers wrap TensorFlow's ops (log-uniform, uniform, fixed unigram) so `unique` and `seed` mean
+exactly what they mean there. Ids must be ranked by frequency for `log_uniform` (id 0 = most frequent).
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+SAMPLERS = ("log_uniform", "uniform", "unigram", "in_batch", "mixed")
+
+
+class SampledCandidates(NamedTuple):
+    ids: tf.Tensor
+    true_expected_count: tf.Tensor
+    sampled_expected_count: tf.Tensor
+    own_positive: Optional[tf.Tensor] = None
+
+
+def log_uniform_probability(class_ids, range_max: int):
+    """P(class) = (log(class + 2) - log(class + 1)) / log(range_max + 1), elementwise (NumPy, float64)."""
+    class_ids = np.asarray(class_ids, dtype=np.float64)
+    return (np.log(class_ids + 2.0) - np.log(class_ids + 1.0)) / np.log(range_max + 1.0)
+
+
+def expected_count(probability, num_sampled: int, num_tries: int, unique: bool):
+    """Expected number of times a class of the given probability appears in one sample (NumPy).
+
+    With unique=False it is num_sampled * P. With unique=True, the sampler draws num_tries times (with
+    rejection) until it holds num_sampled distinct ids, and the count is -expm1(num_tries * log1p(-P)).
+    Like TensorFlow's range sampler, when no draw was rejected (num_tries == num_sampled) it uses the
+    num_sampled * P form: the LOSSES.md reference values are computed that way.
+    """
+    probability = np.asarray(probability, dtype=np.float64)
+    if not unique or num_tries == num_sampled:
+        return num_sampled * probability
+    return -np.expm1(num_tries * np.log1p(-probability))
+
+
+def _as_true_classes(true_ids):
+    """[batch] or [batch, num_true] ids -> [batch, num_true] int64, as TensorFlow's samplers take them."""
+    true_ids = tf.convert_to_tensor(true_ids)
+    if true_ids.shape.rank == 1:
+        true_ids = true_ids[:, tf.newaxis]
+    return tf.cast(true_ids, tf.int64)
+
+
+def log_uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True, seed: Optional[int] = None):
+    """Zipfian negatives over frequency-ranked ids [0, range_max). true_ids: [batch, num_true]."""
+    true_classes = _as_true_classes(true_ids)
+    return SampledCandidates(
+        *tf.random.log_uniform_candidate_sampler(
+            true_classes=true_classes,
+            num_true=true_classes.shape[1],
+            num_sampled=num_sampled,
+            unique=unique,
+            range_max=range_max,
+            seed=seed,
+        )
+    )
+
+
+def uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True, seed: Optional[int] = None):
+    """Uniform negatives over [0, range_max). true_ids: [batch, num_true]."""
+    true_classes = _as_true_classes(true_ids)
+    return SampledCandidates(
+        *tf.random.uniform_candidate_sampler(
+            true_classes=true_classes,
+            num_true=true_classes.shape[1],
+            num_sampled=num_sampled,
+            unique=unique,
+            range_max=range_max,
+            seed=seed,
+        )
+    )
+
+
+def unigram(
+    true_ids,
+    num_sampled: int,
+    item_counts: Sequence[float],
+    distortion: float = 0.75,
+    unique: bool = True,
+    seed: Optional[int] = None,
+):
+    """Negatives drawn in proportion to count ** distortion (word2vec's 0.75). item_counts: [num_items].
+
+    TensorFlow keeps the counts as an op attribute, so this suits corpora up to a few million items.
+    """
+    true_classes = _as_true_classes(true_ids)
+    counts = [float(count) for count in np.asarray(item_counts, dtype=np.float64)]
+    return SampledCandidates(
+        *tf.random.fixed_unigram_candidate_sampler(
+            true_classes=true_classes,
+            num_true=true_classes.shape[1],
+            num_sampled=num_sampled,
+            unique=unique,
+            range_max=len(counts),
+            distortion=distortion,
+            unigrams=counts,
+            seed=seed,
+        )
+    )
+
+
+def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None):
+    """The batch's own positives as negatives for every row (first true id of each row).
+
+    Q of an item is its expected count among the batch's positives: batch_size * item_probability[id] when the
+    corpus frequency is given ([num_items] float), otherwise its count in this batch. Row i's own column
+    (the diagonal) is marked `own_positive`.
+    """
+    true_classes = _as_true_classes(true_ids)
+    ids = true_classes[:, 0]
+    batch_size = tf.shape(ids)[0]
+    if item_probability is not None:
+        probability = tf.cast(item_probability, tf.float32)
+        scale = tf.cast(batch_size, tf.float32)
+        sampled_expected = tf.gather(probability, ids) * scale
+        true_expected = tf.gather(probability, true_classes) * scale
+    else:
+        same = tf.cast(tf.equal(ids[:, tf.newaxis], ids[tf.newaxis, :]), tf.float32)  # [batch, batch]
+        sampled_expected = tf.reduce_sum(same, axis=0)
+        true_same = tf.equal(true_classes[:, :, tf.newaxis], ids[tf.newaxis, tf.newaxis, :])
+        true_expected = tf.maximum(tf.reduce_sum(tf.cast(true_same, tf.float32), axis=-1), 1.0)
+    own_positive = tf.eye(batch_size, dtype=tf.bool)
+    return SampledCandidates(ids, true_expected, sampled_expected, own_positive)
+
+
+def mixed(in_batch_candidates: SampledCandidates, corpus_candidates: SampledCandidates):
+    """In-batch negatives followed by corpus-sampled ones; each keeps the Q of the sampler that drew it.
+
+    The two sources are treated as independent samples: a true item's Q is the sum of its Q under each.
+    """
+    batch_size = tf.shape(in_batch_candidates.ids)[0]
+    num_corpus = tf.shape(corpus_candidates.ids)[0]
+    own_positive = tf.concat(
+        [in_batch_candidates.own_positive, tf.zeros([batch_size, num_corpus], dtype=tf.bool)], axis=1
+    )
+    return SampledCandidates(
+        ids=tf.concat([in_batch_candidates.ids, corpus_candidates.ids], axis=0),
+        true_expected_count=in_batch_candidates.true_expected_count + corpus_candidates.true_expected_count,
+        sampled_expected_count=tf.concat(
+            [in_batch_candidates.sampled_expected_count, corpus_candidates.sampled_expected_count], axis=0
+        ),
+        own_positive=own_positive,
+    )

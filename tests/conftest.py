@@ -1,0 +1,24 @@
+"""Shared test set-up: `retrieval` first (TF_USE_LEGACY_KERAS), quiet TensorFlow, helpers to run the CLI."""
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import retrieval  # noqa: E402,F401
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, timeout=600, env=None):
+    """Runs `python -m module args` from the repository root; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )

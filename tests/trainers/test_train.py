@@ -1,0 +1,86 @@
+"""The trainer as a user runs it: `python -m trainers.train` in a fresh process, real files and event logs."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_module
+from tests.tensorboard_events import read_scalars
+
+TINY = [
+    "--num_items=2000",
+    "--num_users=1000",
+    "--num_interactions=40000",
+    "--batch_size=256",
+    "--num_sampled=200",
+    "--epochs=3",
+    "--log_every_steps=10",
+    "--seed=7",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    model_dir = root / "model"
+    result = run_module("trainers.train", f"--model_dir={model_dir}", f"--cache_dir={root / 'cache'}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_training_lowers_loss_and_beats_popularity(trained_run):
+    model_dir, result = trained_run
+    losses = read_scalars(str(model_dir / "tensorboard" / "train"))["batch_loss"]
+    first, last = losses[0][1], losses[-1][1]
+    assert last < 0.8 * first, f"loss went from {first} to {last}"
+    final = json.loads((model_dir / "metrics.json").read_text())
+    assert final["model"]["recall_at_100"] > 1.5 * final["most_popular"]["recall_at_100"]
+    assert "recall@100" in result.stdout and "most-popular" in result.stdout
+
+
+def test_tensorboard_shows_loss_and_recall_curves(trained_run):
+    model_dir, _ = trained_run
+    train_scalars = read_scalars(str(model_dir / "tensorboard" / "train"))
+    assert len(train_scalars["batch_loss"]) >= 10
+    assert "initial_loss" in train_scalars
+    eval_scalars = read_scalars(str(model_dir / "tensorboard" / "eval"))
+    for k in (10, 50, 100):
+        recall = eval_scalars[f"recall_at_{k}"]
+        assert len(recall) == 3, "one point per epoch"
+    assert eval_scalars["recall_at_100"][-1][1] > eval_scalars["recall_at_100"][0][1] * 0.9
+
+
+def test_config_and_checkpoints_are_written(trained_run):
+    model_dir, _ = trained_run
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["loss"] == "sampled_softmax" and config["num_sampled"] == 200 and config["subtract_log_q"] is True
+    assert any(name.startswith("ckpt-") for name in os.listdir(model_dir / "checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--loss=foo", "--loss"),
+        ("--num_sampled=0", "--num_sampled"),
+        ("--batch_size=-1", "--batch_size"),
+        ("--label_smoothing=1.5", "--label_smoothing"),
+        ("--num_sampled=5000", "num_sampled"),  # >= corpus size with unique sampling
+    ],
+)
+def test_bad_flags_stop_before_training_with_the_flag_named(tmp_path, flag, expected):
+    result = run_module(
+        "trainers.train", f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TINY, flag
+    )
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+def test_model_dir_that_is_a_file_is_refused(tmp_path):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("keep me")
+    result = run_module("trainers.train", f"--model_dir={not_a_dir}", *TINY)
+    assert result.returncode != 0 and "--model_dir" in result.stderr and "Traceback" not in result.stderr
+    assert not_a_dir.read_text() == "keep me"

@@ -1,0 +1,271 @@
+"""Trains a two-tower retrieval model: `python -m trainers.train --flags`.
+
+Reads flags, prepares (or loads) the corpus, builds the towers and the loss, trains with Keras fit, evaluates
+exact full-corpus recall@K on held-out interactions after every epoch, and writes to --model_dir:
+  config.json           every flag of the run (the math-changing ones included), to reproduce and compare
+  checkpoints/          tf.train.CheckpointManager checkpoints (the newest is restored when the run restarts)
+  tensorboard/train     per-step loss (Keras TensorBoard callback)
+  tensorboard/eval      held-out recall@K / NDCG@K / MRR per epoch
+  metrics.json          final held-out metrics of the model and of the most-popular baseline
+"""
+
+import datetime
+import json
+import math
+import os
+import sys
+
+from absl import app, flags, logging
+
+import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from retrieval import losses, samplers
+from retrieval.task import LossConfig
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_string("data", "builtin", "'builtin' for the synthetic corpus, or a prepared corpus directory.")
+flags.DEFINE_string(
+    "cache_dir",
+    os.path.join(os.path.expanduser("~"), ".cache", "retrieval-trainer"),
+    "Where the built-in corpus is cached.",
+)
+flags.DEFINE_integer("num_items", 100_000, "Built-in corpus: number of items.", lower_bound=2)
+flags.DEFINE_integer("num_users", 20_000, "Built-in corpus: number of users.", lower_bound=1)
+flags.DEFINE_integer("num_interactions", 1_000_000, "Built-in corpus: number of interactions.", lower_bound=1)
+# Model.
+flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both towers.", lower_bound=1)
+flags.DEFINE_list("hidden_dims", [], "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only).")
+flags.DEFINE_bool("normalize", False, "L2-normalise tower outputs (use with --temperature below 1).")
+# Optimisation.
+flags.DEFINE_integer("batch_size", 1024, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 3, "Passes over the training interactions.", lower_bound=1)
+flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: one full pass).", lower_bound=0)
+flags.DEFINE_float("learning_rate", 0.005, "Learning rate.", lower_bound=0.0)
+flags.DEFINE_enum(
+    "optimizer",
+    "lazy_adam",
+    ["lazy_adam", "adam", "adagrad", "sgd"],
+    "Optimizer. lazy_adam updates only the embedding rows a step touches (retrieval.optimizers.LazyAdam).",
+)
+# Loss.
+flags.DEFINE_enum("loss", "sampled_softmax", list(losses.LOSSES), "Training loss.")
+flags.DEFINE_enum("sampler", "log_uniform", list(samplers.SAMPLERS), "Negative sampler for sampled losses.")
+flags.DEFINE_integer("num_sampled", 1000, "Negatives sampled per step (shared by the batch).", lower_bound=1)
+flags.DEFINE_integer("num_true", 1, "Positives per row.", lower_bound=1)
+flags.DEFINE_bool("unique", True, "Sample negatives without replacement.")
+flags.DEFINE_bool("subtract_log_q", True, "Subtract log expected count from candidate logits.")
+flags.DEFINE_bool("remove_accidental_hits", True, "Mask sampled negatives equal to a true item of the row.")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing epsilon in [0, 1).")
+flags.DEFINE_float("temperature", 1.0, "Scores are divided by this before the loss.")
+flags.DEFINE_float("focal_gamma", 0.0, "Focal-loss gamma for --loss=nce (0: plain cross entropy).", lower_bound=0.0)
+flags.DEFINE_float("nce_positive_weight", 1.0, "Weight of the positive term for --loss=nce.")
+flags.DEFINE_float("hinge_margin", 1.0, "Margin for --loss=pairwise_hinge.")
+# Run.
+flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
+flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
+flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
+flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0)
+
+flags.register_validator(
+    "model_dir",
+    lambda value: not (value and os.path.exists(value) and not os.path.isdir(value)),
+    message="--model_dir names an existing file; expected a directory (existing or new).",
+)
+flags.register_validator(
+    "label_smoothing", lambda value: 0.0 <= value < 1.0, message="--label_smoothing must be in [0, 1)."
+)
+flags.register_validator("temperature", lambda value: value > 0.0, message="--temperature must be > 0.")
+
+
+def _positive_ints(name, values):
+    try:
+        parsed = [int(value) for value in values]
+    except ValueError:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected comma-separated positive integers") from None
+    if not parsed or min(parsed) < 1:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected comma-separated positive integers")
+    return parsed
+
+
+def loss_config_from_flags() -> LossConfig:
+    return LossConfig(
+        loss=FLAGS.loss,
+        sampler=FLAGS.sampler,
+        num_sampled=FLAGS.num_sampled,
+        num_true=FLAGS.num_true,
+        unique=FLAGS.unique,
+        subtract_log_q=FLAGS.subtract_log_q,
+        remove_accidental_hits=FLAGS.remove_accidental_hits,
+        label_smoothing=FLAGS.label_smoothing,
+        temperature=FLAGS.temperature,
+        focal_gamma=FLAGS.focal_gamma,
+        nce_positive_weight=FLAGS.nce_positive_weight,
+        hinge_margin=FLAGS.hinge_margin,
+        seed=FLAGS.seed,
+    )
+
+
+def _load_corpus():
+    from data import builtin, synthetic
+    from data.corpus import CorpusError, PreparedCorpus
+
+    if FLAGS.data == "builtin":
+        config = synthetic.SyntheticConfig(
+            num_items=FLAGS.num_items,
+            num_users=FLAGS.num_users,
+            num_interactions=FLAGS.num_interactions,
+            seed=FLAGS.seed,
+        )
+        try:
+            config.validate()
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+        return builtin.prepare(config, FLAGS.cache_dir)
+    try:
+        return PreparedCorpus.load(FLAGS.data)
+    except CorpusError as error:
+        raise app.UsageError(f"--data={FLAGS.data}: {error}") from None
+
+
+def _make_optimizer(tf):
+    from retrieval.optimizers import LazyAdam
+
+    if FLAGS.optimizer == "lazy_adam":
+        return LazyAdam(FLAGS.learning_rate)
+    if FLAGS.optimizer == "adam":
+        return tf.keras.optimizers.Adam(FLAGS.learning_rate)
+    if FLAGS.optimizer == "sgd":
+        return tf.keras.optimizers.SGD(FLAGS.learning_rate)
+    return tf.keras.optimizers.Adagrad(FLAGS.learning_rate)
+
+
+def _flag_values():
+    """The trainer's flags (not absl's own) as a JSON-ready dict."""
+    module_flags = FLAGS.get_flags_for_module(sys.modules[__name__]) or FLAGS.get_flags_for_module("__main__")
+    return {flag.name: flag.value for flag in module_flags}
+
+
+def _initial_loss_check(tf, model, first_batch, loss_config, writer):
+    """Compares a fresh model's first loss with ln(candidate count) (LOSSES.md) and logs both to TensorBoard."""
+    initial_loss = float(model.compute_loss(first_batch))
+    expected = loss_config.expected_initial_loss()
+    with writer.as_default(step=0):
+        tf.summary.scalar("initial_loss", initial_loss)
+        if expected is not None:
+            tf.summary.scalar("initial_loss_expected", expected)
+    if expected is None:
+        logging.info("step-0 loss %.4f", initial_loss)
+        return
+    correction = " (log-Q correction shifts it)" if loss_config.subtract_log_q else ""
+    logging.info("step-0 loss %.4f; ln(candidate count) = %.4f%s", initial_loss, expected, correction)
+    if not loss_config.subtract_log_q and abs(initial_loss - expected) > 0.25 * expected:
+        logging.warning(
+            "step-0 loss %.4f is far from ln(%d) = %.4f: a freshly initialised model should score candidates "
+            "nearly alike. Likely causes: embeddings initialised too large, a temperature far below 1, or "
+            "labels that do not match the candidates.",
+            initial_loss,
+            loss_config.num_true + loss_config.num_sampled,
+            expected,
+        )
+
+
+def train(model_dir: str):
+    """Runs the whole job and returns (model metrics, popularity metrics) on held-out data."""
+    import tensorflow as tf
+
+    from data import pipeline
+    from retrieval.model import TwoTowerModel
+    from retrieval.task import RetrievalLoss
+    from retrieval.towers import Tower
+    from trainers import callbacks, evaluation
+
+    eval_ks = _positive_ints("eval_top_k", FLAGS.eval_top_k)
+    hidden_dims = _positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else []
+    loss_config = loss_config_from_flags()
+    corpus = _load_corpus()
+    try:
+        loss_config.validate(corpus.num_items)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from None
+    if max(eval_ks) > corpus.num_items:
+        raise app.UsageError(f"--eval_top_k={max(eval_ks)} exceeds the corpus size {corpus.num_items}")
+    if FLAGS.num_true != 1:
+        raise app.UsageError("--num_true > 1 needs rows with several positives; the interaction files hold one")
+
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.json"), "w") as file:
+        json.dump({**_flag_values(), "model_dir": model_dir, "corpus": corpus.description}, file, indent=2)
+
+    tf.keras.utils.set_random_seed(FLAGS.seed)
+    query_tower = Tower(corpus.num_users, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize, name="query_tower")
+    item_tower = Tower(corpus.num_items, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize, name="item_tower")
+    model = TwoTowerModel(query_tower, item_tower, RetrievalLoss(loss_config, corpus.num_items, corpus.item_counts))
+    model.compile(optimizer=_make_optimizer(tf))
+
+    # One endless, reshuffled stream cut into epochs of steps_per_epoch: Keras keeps the iterator across epochs.
+    dataset = pipeline.training_dataset(corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed, repeat=True)
+    steps_per_epoch = corpus.num_train // FLAGS.batch_size
+    if steps_per_epoch == 0:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} exceeds the {corpus.num_train} training interactions")
+    if FLAGS.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, FLAGS.steps_per_epoch)
+
+    tensorboard_dir = os.path.join(model_dir, "tensorboard")
+    train_writer = tf.summary.create_file_writer(os.path.join(tensorboard_dir, "train"))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=3)
+    first_batch = next(iter(dataset))
+    if manager.latest_checkpoint:
+        model(first_batch)  # create variables before restoring into them
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("restored %s (step %d)", manager.latest_checkpoint, int(model.optimizer.iterations.numpy()))
+    else:
+        _initial_loss_check(tf, model, first_batch, loss_config, train_writer)
+    train_writer.flush()
+    initial_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
+
+    held_out = evaluation.load_held_out(corpus)
+    evaluation_callback = callbacks.EvaluationCallback(held_out, eval_ks, os.path.join(tensorboard_dir, "eval"))
+    model.fit(
+        dataset,
+        epochs=FLAGS.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[
+            tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=0),
+            callbacks.NanGuard(),
+            callbacks.CheckpointCallback(manager, FLAGS.checkpoint_every_steps),
+            evaluation_callback,
+        ],
+    )
+    model_metrics = evaluation_callback.last_metrics or evaluation.evaluate(model, held_out, eval_ks)
+    baseline_metrics = evaluation.popularity_baseline(corpus.item_counts, held_out, eval_ks)
+    return model_metrics, baseline_metrics, eval_ks
+
+
+def report(model_metrics, baseline_metrics, eval_ks) -> str:
+    lines = [f"{'held-out metric':<16}{'model':>10}{'most-popular':>14}{'ratio':>8}"]
+    for k in eval_ks:
+        name = f"recall_at_{k}"
+        model_value, baseline_value = model_metrics[name], baseline_metrics[name]
+        ratio = model_value / baseline_value if baseline_value else math.inf
+        lines.append(f"{f'recall@{k}':<16}{model_value:>10.4f}{baseline_value:>14.4f}{ratio:>7.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    model_dir = FLAGS.model_dir or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
+    model_metrics, baseline_metrics, eval_ks = train(model_dir)
+    with open(os.path.join(model_dir, "metrics.json"), "w") as file:
+        json.dump({"model": model_metrics, "most_popular": baseline_metrics}, file, indent=2)
+    print(report(model_metrics, baseline_metrics, eval_ks), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -176,10 +176,7 @@ def train(model_dir: str):
     import tensorflow as tf
 
     from data import pipeline
-    from retrieval.model import TwoTowerModel
-    from retrieval.task import RetrievalLoss
-    from retrieval.towers import Tower
-    from trainers import callbacks, evaluation
+    from trainers import callbacks, evaluation, model_builder
 
     eval_ks = _positive_ints("eval_top_k", FLAGS.eval_top_k)
     hidden_dims = _positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else []
@@ -199,9 +196,7 @@ def train(model_dir: str):
         json.dump({**_flag_values(), "model_dir": model_dir, "corpus": corpus.description}, file, indent=2)
 
     tf.keras.utils.set_random_seed(FLAGS.seed)
-    query_tower = Tower(corpus.num_users, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize, name="query_tower")
-    item_tower = Tower(corpus.num_items, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize, name="item_tower")
-    model = TwoTowerModel(query_tower, item_tower, RetrievalLoss(loss_config, corpus.num_items, corpus.item_counts))
+    model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
     model.compile(optimizer=_make_optimizer(tf))
 
     # One endless, reshuffled stream cut into epochs of steps_per_epoch: Keras keeps the iterator across epochs.

@@ -84,3 +84,34 @@ def test_model_dir_that_is_a_file_is_refused(tmp_path):
     result = run_module("trainers.train", f"--model_dir={not_a_dir}", *TINY)
     assert result.returncode != 0 and "--model_dir" in result.stderr and "Traceback" not in result.stderr
     assert not_a_dir.read_text() == "keep me"
+
+
+def test_step_zero_check_warns_on_a_bad_start_and_not_on_a_good_one(tmp_path, trained_run):
+    _, good = trained_run
+    assert "step-0 loss" in good.stderr and "far from" not in good.stderr
+    result = run_module(
+        "trainers.train",
+        f"--model_dir={tmp_path / 'model'}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        "--temperature=0.002",  # scores divided by 0.002: a fresh model no longer scores candidates alike
+        "--epochs=1",
+        "--steps_per_epoch=2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "far from" in result.stderr and "--temperature" in result.stderr
+
+
+def test_several_positives_per_row(tmp_path):
+    result = run_module(
+        "trainers.train",
+        f"--model_dir={tmp_path / 'model'}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        "--num_true=3",
+        "--epochs=1",
+        "--steps_per_epoch=5",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["num_true"] == 3
+    assert "ln(candidate count) = 5.3132" in result.stderr  # ln(3 + 200)

@@ -33,3 +33,22 @@ class TwoTowerModel(tfrs.Model):
 
     def compute_loss(self, features, training=False):
         return tf.nn.compute_average_loss(self.per_example_loss(features, training=training))
+
+    def train_step(self, features):
+        """tfrs.Model.train_step, plus the sampler diagnostics, and loss scaling under mixed precision.
+
+        Deliberately differs from tfrs.Model.train_step, which calls apply_gradients on unscaled gradients:
+        `optimizer.minimize(tape=...)` lets a LossScaleOptimizer (mixed_float16) scale the loss and unscale
+        the gradients. Diagnostics are divided by the replica count so that their sum over replicas (see
+        distribute_reduction_method) is the mean per replica.
+        """
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(features, training=True)
+            regularization_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
+            total_loss = loss + regularization_loss
+        self.optimizer.minimize(total_loss, self.trainable_variables, tape=tape)
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        outputs = {"loss": loss}
+        for name, value in self.retrieval_loss.last_diagnostics.items():
+            outputs[name] = value / num_replicas
+        return outputs

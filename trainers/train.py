@@ -67,6 +67,9 @@ flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
 flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0)
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
+flags.DEFINE_list("profile_steps", [], "START,END steps to trace with the TensorBoard profiler (empty: off).")
+flags.DEFINE_integer("projector_items", 10_000, "Most frequent items shown in the embedding projector.", lower_bound=0)
 
 flags.register_validator(
     "model_dir",
@@ -183,10 +186,16 @@ def train(model_dir: str):
     import tensorflow as tf
 
     from data import pipeline
-    from trainers import callbacks, evaluation, model_builder
+    from trainers import callbacks, evaluation, model_builder, summaries
 
     eval_ks = _positive_ints("eval_top_k", FLAGS.eval_top_k)
     hidden_dims = _positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else []
+    profile_batch = 0
+    if FLAGS.profile_steps:
+        profile_range = _positive_ints("profile_steps", FLAGS.profile_steps)
+        if len(profile_range) != 2 or profile_range[0] > profile_range[1]:
+            raise app.UsageError(f"--profile_steps={','.join(FLAGS.profile_steps)}: expected START,END with START <= END")
+        profile_batch = tuple(profile_range)
     loss_config = loss_config_from_flags()
     corpus = _load_corpus()
     try:
@@ -201,6 +210,8 @@ def train(model_dir: str):
         json.dump({**_flag_values(), "model_dir": model_dir, "corpus": corpus.description}, file, indent=2)
 
     tf.keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
     model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
     model.compile(optimizer=_make_optimizer(tf))
 
@@ -225,6 +236,7 @@ def train(model_dir: str):
         logging.info("restored %s (step %d)", manager.latest_checkpoint, int(model.optimizer.iterations.numpy()))
     else:
         _initial_loss_check(tf, model, first_batch, loss_config, train_writer)
+    summaries.write_hparams(tensorboard_dir, {**_flag_values(), "model_dir": model_dir})
     train_writer.flush()
     initial_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
 
@@ -237,13 +249,20 @@ def train(model_dir: str):
         steps_per_epoch=steps_per_epoch,
         verbose=1 if sys.stdout.isatty() else 2,
         callbacks=[
-            tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=0),
+            tf.keras.callbacks.TensorBoard(
+                tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch
+            ),
+            summaries.ThroughputCallback(train_writer, FLAGS.batch_size * FLAGS.num_true, FLAGS.log_every_steps),
             callbacks.NanGuard(),
             callbacks.CheckpointCallback(manager, FLAGS.checkpoint_every_steps),
             evaluation_callback,
         ],
     )
     model_metrics = evaluation_callback.last_metrics or evaluation.evaluate(model, held_out, eval_ks)
+    if FLAGS.projector_items:
+        num_shown = min(FLAGS.projector_items, corpus.num_items)
+        top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
+        summaries.write_projector(os.path.join(tensorboard_dir, "projector"), top_items, corpus.item_counts)
     baseline_metrics = evaluation.popularity_baseline(corpus.item_counts, held_out, eval_ks)
     return model_metrics, baseline_metrics, eval_ks
 

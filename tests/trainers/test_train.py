@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.conftest import run_module
-from tests.tensorboard_events import read_scalars
+from tests.tensorboard_events import hparams_of, read_scalars
 
 TINY = [
     "--num_items=2000",
@@ -96,10 +96,13 @@ def test_step_zero_check_warns_on_a_bad_start_and_not_on_a_good_one(tmp_path, tr
         *TINY,
         "--temperature=0.002",  # scores divided by 0.002: a fresh model no longer scores candidates alike
         "--epochs=1",
-        "--steps_per_epoch=2",
+        "--steps_per_epoch=4",
+        "--profile_steps=2,3",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "far from" in result.stderr and "--temperature" in result.stderr
+    traces = list((tmp_path / "model" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces, "--profile_steps writes a profiler trace"
 
 
 def test_several_positives_per_row(tmp_path):
@@ -115,3 +118,41 @@ def test_several_positives_per_row(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "model" / "config.json").read_text())["num_true"] == 3
     assert "ln(candidate count) = 5.3132" in result.stderr  # ln(3 + 200)
+
+
+def test_tensorboard_has_throughput_diagnostics_hparams_and_projector(trained_run):
+    model_dir, _ = trained_run
+    train_scalars = read_scalars(str(model_dir / "tensorboard" / "train"))
+    for tag in (
+        "batch_loss",
+        "examples_per_second",
+        "step_time_ms",
+        "learning_rate",
+        "batch_accidental_hits_removed",
+        "batch_mean_log_q_negatives",
+        "batch_distinct_negatives",
+    ):
+        assert tag in train_scalars, f"missing {tag}: {sorted(train_scalars)}"
+    assert all(value > 0 for _, value in train_scalars["examples_per_second"])
+    assert all(value == pytest.approx(0.005) for _, value in train_scalars["learning_rate"])
+    # 200 unique log-uniform negatives per step, and their log Q is below log(1) on a 2000-item corpus.
+    assert all(value == 200 for _, value in train_scalars["batch_distinct_negatives"])
+    assert all(value < 0 for _, value in train_scalars["batch_mean_log_q_negatives"])
+    hparams = hparams_of(str(model_dir / "tensorboard"))
+    assert hparams["loss"] == "sampled_softmax" and hparams["num_sampled"] == 200
+    assert hparams["subtract_log_q"] is True and hparams["remove_accidental_hits"] is True
+    projector_dir = model_dir / "tensorboard" / "projector"
+    metadata = (projector_dir / "metadata.tsv").read_text().splitlines()
+    assert metadata[0] == "item_id\tkey\tcount" and len(metadata) == 1 + 2000
+    assert "metadata.tsv" in (projector_dir / "projector_config.pbtxt").read_text()
+
+
+def test_mixed_precision_trains(tmp_path):
+    """mixed_float16 towers on the CPU: the loss-scaled step must still learn (unscaled gradients would not)."""
+    result = run_module(
+        "trainers.train", f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TINY,
+        "--mixed_precision", "--epochs=2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert final["model"]["recall_at_100"] > 1.3 * final["most_popular"]["recall_at_100"]

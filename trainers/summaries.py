@@ -1,0 +1,78 @@
+"""What the trainer shows in TensorBoard beyond Keras' own scalars: throughput, learning rate, hparams and the
+embedding projector."""
+
+import os
+import time
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins import projector
+from tensorboard.plugins.hparams import api as hparams_api
+
+
+class ThroughputCallback(tf.keras.callbacks.Callback):
+    """Every `every_steps` steps: examples_per_second, step_time_ms and learning_rate (tensorboard/train).
+
+    Times are wall-clock means over the last window of steps, measured from the host, so they include input
+    pipeline stalls: the figure a user would compute from the progress bar.
+    """
+
+    def __init__(self, writer, global_batch_size: int, every_steps: int):
+        super().__init__()
+        self.writer = writer
+        self.global_batch_size = global_batch_size
+        self.every_steps = every_steps
+        self.window_start = None
+        self.window_steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.window_start is None:
+            self.window_start = time.perf_counter()
+            self.window_steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.window_steps += 1
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every_steps:
+            return
+        seconds = (time.perf_counter() - self.window_start) / self.window_steps
+        learning_rate = self.model.optimizer.learning_rate
+        if callable(learning_rate):
+            learning_rate = learning_rate(self.model.optimizer.iterations)
+        with self.writer.as_default(step=step), tf.summary.record_if(True):
+            tf.summary.scalar("examples_per_second", self.global_batch_size / seconds)
+            tf.summary.scalar("step_time_ms", 1000.0 * seconds)
+            tf.summary.scalar("learning_rate", float(tf.keras.backend.get_value(learning_rate)))
+        self.window_start = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.window_start = None  # evaluation time is not step time
+
+
+def write_hparams(log_dir: str, hparams: Dict[str, object]) -> None:
+    """One hparams entry for the run (TensorBoard's HParams tab) so runs compare side by side."""
+    values = {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in hparams.items()}
+    with tf.summary.create_file_writer(log_dir).as_default():
+        hparams_api.hparams(values)
+
+
+def write_projector(log_dir: str, item_embeddings: np.ndarray, item_counts: np.ndarray, item_keys=None) -> None:
+    """The embedding projector of the given (most frequent) items, with key and count as metadata.
+
+    item_embeddings: [n, dim] for item ids 0..n-1 (ids are ranked by frequency, so these are the n most
+    frequent). Written as a checkpoint plus projector_config.pbtxt in log_dir.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, "metadata.tsv"), "w") as file:
+        file.write("item_id\tkey\tcount\n")
+        for item_id, count in enumerate(item_counts[: len(item_embeddings)]):
+            key = item_keys[item_id] if item_keys is not None else item_id
+            file.write(f"{item_id}\t{key}\t{int(count)}\n")
+    embedding = tf.Variable(item_embeddings, name="item_embedding")
+    tf.train.Checkpoint(embedding=embedding).save(os.path.join(log_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    entry = config.embeddings.add()
+    entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    entry.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(log_dir, config)

@@ -231,10 +231,17 @@ def nce(
     temperature: float = 1.0,
     focal_gamma: float = 0.0,
     positive_weight: float = 1.0,
+    log_partition: float = 0.0,
 ):
     """NCE [batch]: sigmoid cross entropy, positives -> 1 / num_true, sampled -> 0, summed per row.
 
-    Defaults follow tf.nn.nce_loss (remove_accidental_hits=False).
+    NCE scores are absolute (self-normalised): at the optimum, score - log_partition ~ log p(item | query). A
+    softmax only compares scores within a row, but a full-corpus ranking of NCE scores compares items that
+    training rarely touched (still at their initial score ~0) with trained ones (pushed to ~log p, far below 0),
+    and the untouched items win. Subtracting log_partition = ln(num_items) starts every item at the uniform
+    log-probability instead (Mnih & Teh 2012 start the biases there), which the trainer does by default; the
+    equivalent in tf.nn.nce_loss is biases of -log_partition. Defaults follow tf.nn.nce_loss
+    (remove_accidental_hits=False, log_partition=0).
     """
     logits = candidate_logits(
         query_embeddings,
@@ -245,7 +252,9 @@ def nce(
         remove_accidental_hits=remove_accidental_hits,
         temperature=temperature,
     )
-    return sigmoid_cross_entropy(logits, focal_gamma, positive_weight, label_smoothing)
+    return sigmoid_cross_entropy(
+        logits._replace(logits=logits.logits - log_partition), focal_gamma, positive_weight, label_smoothing
+    )
 
 
 def sampled_pairwise_hinge(

@@ -28,6 +28,7 @@ class LossConfig:
     temperature: float = 1.0
     focal_gamma: float = 0.0
     nce_positive_weight: float = 1.0
+    nce_log_partition: Optional[float] = None  # None: ln(num_items), see losses.nce
     hinge_margin: float = 1.0
     unigram_distortion: float = 0.75
     seed: Optional[int] = None
@@ -135,8 +136,14 @@ class RetrievalLoss(tf.keras.layers.Layer):
         )
         self.last_diagnostics = _diagnostics(logits, candidates, config.num_true)
         if config.loss == "nce":
+            log_partition = config.nce_log_partition
+            if log_partition is None:
+                log_partition = math.log(self.num_items)
             return losses.sigmoid_cross_entropy(
-                logits, config.focal_gamma, config.nce_positive_weight, config.label_smoothing
+                logits._replace(logits=logits.logits - log_partition),
+                config.focal_gamma,
+                config.nce_positive_weight,
+                config.label_smoothing,
             )
         if config.loss == "pairwise_hinge":
             return losses.pairwise_hinge(logits, config.hinge_margin)

@@ -62,6 +62,12 @@ flags.DEFINE_float("temperature", 1.0, "Scores are divided by this before the lo
 flags.DEFINE_float("focal_gamma", 0.0, "Focal-loss gamma for --loss=nce (0: plain cross entropy).", lower_bound=0.0)
 flags.DEFINE_float("nce_positive_weight", 1.0, "Weight of the positive term for --loss=nce.")
 flags.DEFINE_float("hinge_margin", 1.0, "Margin for --loss=pairwise_hinge.")
+flags.DEFINE_float(
+    "nce_log_partition",
+    None,
+    "Constant subtracted from NCE logits (default ln(num_items): untrained items start at the uniform "
+    "log-probability, so full-corpus rankings are not led by items training never touched). 0 is tf.nn.nce_loss.",
+)
 # Run.
 flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
@@ -105,6 +111,7 @@ def loss_config_from_flags() -> LossConfig:
         temperature=FLAGS.temperature,
         focal_gamma=FLAGS.focal_gamma,
         nce_positive_weight=FLAGS.nce_positive_weight,
+        nce_log_partition=FLAGS.nce_log_partition,
         hinge_margin=FLAGS.hinge_margin,
         seed=FLAGS.seed,
     )

@@ -283,3 +283,24 @@ def test_invalid_configurations_name_the_setting():
     with pytest.raises(ValueError, match="focal_gamma"):
         LossConfig(focal_gamma=2.0).validate(num_items=1000)
     LossConfig(num_sampled=100, unique=False).validate(num_items=100)  # with replacement it is allowed
+
+
+def test_nce_log_partition_equals_tf_nn_biases():
+    weights, queries, true_ids, candidates = _problem(1, seed=11)
+    log_partition = math.log(NUM_ITEMS)
+    ours = losses.nce(
+        queries, true_ids, lambda ids: tf.gather(weights, ids), candidates, log_partition=log_partition
+    )
+    reference = tf.nn.nce_loss(
+        weights,
+        tf.fill([NUM_ITEMS], -log_partition),
+        true_ids,
+        queries,
+        NUM_SAMPLED,
+        NUM_ITEMS,
+        sampled_values=(candidates.ids, candidates.true_expected_count, candidates.sampled_expected_count),
+    )
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
+    layer = RetrievalLoss(LossConfig(loss="nce", num_sampled=NUM_SAMPLED, remove_accidental_hits=False), NUM_ITEMS)
+    layer.sample = lambda ids: candidates
+    np.testing.assert_allclose(layer(queries, true_ids, lambda ids: tf.gather(weights, ids)).numpy(), ours.numpy(), rtol=1e-5)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.conftest import run_module
-from tests.tensorboard_events import hparams_of, read_scalars
+from trainers.event_reader import hparams_of, read_scalars
 
 TINY = [
     "--num_items=2000",

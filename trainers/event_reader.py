@@ -1,4 +1,4 @@
-"""Reads scalars back with TensorBoard's own event-file reader, as `tensorboard --logdir` would."""
+"""Reads a run's TensorBoard events back with TensorBoard's own reader, as `tensorboard --logdir` would."""
 
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util

@@ -24,19 +24,21 @@ class ThroughputCallback(tf.keras.callbacks.Callback):
         self.global_batch_size = global_batch_size
         self.every_steps = every_steps
         self.window_start = None
-        self.window_steps = 0
+        self.window_first_step = 0
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.window_start is None:
             self.window_start = time.perf_counter()
-            self.window_steps = 0
+            self.window_first_step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
-        self.window_steps += 1
+        # With steps_per_execution > 1 Keras calls this once per execution, so count real steps and log on
+        # crossing a multiple of every_steps rather than landing on one.
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps:
+        steps_done = step - self.window_first_step
+        if steps_done <= 0 or step // self.every_steps == self.window_first_step // self.every_steps:
             return
-        seconds = (time.perf_counter() - self.window_start) / self.window_steps
+        seconds = (time.perf_counter() - self.window_start) / steps_done
         learning_rate = self.model.optimizer.learning_rate
         if callable(learning_rate):
             learning_rate = learning_rate(self.model.optimizer.iterations)

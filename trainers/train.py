@@ -73,6 +73,13 @@ flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
 flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0)
+flags.DEFINE_integer(
+    "steps_per_execution",
+    1,
+    "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
+    "checkpoints, the NaN guard) then act every this many steps.",
+    lower_bound=1,
+)
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
 flags.DEFINE_list("profile_steps", [], "START,END steps to trace with the TensorBoard profiler (empty: off).")
 flags.DEFINE_integer("projector_items", 10_000, "Most frequent items shown in the embedding projector.", lower_bound=0)
@@ -220,7 +227,7 @@ def train(model_dir: str):
     if FLAGS.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
     model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
-    model.compile(optimizer=_make_optimizer(tf))
+    model.compile(optimizer=_make_optimizer(tf), steps_per_execution=FLAGS.steps_per_execution)
 
     # One endless, reshuffled stream cut into epochs of steps_per_epoch: Keras keeps the iterator across epochs.
     dataset = pipeline.training_dataset(

@@ -255,27 +255,3 @@ def nce(
     return sigmoid_cross_entropy(
         logits._replace(logits=logits.logits - log_partition), focal_gamma, positive_weight, label_smoothing
     )
-
-
-def sampled_pairwise_hinge(
-    query_embeddings,
-    true_ids,
-    item_tower: ItemTower,
-    candidates: SampledCandidates,
-    *,
-    margin: float = 1.0,
-    subtract_log_q: bool = False,
-    remove_accidental_hits: bool = True,
-    temperature: float = 1.0,
-):
-    """Pairwise hinge [batch] of each positive against each sampled negative (log-Q correction off by default)."""
-    logits = candidate_logits(
-        query_embeddings,
-        true_ids,
-        item_tower,
-        candidates,
-        subtract_log_q=subtract_log_q,
-        remove_accidental_hits=remove_accidental_hits,
-        temperature=temperature,
-    )
-    return pairwise_hinge(logits, margin)

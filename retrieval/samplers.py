@@ -57,11 +57,10 @@ def _as_true_classes(true_ids):
     return tf.cast(true_ids, tf.int64)
 
 
-def log_uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True, seed: Optional[int] = None):
-    """Zipfian negatives over frequency-ranked ids [0, range_max). true_ids: [batch, num_true]."""
+def _range_sampler(tf_sampler, true_ids, num_sampled, range_max, unique, seed):
     true_classes = _as_true_classes(true_ids)
     return SampledCandidates(
-        *tf.random.log_uniform_candidate_sampler(
+        *tf_sampler(
             true_classes=true_classes,
             num_true=true_classes.shape[1],
             num_sampled=num_sampled,
@@ -70,21 +69,16 @@ def log_uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True,
             seed=seed,
         )
     )
+
+
+def log_uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True, seed: Optional[int] = None):
+    """Zipfian negatives over frequency-ranked ids [0, range_max). true_ids: [batch, num_true]."""
+    return _range_sampler(tf.random.log_uniform_candidate_sampler, true_ids, num_sampled, range_max, unique, seed)
 
 
 def uniform(true_ids, num_sampled: int, range_max: int, unique: bool = True, seed: Optional[int] = None):
     """Uniform negatives over [0, range_max). true_ids: [batch, num_true]."""
-    true_classes = _as_true_classes(true_ids)
-    return SampledCandidates(
-        *tf.random.uniform_candidate_sampler(
-            true_classes=true_classes,
-            num_true=true_classes.shape[1],
-            num_sampled=num_sampled,
-            unique=unique,
-            range_max=range_max,
-            seed=seed,
-        )
-    )
+    return _range_sampler(tf.random.uniform_candidate_sampler, true_ids, num_sampled, range_max, unique, seed)
 
 
 def unigram(

@@ -76,11 +76,13 @@ def _measure_trainer(corpus, loss, steps):
     model = model_builder.build_model(corpus, config, FLAGS.embedding_dim)
     model.compile(optimizer=LazyAdam(0.005), steps_per_execution=FLAGS.steps_per_execution)
     dataset = pipeline.training_dataset(corpus.train_files, FLAGS.batch_size, seed=42, repeat=True)
-    log_dir = tempfile.mkdtemp(prefix="bench-tb-")
-    tensorboard = tf.keras.callbacks.TensorBoard(log_dir, update_freq=50, profile_batch=0)
     timer = _StepTimer(FLAGS.warmup_steps)
-    # One fit call: a second one would build a new iterator and refill the shuffle buffer inside the timing.
-    model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.warmup_steps + steps, verbose=0, callbacks=[tensorboard, timer])
+    with tempfile.TemporaryDirectory(prefix="bench-tb-") as log_dir:
+        tensorboard = tf.keras.callbacks.TensorBoard(log_dir, update_freq=50, profile_batch=0)
+        # One fit call: a second would build a new iterator and refill the shuffle buffer inside the timing.
+        model.fit(
+            dataset, epochs=1, steps_per_epoch=FLAGS.warmup_steps + steps, verbose=0, callbacks=[tensorboard, timer]
+        )
     return timer.seconds
 
 

@@ -41,11 +41,12 @@ ItemTower = Callable[[tf.Tensor], tf.Tensor]
 
 
 class CandidateLogits(NamedTuple):
-    """The pipeline's output, all [batch, num_true + num_sampled] float32 (valid: bool)."""
+    """The pipeline's output, all [batch, num_true + num_sampled] float32 (valid: bool); true items first."""
 
     logits: tf.Tensor
     labels: tf.Tensor
     valid: tf.Tensor
+    num_true: int = 1
 
 
 def _true_ids_2d(true_ids):
@@ -114,7 +115,7 @@ def candidate_logits(
         [tf.fill(tf.shape(true_logits), 1.0 / num_true), tf.zeros(tf.shape(sampled_logits), tf.float32)], axis=1
     )
     valid = tf.concat([tf.ones(tf.shape(true_logits), tf.bool), tf.logical_not(invalid_sampled)], axis=1)
-    return CandidateLogits(logits, labels, valid)
+    return CandidateLogits(logits, labels, valid, num_true)
 
 
 def smooth_labels(labels, valid, label_smoothing: float):
@@ -160,11 +161,14 @@ def sigmoid_cross_entropy(
 
 
 def pairwise_hinge(candidates: CandidateLogits, margin: float = 1.0):
-    """Per-example mean of max(0, margin + s(negative) - s(positive)) over valid (positive, negative) pairs."""
-    is_true = candidates.labels > 0
-    positives = tf.where(is_true, candidates.logits, 0.0)[:, :, tf.newaxis]  # [batch, candidates, 1]
-    negatives = candidates.logits[:, tf.newaxis, :]  # [batch, 1, candidates]
-    pair_valid = tf.logical_and(is_true[:, :, tf.newaxis], (candidates.valid & ~is_true)[:, tf.newaxis, :])
+    """Per-example mean of max(0, margin + s(negative) - s(positive)) over valid (positive, negative) pairs.
+
+    Pairs each of the num_true positive columns with each valid sampled column: [batch, num_true, num_sampled].
+    """
+    num_true = candidates.num_true
+    positives = candidates.logits[:, :num_true, tf.newaxis]  # [batch, num_true, 1]
+    negatives = candidates.logits[:, tf.newaxis, num_true:]  # [batch, 1, num_sampled]
+    pair_valid = tf.broadcast_to(candidates.valid[:, tf.newaxis, num_true:], tf.shape(positives - negatives))
     hinge = tf.where(pair_valid, tf.nn.relu(margin + negatives - positives), 0.0)
     num_pairs = tf.reduce_sum(tf.cast(pair_valid, tf.float32), axis=[1, 2])
     return tf.math.divide_no_nan(tf.reduce_sum(hinge, axis=[1, 2]), num_pairs)

@@ -49,6 +49,7 @@ flags.DEFINE_integer("num_sampled", 500, "Negatives per step for the sampled los
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 flags.DEFINE_integer("epochs", 8, "Evaluation points (epochs of --steps_per_epoch steps).")
 flags.DEFINE_integer("steps_per_epoch", 95, "Steps between evaluations.")
+flags.DEFINE_bool("reuse_runs", False, "Keep finished runs found in --work_dir (those with a metrics.json).")
 flags.DEFINE_list("only", [], "Run only the settings whose names contain one of these strings.")
 FLAGS = flags.FLAGS
 
@@ -68,15 +69,16 @@ def run_setting(name, extra_flags, model_dir, cache_dir):
         "--projector_items=0",
     ]
     started = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "trainers.train", *common, *extra_flags],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"setting {name!r} failed:\n{result.stderr[-3000:]}")
+    if not (FLAGS.reuse_runs and os.path.isfile(os.path.join(model_dir, "metrics.json"))):
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.train", *common, *extra_flags],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"setting {name!r} failed:\n{result.stderr[-3000:]}")
     final = json.load(open(os.path.join(model_dir, "metrics.json")))
     train_scalars = read_scalars(os.path.join(model_dir, "tensorboard", "train"))
     eval_scalars = read_scalars(os.path.join(model_dir, "tensorboard", "eval"))
@@ -115,7 +117,13 @@ def markdown(results, command):
             f"| {row['name']} | `{row['flags']}` | {row['recall_at_10']:.4f} | {row['recall_at_100']:.4f} | "
             f"{relative} | {row['final_loss']:.4f} | {row['examples_per_second']:,.0f} |"
         )
-    lines += ["", "Final losses are not comparable across losses (different candidate sets and heads).", ""]
+    lines += [
+        "",
+        "Final losses are not comparable across losses (different candidate sets and heads). examples/s are from",
+        "the runs' own TensorBoard scalars on a shared 2-core machine where other jobs came and went: read them as",
+        "rough; scripts/bench.py measures throughput side by side.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -126,9 +134,13 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(10, 6))
-    for row in results:
+    colors = plt.cm.tab20.colors  # 20 distinct colours: the default cycle repeats after 10
+    for index, row in enumerate(results):
         steps, values = zip(*row["curve"])
-        axes.plot(steps, values, marker="o", markersize=3, label=row["name"])
+        axes.plot(
+            steps, values, marker="o", markersize=3, label=row["name"], color=colors[index % len(colors)],
+            linestyle="-" if index % 2 == 0 else "--",
+        )
     axes.set_xlabel("training step")
     axes.set_ylabel("held-out recall@100")
     axes.set_title("Recall@100 vs step, same budget for every loss")

@@ -189,6 +189,9 @@ def full_softmax(query_embeddings, true_ids, item_embeddings, label_smoothing: f
     )
     if temperature != 1.0:
         logits /= temperature
+    if true_ids.shape[1] == 1 and not label_smoothing:
+        # Sparse labels: no [batch, num_items] label matrix, which at a million items is gigabytes.
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=true_ids[:, 0], logits=logits)
     labels = tf.reduce_sum(tf.one_hot(true_ids, num_items, dtype=tf.float32), axis=1) / true_ids.shape[1]
     if label_smoothing:
         labels = (1.0 - label_smoothing) * labels + label_smoothing / tf.cast(num_items, tf.float32)

@@ -273,3 +273,19 @@ def test_nce_log_partition_equals_tf_nn_biases():
     layer = RetrievalLoss(LossConfig(loss="nce", num_sampled=NUM_SAMPLED, remove_accidental_hits=False), NUM_ITEMS)
     layer.sample = lambda ids: candidates
     np.testing.assert_allclose(layer(queries, true_ids, lambda ids: tf.gather(weights, ids)).numpy(), ours.numpy(), rtol=1e-5)
+
+
+def test_full_softmax_dense_and_sparse_label_paths_agree():
+    rng = np.random.default_rng(12)
+    items = tf.constant(rng.normal(size=(NUM_ITEMS, DIM)).astype(np.float32))
+    queries = tf.constant(rng.normal(size=(BATCH, DIM)).astype(np.float32))
+    true_ids = tf.constant(rng.integers(0, NUM_ITEMS, size=(BATCH, 1)), tf.int64)
+    sparse = losses.full_softmax(queries, true_ids, items)
+    dense_smoothed_by_zero = losses.full_softmax(queries, true_ids, items, label_smoothing=1e-12)
+    np.testing.assert_allclose(sparse.numpy(), dense_smoothed_by_zero.numpy(), rtol=1e-5)
+    smoothed = losses.full_softmax(queries, true_ids, items, label_smoothing=0.1).numpy()
+    logits = (queries @ tf.transpose(items)).numpy()
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    labels = np.full(logits.shape, 0.1 / NUM_ITEMS)
+    labels[np.arange(BATCH), true_ids.numpy()[:, 0]] += 0.9
+    np.testing.assert_allclose(smoothed, -(labels * log_softmax).sum(1), rtol=1e-5)

@@ -5,17 +5,22 @@ Layout of a prepared directory (written by the built-in generator and by `data.p
   item_counts.npy         [num_items] int64 training count per item id (non-increasing: ids ranked by frequency)
   train-*-of-*.tfrecord   training interactions (see data.records)
   eval-*-of-*.tfrecord    held-out interactions
+Optional, written by `data.prepare` for logs with their own keys (the built-in corpus has none):
+  item_vocabulary.tsv     header `key\tid\tcount`, one row per item id in id order (id 0 = most frequent)
+  user_vocabulary.tsv     header `key\tid`, one row per user id in id order
 """
 
 import dataclasses
 import glob
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 FORMAT = "retrieval-corpus/1"
+ITEM_VOCABULARY = "item_vocabulary.tsv"
+USER_VOCABULARY = "user_vocabulary.tsv"
 
 
 class CorpusError(ValueError):
@@ -33,6 +38,8 @@ class PreparedCorpus:
     train_files: List[str]
     eval_files: List[str]
     description: str = ""
+    item_keys: Optional[List[str]] = None  # [num_items] the log's own item key of each id; None for built-in
+    user_keys: Optional[List[str]] = None  # [num_users] the log's own user key of each id; None for built-in
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -56,6 +63,8 @@ class PreparedCorpus:
                 f"{directory}: item_counts.npy has {len(item_counts)} entries, metadata says "
                 f"num_items={metadata['num_items']}"
             )
+        item_keys = _read_keys(os.path.join(directory, ITEM_VOCABULARY), metadata["num_items"])
+        user_keys = _read_keys(os.path.join(directory, USER_VOCABULARY), metadata["num_users"])
         return cls(
             directory=directory,
             num_items=int(metadata["num_items"]),
@@ -66,9 +75,30 @@ class PreparedCorpus:
             train_files=train_files,
             eval_files=eval_files,
             description=metadata.get("description", ""),
+            item_keys=item_keys,
+            user_keys=user_keys,
         )
 
 
 def write_metadata(directory: str, **metadata) -> None:
     with open(os.path.join(directory, "metadata.json"), "w") as file:
         json.dump({"format": FORMAT, **metadata}, file, indent=2, sort_keys=True)
+
+
+def _read_keys(path: str, expected_rows: int) -> Optional[List[str]]:
+    """The key column of a vocabulary TSV (header first, rows in id order), or None when the file is absent."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        header = file.readline().rstrip("\n").split("\t")
+        if header[:2] != ["key", "id"]:
+            raise CorpusError(f"{path}: header {header}, expected it to start with key, id")
+        keys = []
+        for line_number, line in enumerate(file, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 2 or fields[1] != str(len(keys)):
+                raise CorpusError(f"{path}:{line_number}: expected id {len(keys)} in the second column, got {fields}")
+            keys.append(fields[0])
+    if len(keys) != expected_rows:
+        raise CorpusError(f"{path}: {len(keys)} rows, metadata.json says {expected_rows}")
+    return keys

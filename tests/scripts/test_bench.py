@@ -27,7 +27,7 @@ def test_bench_prints_every_configuration_with_ratios(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = output.read_text()
-    for name in ("trainer: sampled_softmax", "trainer: nce", "trainer: in_batch", "trainer: full_softmax",
+    for name in ("trainer: sampled_softmax", "trainer: sampled_softmax, streaming input", "trainer: nce", "trainer: in_batch", "trainer: full_softmax",
                  "plain tf.nn.sampled_softmax_loss + lazy_adam", "plain tf.nn.sampled_softmax_loss + adam"):
         row = next(line for line in table.splitlines() if f"| {name} |" in line)
         assert "failed" not in row and "GiB" in row, row

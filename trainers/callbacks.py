@@ -37,10 +37,14 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
             logs.update({f"eval_{name}": value for name, value in self.last_metrics.items()})
 
 
+LIKELY_FIXES = "Likely fixes: --label_smoothing=0.1, a lower --learning_rate, or a higher --temperature."
+
+
 class NanGuard(tf.keras.callbacks.Callback):
     """Stops training at the first non-finite loss, before any checkpoint of the bad weights is written.
 
-    It must run before CheckpointCallback in the callback list.
+    It must run before CheckpointCallback in the callback list (which also checks the weights themselves: a step
+    whose loss was finite can still write non-finite weights).
     """
 
     def on_train_batch_end(self, batch, logs=None):
@@ -49,13 +53,39 @@ class NanGuard(tf.keras.callbacks.Callback):
             step = int(self.model.optimizer.iterations.numpy())
             self.model.stop_training = True
             raise NonFiniteLossError(
-                f"training loss became {float(loss)} at step {step}. The last good checkpoint is kept. Likely fixes: "
-                "--label_smoothing=0.1, a lower --learning_rate, or a higher --temperature."
+                f"training loss became {float(loss)} at step {step}. The last good checkpoint is kept. {LIKELY_FIXES}"
             )
 
 
+def non_finite_variables(variables) -> list:
+    """Names of the float variables holding NaN or Inf (a ShardedVariable's shards are checked one by one)."""
+    names = []
+    for variable in variables:
+        if variable.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
+            names.append(variable.name)
+    return names
+
+
+class ProgressLogger(tf.keras.callbacks.Callback):
+    """One log line per `every_steps` steps on every task, prefixed with the task ('worker 1: step 40/120 ...')."""
+
+    def __init__(self, task_name: str, every_steps: int, total_steps: int):
+        super().__init__()
+        self.task_name = task_name
+        self.every_steps = every_steps
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every_steps == 0 or step == self.total_steps:
+            loss = (logs or {}).get("loss")
+            loss_text = f" loss {float(loss):.4f}" if loss is not None else ""
+            logging.info("%s: step %d/%d%s", self.task_name, step, self.total_steps, loss_text)
+
+
 class CheckpointCallback(tf.keras.callbacks.Callback):
-    """Saves through a tf.train.CheckpointManager every `every_steps` steps and at the end of each epoch."""
+    """Saves through a tf.train.CheckpointManager every `every_steps` steps and at the end of each epoch, never
+    weights that hold NaN or Inf."""
 
     def __init__(self, manager: tf.train.CheckpointManager, every_steps: int):
         super().__init__()
@@ -66,6 +96,13 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
         if step != self.last_saved_step:
+            bad = non_finite_variables(list(self.model.trainable_variables) + list(self.model.optimizer.variables))
+            if bad:
+                self.model.stop_training = True
+                raise NonFiniteLossError(
+                    f"weights became non-finite at step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                    f"not checkpointed, the last good checkpoint is kept. {LIKELY_FIXES}"
+                )
             self.manager.save(checkpoint_number=step)
             self.last_saved_step = step
 

@@ -13,13 +13,16 @@ import datetime
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 from absl import app, flags, logging
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from retrieval import losses, samplers
 from retrieval.task import LossConfig
+from trainers import distribute
 
 FLAGS = flags.FLAGS
 
@@ -82,6 +85,24 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
 flags.DEFINE_list("profile_steps", [], "START,END steps to trace with the TensorBoard profiler (empty: off).")
+# Distribution.
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    list(distribute.STRATEGIES),
+    "tf.distribute strategy; auto: parameter_server when TF_CONFIG has ps tasks, multi_worker when it has several "
+    "workers, mirrored with several GPUs, default otherwise.",
+)
+flags.DEFINE_integer(
+    "cpu_replicas",
+    1,
+    "Split the CPU into this many logical devices for --strategy=mirrored (testing the multi-replica path "
+    "without GPUs).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "num_ps_shards", 0, "parameter_server: shards of the item table (0: one per ps task).", lower_bound=0
+)
 flags.DEFINE_integer("projector_items", 10_000, "Most frequent items shown in the embedding projector.", lower_bound=0)
 
 flags.register_validator(
@@ -195,13 +216,47 @@ def _initial_loss_check(tf, model, first_batch, loss_config, writer):
         )
 
 
-def train(model_dir: str):
-    """Runs the whole job and returns (model metrics, popularity metrics) on held-out data."""
+def _backup_step(tf, backup_dir: str) -> int:
+    """The optimizer step stored by tf.keras.callbacks.BackupAndRestore in backup_dir (0 when there is none)."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("model/optimizer/iter/"):
+            return int(reader.get_tensor(name))
+    return 0
+
+
+def train(model_dir: str, cluster: distribute.ClusterSpec, strategy_name: str):
+    """Runs the whole job and returns (model metrics, popularity metrics) on held-out data (None on non-chief
+    multi_worker tasks, which train but write their checkpoints to a temporary directory they delete)."""
     import tensorflow as tf
 
+    distribute.configure_local_devices(tf, FLAGS.cpu_replicas if strategy_name == "mirrored" else 1)
+    strategy = distribute.make_strategy(tf, strategy_name, cluster, FLAGS.cpu_replicas, FLAGS.num_ps_shards)
+    if FLAGS.batch_size % strategy.num_replicas_in_sync:
+        raise app.UsageError(
+            f"--batch_size={FLAGS.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas "
+            f"of --strategy={strategy_name}"
+        )
+    if cluster.is_chief:
+        return _train(tf, strategy, strategy_name, cluster, model_dir)
+    # As in TensorFlow's multi-worker guide: other workers save too (saving may need their collectives), to a
+    # directory of their own that is deleted afterwards.
+    scratch_dir = tempfile.mkdtemp(prefix=f"{cluster.task_type}-{cluster.task_id}-")
+    try:
+        return _train(tf, strategy, strategy_name, cluster, scratch_dir, backup_dir=os.path.join(model_dir, "backup"))
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     from data import pipeline
     from trainers import callbacks, evaluation, model_builder, summaries
 
+    is_chief = cluster.is_chief
+    backup_dir = backup_dir or os.path.join(write_dir, "backup")
     eval_ks = _positive_ints("eval_top_k", FLAGS.eval_top_k)
     hidden_dims = _positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else []
     profile_batch = 0
@@ -218,60 +273,117 @@ def train(model_dir: str):
         raise app.UsageError(f"--{error}") from None
     if max(eval_ks) > corpus.num_items:
         raise app.UsageError(f"--eval_top_k={max(eval_ks)} exceeds the corpus size {corpus.num_items}")
-
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.json"), "w") as file:
-        json.dump({**_flag_values(), "model_dir": model_dir, "corpus": corpus.description}, file, indent=2)
-
-    tf.keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
-    model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
-    model.compile(optimizer=_make_optimizer(tf), steps_per_execution=FLAGS.steps_per_execution)
-
-    # One endless, reshuffled stream cut into epochs of steps_per_epoch: Keras keeps the iterator across epochs.
-    dataset = pipeline.training_dataset(
-        corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed, repeat=True, num_true=FLAGS.num_true
-    )
     steps_per_epoch = corpus.num_train // (FLAGS.batch_size * FLAGS.num_true)
     if steps_per_epoch == 0:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} exceeds the {corpus.num_train} training interactions")
     if FLAGS.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, FLAGS.steps_per_epoch)
+    total_steps = FLAGS.epochs * steps_per_epoch
 
-    tensorboard_dir = os.path.join(model_dir, "tensorboard")
-    train_writer = tf.summary.create_file_writer(os.path.join(tensorboard_dir, "train"))
+    os.makedirs(write_dir, exist_ok=True)
+    if is_chief:
+        with open(os.path.join(write_dir, "config.json"), "w") as file:
+            json.dump({**_flag_values(), "model_dir": write_dir, "corpus": corpus.description}, file, indent=2)
+
+    tf.keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
+    first_batch = next(iter(pipeline.training_dataset(corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed,
+                                                      num_true=FLAGS.num_true)))
+    with strategy.scope():
+        model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
+        model.compile(optimizer=_make_optimizer(tf), steps_per_execution=FLAGS.steps_per_execution)
+        # Create both towers' variables (mirrored, or sharded over the ps tasks) before any restore.
+        model.query_tower(first_batch["user_id"])
+        model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
+
+    tensorboard_dir = os.path.join(write_dir, "tensorboard")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=3)
-    first_batch = next(iter(dataset))
-    if manager.latest_checkpoint:
-        model(first_batch)  # create variables before restoring into them
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+    multi_worker = strategy_name == "multi_worker"
+    if multi_worker:
+        # BackupAndRestore restores every worker alike inside fit; its step tells where the data resumes.
+        resumed_step = _backup_step(tf, backup_dir)
+    elif manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("restored %s (step %d)", manager.latest_checkpoint, int(model.optimizer.iterations.numpy()))
+        resumed_step = int(model.optimizer.iterations.numpy())
+        # This run's --learning_rate wins over the checkpoint's: lowering it is how a NaN run is resumed.
+        model.optimizer.learning_rate = FLAGS.learning_rate
     else:
-        _initial_loss_check(tf, model, first_batch, loss_config, train_writer)
-    summaries.write_hparams(tensorboard_dir, {**_flag_values(), "model_dir": model_dir})
-    train_writer.flush()
-    initial_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
+        resumed_step = 0
+    if resumed_step:
+        logging.info(
+            "%s: restored step %d (epoch %d, batch %d of %d); training resumes there",
+            cluster.task_name, resumed_step, resumed_step // steps_per_epoch + 1, resumed_step % steps_per_epoch,
+            steps_per_epoch,
+        )
+    train_writer = tf.summary.create_file_writer(os.path.join(tensorboard_dir, "train")) if is_chief else None
+    if is_chief:
+        if not resumed_step:
+            _initial_loss_check(tf, model, first_batch, loss_config, train_writer)
+        summaries.write_hparams(tensorboard_dir, {**_flag_values(), "model_dir": write_dir})
+        train_writer.flush()
 
-    held_out = evaluation.load_held_out(corpus)
-    evaluation_callback = callbacks.EvaluationCallback(held_out, eval_ks, os.path.join(tensorboard_dir, "eval"))
-    model.fit(
-        dataset,
-        epochs=FLAGS.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        verbose=1 if sys.stdout.isatty() else 2,
-        callbacks=[
-            tf.keras.callbacks.TensorBoard(
-                tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch
-            ),
+    def dataset_fn(input_context):
+        """This input pipeline's batches, from the step training resumes at. One pipeline per worker; several
+        local replicas each take a contiguous slice of the pipeline's batch, so the replicas together see the
+        global batch a single device would."""
+        start_step = resumed_step if multi_worker else int(model.optimizer.iterations.numpy())
+        if strategy_name == "parameter_server":
+            # Workers step asynchronously, each on a global batch of its own stream.
+            return pipeline.training_dataset(
+                corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed + input_context.input_pipeline_id,
+                repeat=True, num_true=FLAGS.num_true, start_step=start_step // input_context.num_input_pipelines,
+            )
+        dataset = pipeline.training_dataset(
+            corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed, repeat=True, num_true=FLAGS.num_true,
+            start_step=start_step, num_shards=input_context.num_input_pipelines,
+            shard_index=input_context.input_pipeline_id,
+        )
+        replicas_per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        if replicas_per_pipeline > 1:
+            dataset = dataset.rebatch(input_context.get_per_replica_batch_size(FLAGS.batch_size))
+        return dataset
+
+    fit_callbacks = [callbacks.ProgressLogger(cluster.task_name, FLAGS.log_every_steps, total_steps)]
+    evaluation_callback = None
+    if is_chief:
+        held_out = evaluation.load_held_out(corpus)
+        evaluation_callback = callbacks.EvaluationCallback(held_out, eval_ks, os.path.join(tensorboard_dir, "eval"))
+        fit_callbacks += [
+            tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch),
             summaries.ThroughputCallback(train_writer, FLAGS.batch_size * FLAGS.num_true, FLAGS.log_every_steps),
-            callbacks.NanGuard(),
-            callbacks.CheckpointCallback(manager, FLAGS.checkpoint_every_steps),
-            evaluation_callback,
-        ],
-    )
+        ]
+    fit_callbacks.append(callbacks.NanGuard())
+    if multi_worker:
+        fit_callbacks.append(
+            tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=FLAGS.checkpoint_every_steps or "epoch")
+        )
+    fit_callbacks.append(callbacks.CheckpointCallback(manager, FLAGS.checkpoint_every_steps))
+    if evaluation_callback is not None:
+        fit_callbacks.append(evaluation_callback)
+
+    def fit(epochs, initial_epoch, steps):
+        model.fit(
+            tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            verbose=1 if sys.stdout.isatty() and is_chief else 2 if is_chief else 0,
+            callbacks=fit_callbacks,
+        )
+
+    step = 0 if multi_worker else resumed_step
+    if step % steps_per_epoch and step < total_steps:
+        # A run stopped mid-epoch finishes that epoch first, so every epoch ends on a multiple of steps_per_epoch.
+        epoch = step // steps_per_epoch
+        fit(epoch + 1, epoch, steps_per_epoch - step % steps_per_epoch)
+        step = (epoch + 1) * steps_per_epoch
+    if step < total_steps:
+        fit(FLAGS.epochs, step // steps_per_epoch, steps_per_epoch)
+    if not is_chief:
+        return None
+    held_out = evaluation_callback.held_out
     model_metrics = evaluation_callback.last_metrics or evaluation.evaluate(model, held_out, eval_ks)
     if FLAGS.projector_items:
         num_shown = min(FLAGS.projector_items, corpus.num_items)
@@ -294,9 +406,33 @@ def report(model_metrics, baseline_metrics, eval_ks) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
+    try:
+        cluster = distribute.tf_config_from_environment()
+        strategy_name = distribute.resolve_strategy_name(
+            FLAGS.strategy, cluster, len(tf.config.list_physical_devices("GPU"))
+        )
+    except distribute.DistributeError as error:
+        raise app.UsageError(str(error)) from None
+    if strategy_name == "parameter_server" and cluster.task_type in ("ps", "worker"):
+        logging.info("%s: serving the parameter_server job (the chief drives training)", cluster.task_name)
+        distribute.run_server(tf, cluster)
+        return
+    if cluster.task_type is not None and not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required with TF_CONFIG: every task of the job must name the same one")
     model_dir = FLAGS.model_dir or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
-    model_metrics, baseline_metrics, eval_ks = train(model_dir)
+    if cluster.is_chief:
+        print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
+    from trainers.callbacks import NonFiniteLossError
+
+    try:
+        trained = train(model_dir, cluster, strategy_name)
+    except NonFiniteLossError as error:
+        sys.exit(f"{cluster.task_name}: stopped: {error}")
+    if trained is None:  # a non-chief worker: the chief writes the run's files
+        return
+    model_metrics, baseline_metrics, eval_ks = trained
     with open(os.path.join(model_dir, "metrics.json"), "w") as file:
         json.dump({"model": model_metrics, "most_popular": baseline_metrics}, file, indent=2)
     print(report(model_metrics, baseline_metrics, eval_ks), flush=True)

@@ -1,0 +1,177 @@
+"""The tf.distribute strategy of a run, chosen from --strategy, TF_CONFIG and the visible devices.
+
+    default           one device (tf.distribute's default strategy)
+    mirrored          every local GPU (or --cpu_replicas logical CPUs), synchronous all-reduce
+    multi_worker      MultiWorkerMirroredStrategy over the TF_CONFIG cluster (chief and/or workers)
+    parameter_server  ParameterServerStrategy: variables on the "ps" tasks, the item table (and its optimizer
+                      slots) split across them, the "chief" coordinating with ClusterCoordinator
+    auto              parameter_server when TF_CONFIG has ps tasks, multi_worker when it has several tasks,
+                      mirrored with several GPUs, default otherwise
+
+TF_CONFIG is checked before any TensorFlow runtime starts: a bad one is a one-line `DistributeError`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server")
+TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+
+# The item table is split so that no shard is smaller than this (MinSizePartitioner), over at most every ps.
+MIN_SHARD_BYTES = 256 << 10
+
+
+class DistributeError(ValueError):
+    """A TF_CONFIG or --strategy that does not describe a runnable job; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """TF_CONFIG, parsed: {task type: [host:port]} and this process's task (None without TF_CONFIG)."""
+
+    cluster: Dict[str, List[str]]
+    task_type: Optional[str]
+    task_id: int
+
+    @property
+    def num_workers(self) -> int:
+        """Tasks that run training steps: the chief (under multi_worker) and the workers."""
+        return len(self.cluster.get("chief", [])) + len(self.cluster.get("worker", []))
+
+    @property
+    def is_chief(self) -> bool:
+        """The task that writes the run's files: "chief", or worker 0 when the cluster has no chief."""
+        if self.task_type is None:
+            return True
+        if "chief" in self.cluster:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.task_id == 0
+
+    @property
+    def task_name(self) -> str:
+        """'worker 1', 'chief 0', ... ('local' without TF_CONFIG): the prefix of this task's log lines."""
+        return "local" if self.task_type is None else f"{self.task_type} {self.task_id}"
+
+
+def parse_tf_config(text: Optional[str]) -> ClusterSpec:
+    """TF_CONFIG text (None or empty: a single local process) -> ClusterSpec; DistributeError naming the fault."""
+    if not text:
+        return ClusterSpec({}, None, 0)
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DistributeError(f"TF_CONFIG is not JSON ({error}); expected {{\"cluster\": ..., \"task\": ...}}") from None
+    if not isinstance(config, dict):
+        raise DistributeError("TF_CONFIG must be a JSON object with \"cluster\" and \"task\"")
+    cluster = config.get("cluster")
+    if not isinstance(cluster, dict) or not cluster:
+        raise DistributeError("TF_CONFIG has no \"cluster\"; expected {\"worker\": [\"host:port\", ...], ...}")
+    for task_type, addresses in cluster.items():
+        if task_type not in TASK_TYPES:
+            raise DistributeError(f"TF_CONFIG cluster has task type {task_type!r}; expected {', '.join(TASK_TYPES)}")
+        if not isinstance(addresses, list) or not addresses or not all(
+            isinstance(address, str) and ":" in address for address in addresses
+        ):
+            raise DistributeError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of \"host:port\"")
+    if len(cluster.get("chief", [])) > 1:
+        raise DistributeError(f"TF_CONFIG cluster has {len(cluster['chief'])} chiefs; expected at most one")
+    task = config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise DistributeError("TF_CONFIG has no \"task\"; expected \"task\": {\"type\": \"worker\", \"index\": 0}")
+    task_type, task_id = task["type"], task["index"]
+    if task_type not in cluster:
+        raise DistributeError(f"TF_CONFIG task type {task_type!r} is not in the cluster ({', '.join(cluster)})")
+    if not isinstance(task_id, int) or not 0 <= task_id < len(cluster[task_type]):
+        raise DistributeError(
+            f"TF_CONFIG task index {task_id!r} is out of range; cluster[{task_type!r}] has "
+            f"{len(cluster[task_type])} task(s), so expected 0..{len(cluster[task_type]) - 1}"
+        )
+    return ClusterSpec(cluster, task_type, task_id)
+
+
+def resolve_strategy_name(name: str, spec: ClusterSpec, num_gpus: int) -> str:
+    """--strategy (auto resolved) that fits the cluster; DistributeError when it does not."""
+    if name not in STRATEGIES:
+        raise DistributeError(f"--strategy={name}; expected one of {', '.join(STRATEGIES)}")
+    has_cluster = spec.task_type is not None
+    if name == "auto":
+        if "ps" in spec.cluster:
+            name = "parameter_server"
+        elif spec.num_workers > 1:
+            name = "multi_worker"
+        elif num_gpus > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name in ("default", "mirrored") and has_cluster and spec.num_workers > 1:
+        raise DistributeError(
+            f"--strategy={name} runs in one process, but TF_CONFIG describes {spec.num_workers} training tasks; "
+            "use --strategy=multi_worker (or parameter_server), or unset TF_CONFIG"
+        )
+    if name == "multi_worker":
+        if not has_cluster:
+            raise DistributeError("--strategy=multi_worker needs TF_CONFIG with the cluster and this task")
+        if "ps" in spec.cluster:
+            raise DistributeError("--strategy=multi_worker: TF_CONFIG has ps tasks; use --strategy=parameter_server")
+    if name == "parameter_server":
+        if not has_cluster or "ps" not in spec.cluster:
+            raise DistributeError(
+                "--strategy=parameter_server needs TF_CONFIG with \"ps\" tasks (and a \"chief\" and \"worker\"s)"
+            )
+        if "chief" not in spec.cluster or "worker" not in spec.cluster:
+            raise DistributeError(
+                "--strategy=parameter_server: TF_CONFIG needs one \"chief\" (the coordinator) and \"worker\" tasks"
+            )
+    return name
+
+
+def configure_local_devices(tf, cpu_replicas: int) -> None:
+    """Splits the CPU into cpu_replicas logical devices (before the runtime starts), so `mirrored` runs its real
+    code path on a machine without GPUs."""
+    if cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)]
+        )
+
+
+def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_ps_shards: int = 0):
+    """The tf.distribute.Strategy for a resolved strategy name.
+
+    Under parameter_server every variable of at least MIN_SHARD_BYTES (in practice: the embedding tables) is
+    split over the ps tasks (num_ps_shards, default all of them); small dense layers stay whole.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = None
+        if not tf.config.list_logical_devices("GPU") and cpu_replicas > 1:
+            devices = [device.name for device in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if name == "multi_worker":
+        # RING collectives over gRPC: the only implementation on CPUs, and NCCL picks itself on GPUs via AUTO.
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    num_ps = len(spec.cluster["ps"])
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=MIN_SHARD_BYTES, max_shards=num_ps_shards or num_ps
+    )
+    return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def run_server(tf, spec: ClusterSpec) -> None:
+    """Runs this ps (or parameter_server worker) task's gRPC server until the process is stopped."""
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(spec.cluster),
+        job_name=spec.task_type,
+        task_index=spec.task_id,
+        protocol="grpc",
+        start=True,
+    )
+    server.join()
+
+
+def tf_config_from_environment() -> ClusterSpec:
+    return parse_tf_config(os.environ.get("TF_CONFIG"))

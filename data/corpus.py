@@ -8,15 +8,20 @@ Layout of a prepared directory (written by the built-in generator and by `data.p
 Optional, written by `data.prepare` for logs with their own keys (the built-in corpus has none):
   item_vocabulary.tsv     header `key\tid\tcount`, one row per item id in id order (id 0 = most frequent)
   user_vocabulary.tsv     header `key\tid`, one row per user id in id order
+  item_features.npz       {column: [num_items, max_values] int32} feature value ids, -1 padded (data.features)
+  user_features.npz       {column: [num_users, max_values] int32}
+  item_feature-<n>.tsv    the value vocabulary of each feature column (metadata.json names which)
 """
 
 import dataclasses
 import glob
 import json
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
+
+from data import features
 
 FORMAT = "retrieval-corpus/1"
 ITEM_VOCABULARY = "item_vocabulary.tsv"
@@ -40,6 +45,8 @@ class PreparedCorpus:
     description: str = ""
     item_keys: Optional[List[str]] = None  # [num_items] the log's own item key of each id; None for built-in
     user_keys: Optional[List[str]] = None  # [num_users] the log's own user key of each id; None for built-in
+    item_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_items, max_values] int32, -1 padded}
+    user_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_users, max_values] int32, -1 padded}
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -65,6 +72,12 @@ class PreparedCorpus:
             )
         item_keys = _read_keys(os.path.join(directory, ITEM_VOCABULARY), metadata["num_items"])
         user_keys = _read_keys(os.path.join(directory, USER_VOCABULARY), metadata["num_users"])
+        item_features, error = features.load(directory, "item", metadata["num_items"])
+        if error:
+            raise CorpusError(error)
+        user_features, error = features.load(directory, "user", metadata["num_users"])
+        if error:
+            raise CorpusError(error)
         return cls(
             directory=directory,
             num_items=int(metadata["num_items"]),
@@ -77,6 +90,8 @@ class PreparedCorpus:
             description=metadata.get("description", ""),
             item_keys=item_keys,
             user_keys=user_keys,
+            item_features=item_features,
+            user_features=user_features,
         )
 
 

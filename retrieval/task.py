@@ -118,7 +118,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
 
     def call(self, query_embeddings, true_ids, item_tower):
         config = self.config
-        true_ids = tf.cast(tf.reshape(true_ids, [tf.shape(true_ids)[0], -1]), tf.int64)
+        true_ids = tf.cast(tf.reshape(true_ids, [-1, config.num_true]), tf.int64)  # static num_true under tf.distribute
         if config.loss == "full_softmax":
             item_embeddings = item_tower(tf.range(self.num_items, dtype=tf.int64))
             return losses.full_softmax(
@@ -134,7 +134,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
             remove_accidental_hits=config.remove_accidental_hits,
             temperature=config.temperature,
         )
-        self.last_diagnostics = _diagnostics(logits, candidates, config.num_true)
+        self.last_diagnostics = _diagnostics(logits, candidates)
         if config.loss == "nce":
             log_partition = config.nce_log_partition
             if log_partition is None:
@@ -150,15 +150,11 @@ class RetrievalLoss(tf.keras.layers.Layer):
         return losses.softmax_cross_entropy(logits, config.label_smoothing)
 
 
-def _diagnostics(logits: losses.CandidateLogits, candidates: samplers.SampledCandidates, num_true: int):
+def _diagnostics(logits: losses.CandidateLogits, candidates: samplers.SampledCandidates):
     """Scalars that say whether the sampler behaves: how many hits were masked, how rare the negatives are."""
-    sampled_valid = logits.valid[:, num_true:]
-    masked = tf.logical_not(sampled_valid)
-    if candidates.own_positive is not None:
-        masked = tf.logical_and(masked, tf.logical_not(candidates.own_positive))
     distinct, _ = tf.unique(tf.cast(candidates.ids, tf.int64))
     return {
-        "accidental_hits_removed": tf.reduce_sum(tf.cast(masked, tf.float32)),
+        "accidental_hits_removed": tf.cast(logits.num_accidental_hits, tf.float32),
         "mean_log_q_negatives": tf.reduce_mean(tf.math.log(tf.cast(candidates.sampled_expected_count, tf.float32))),
         "distinct_negatives": tf.cast(tf.size(distinct), tf.float32),
     }

@@ -1,0 +1,117 @@
+"""data.prepare on small real files: ids by training count, OOV, leak-free splits, features, atomic output."""
+
+import os
+
+import numpy as np
+import pytest
+
+from data import corpus, prepare, records
+from data.readers import DataError
+from data.schema import Schema
+from tests.conftest import run_module
+
+SCHEMA = Schema(
+    user_column="user",
+    item_column="item",
+    timestamp_column="time",
+    item_feature_columns=("genres",),
+    multi_valued_columns=("genres",),
+)
+GENRES = {"a": "x|y", "b": "y", "c": "", "d": "z", "e": "y|z"}
+
+
+def _log(path, seed=0, num_users=40):
+    """A log where item i of 'abcde' is drawn with weight 1 / (i + 1), each user's rows in random file order."""
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,time,genres"]
+    for user in range(num_users):
+        times = rng.permutation(6)
+        for time in times:
+            item = "abcde"[min(int(rng.zipf(1.6)) - 1, 4)]
+            lines.append(f"user{user},{item},{time},{GENRES[item]}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path), lines[1:]
+
+
+def _rows(files):
+    columns = records.read_all(files)
+    return set(zip(columns["user_id"].tolist(), columns["item_id"].tolist(), columns["timestamp"].tolist()))
+
+
+def test_prepared_corpus_ranks_items_by_training_count_and_splits_without_leaks(tmp_path):
+    path, lines = _log(tmp_path / "log.csv")
+    summary = prepare.prepare(path, SCHEMA, str(tmp_path / "out"), num_shards=2)
+    prepared = corpus.PreparedCorpus.load(str(tmp_path / "out"))
+    train, held_out = _rows(prepared.train_files), _rows(prepared.eval_files)
+    assert not train & held_out, "an eval interaction is also in train"
+    assert len(train) + len(held_out) == len(lines) == summary.num_rows_read
+    assert prepared.num_eval == len(held_out) == 40  # each user's last (time 5) interaction
+    assert {time for _, _, time in held_out} == {5}
+    # item_counts are the training counts of each id, non-increasing; the vocabulary file says the same.
+    counts = np.bincount([item for _, item, _ in train], minlength=prepared.num_items)
+    np.testing.assert_array_equal(counts, prepared.item_counts)
+    assert np.all(np.diff(prepared.item_counts) <= 0)
+    with open(os.path.join(prepared.directory, corpus.ITEM_VOCABULARY)) as file:
+        vocabulary_counts = [int(line.split("\t")[2]) for line in file.read().splitlines()[1:]]
+    assert vocabulary_counts == prepared.item_counts.tolist()
+    # Users keep their own keys; the user of every row is the one in the log.
+    by_key = {(f"{prepared.user_keys[u]}", prepared.item_keys[i], t) for u, i, t in train | held_out}
+    assert by_key == {(user, item, int(time)) for user, item, time, _ in (line.split(",") for line in lines)}
+    # The genre table holds each item's genres in the genre vocabulary's ids, -1 padded.
+    table = prepared.item_features["genres"]
+    genre_keys = [line.split("\t")[0] for line in
+                  open(os.path.join(prepared.directory, "item_feature-0.tsv")).read().splitlines()[1:]]
+    for item_id, key in enumerate(prepared.item_keys):
+        assert [genre_keys[value] for value in table[item_id] if value >= 0] == [g for g in GENRES[key].split("|") if g]
+
+
+def test_rare_items_fold_into_oov_and_their_eval_interactions_are_dropped(tmp_path):
+    path, _ = _log(tmp_path / "log.csv")
+    every = corpus.PreparedCorpus.load(prepare.prepare(path, SCHEMA, str(tmp_path / "all")).output_dir)
+    summary = prepare.prepare(path, SCHEMA, str(tmp_path / "oov"), min_item_count=20)
+    folded = corpus.PreparedCorpus.load(summary.output_dir)
+    rare = [key for key, count in zip(every.item_keys, every.item_counts) if count < 20]
+    assert rare and summary.num_items_folded == len(rare)
+    assert folded.num_items == every.num_items - len(rare) + 1
+    oov = folded.item_keys.index("<oov>")
+    assert summary.oov_item_id == oov
+    assert folded.item_counts[oov] == sum(c for c in every.item_counts if c < 20)
+    assert np.all(np.diff(folded.item_counts) <= 0)
+    assert np.all(folded.item_features["genres"][oov] == -1)
+    assert oov not in {item for _, item, _ in _rows(folded.eval_files)}
+    assert folded.num_eval == every.num_eval - summary.eval_dropped_oov
+
+
+def test_failed_prepare_leaves_nothing_and_never_clobbers(tmp_path):
+    path, _ = _log(tmp_path / "log.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(open(path).read() + "user1,,9,x\n")
+    with pytest.raises(DataError, match=r"bad\.csv:242: empty key in column 'item'"):
+        prepare.prepare(str(bad), SCHEMA, str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "log.csv"], "no output and no staging dir"
+
+    prepare.prepare(path, SCHEMA, str(tmp_path / "out"))
+    before = sorted(os.listdir(tmp_path / "out"))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare.prepare(path, SCHEMA, str(tmp_path / "out"))
+    with pytest.raises(DataError):
+        prepare.prepare(str(bad), SCHEMA, str(tmp_path / "out"), overwrite=True)
+    assert sorted(os.listdir(tmp_path / "out")) == before
+    corpus.PreparedCorpus.load(str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "log.csv", "out"]
+
+
+@pytest.mark.slow  # two fresh processes
+def test_command_line_error_is_one_line_and_skip_bad_records_reports(tmp_path):
+    path, _ = _log(tmp_path / "log.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(open(path).read().replace("user3,", "user3;", 1))
+    flags = ["--user_column=user", "--item_column=item", "--timestamp_column=time", f"--input={bad}"]
+    failed = run_module("data.prepare", *flags, f"--output_dir={tmp_path / 'out'}")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"data.prepare: {bad}:")
+    assert "missing column" in failed.stderr and not (tmp_path / "out").exists()
+    skipped = run_module("data.prepare", *flags, f"--output_dir={tmp_path / 'out'}", "--skip_bad_records")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "skipped 1 bad records" in skipped.stdout
+    assert corpus.PreparedCorpus.load(str(tmp_path / "out")).num_train + 40 == 239

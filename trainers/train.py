@@ -27,7 +27,12 @@ from trainers import distribute
 FLAGS = flags.FLAGS
 
 # Data.
-flags.DEFINE_string("data", "builtin", "'builtin' for the synthetic corpus, or a prepared corpus directory.")
+flags.DEFINE_string(
+    "data",
+    "builtin",
+    "'builtin' for the synthetic corpus, 'movielens' for MovieLens 100K (fetched and prepared on first use, "
+    "see data/movielens.py), or a corpus directory made by `python -m data.prepare`.",
+)
 flags.DEFINE_string(
     "cache_dir",
     os.path.join(os.path.expanduser("~"), ".cache", "retrieval-trainer"),
@@ -161,6 +166,13 @@ def _load_corpus():
         except ValueError as error:
             raise app.UsageError(str(error)) from None
         return builtin.prepare(config, FLAGS.cache_dir)
+    if FLAGS.data == "movielens":
+        from data import movielens
+
+        try:
+            return movielens.prepared(os.path.join(FLAGS.cache_dir, "movielens"))
+        except (movielens.DownloadError, ValueError) as error:  # DataError / CorpusError are ValueErrors
+            raise app.UsageError(f"--data=movielens: {error}") from None
     try:
         return PreparedCorpus.load(FLAGS.data)
     except CorpusError as error:

@@ -2,6 +2,9 @@
 
 `exact_top_k` scores every query against every item with matrix multiplies, one item chunk at a time, and
 keeps a running top-K, so memory is bounded by [query_chunk, item_chunk] whatever the corpus size.
+
+Ranking order everywhere: score descending, then item id ascending (ties go to the lower id), which is what a
+stable NumPy argsort of -scores gives.
 """
 
 from typing import Dict, Optional, Sequence
@@ -9,38 +12,114 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+# Columns per group of the two-stage top-k. tf.math.top_k over a million columns costs about as much as the
+# matmul; a max over groups of 32 is a cheap streaming reduction and leaves top_k 32x fewer columns.
+GROUP_SIZE = 32
 
-@tf.function(reduce_retracing=True)
-def _top_k_of_chunks(queries, items, k, item_chunk_size, exclude_ids):
-    """queries [q, dim], items [n, dim], exclude_ids [q, e] (-1 padded) -> (scores [q, k], ids [q, k] int64)."""
-    num_items = tf.shape(items)[0]
-    num_queries = tf.shape(queries)[0]
-    best_scores = tf.fill([num_queries, k], tf.constant(-np.inf, queries.dtype))
-    best_ids = tf.fill([num_queries, k], tf.constant(-1, tf.int64))
-    num_chunks = (num_items + item_chunk_size - 1) // item_chunk_size
-    for chunk in tf.range(num_chunks):
-        start = chunk * item_chunk_size
+
+def top_k_two_stage(scores: tf.Tensor, k: int, group_size: int = GROUP_SIZE):
+    """Exact top-k of each row, ties to the lower column, in two cheap stages.
+
+    Stage 1 takes the max of each group of `group_size` adjacent columns and the k groups with the highest
+    maxima (ties to the lower group); stage 2 runs top_k over the k * group_size columns of those groups, laid
+    out in column order. Exact, ties included: if a true top-k column c sat in an unchosen group, each of the k
+    chosen groups would hold a column that beats c (a higher score, or the same score at a lower column since
+    the group comes first), so c would not be in the top k.
+
+    Args:
+      scores: [rows, columns] float; k: static int, 1 <= k <= columns.
+    Returns:
+      (values [rows, k], columns [rows, k] int32), best first.
+    """
+    num_rows = tf.shape(scores)[0]
+    num_columns = tf.shape(scores)[1]
+    num_groups = (num_columns + group_size - 1) // group_size
+    if scores.shape[1] is not None and scores.shape[1] <= k * group_size:
+        return tf.math.top_k(scores, k, sorted=True)  # one group per answer: nothing to prune
+    padding = num_groups * group_size - num_columns
+    padded = tf.pad(scores, [[0, 0], [0, padding]], constant_values=-np.inf)  # pads sit last, lose every tie
+    groups = tf.reshape(padded, [num_rows, num_groups, group_size])
+    _, best_groups = tf.math.top_k(tf.reduce_max(groups, axis=2), tf.minimum(k, num_groups), sorted=False)
+    best_groups = tf.sort(best_groups, axis=1)  # column order, so top_k's stable ties pick the lower column
+    candidates = tf.reshape(tf.gather(groups, best_groups, batch_dims=1), [num_rows, -1])
+    values, positions = tf.math.top_k(candidates, k, sorted=True)
+    columns = tf.gather(best_groups, positions // group_size, batch_dims=1) * group_size + positions % group_size
+    return values, columns
+
+
+def _mask_excluded(scores, exclude_ids, start):
+    """Sets scores[row, id - start] to -inf for every excluded id inside this chunk.
+
+    scores [q, chunk]; exclude_ids [q, e] int64, -1 padded. A scatter of q * e entries, never a [q, e, chunk]
+    comparison.
+    """
+    local = exclude_ids - start
+    inside = (local >= 0) & (local < tf.cast(tf.shape(scores)[1], tf.int64)) & (exclude_ids >= 0)
+    pairs = tf.where(inside)  # [m, 2] (row, column of exclude_ids)
+    columns = tf.gather_nd(local, pairs)
+    indices = tf.stack([pairs[:, 0], columns], axis=1)
+    updates = tf.fill(tf.shape(columns), tf.constant(-np.inf, scores.dtype))
+    return tf.tensor_scatter_nd_update(scores, indices, updates)
+
+
+def _top_k_of_chunks(queries, items, k: int, item_chunk_size: int, exclude_ids):
+    """queries [q, dim], items [n, dim], exclude_ids [q, e] (-1 padded) or None -> (scores [q, k], ids [q, k]).
+
+    A Python loop over item chunks: the chunk bounds are static, so every slice, matmul and top-k has a static
+    shape inside one tf.function trace.
+    """
+    num_items = items.shape[0]
+    best_scores, best_ids = None, None
+    for start in range(0, num_items, item_chunk_size):
         chunk_items = items[start : start + item_chunk_size]
         scores = tf.matmul(queries, chunk_items, transpose_b=True)  # [q, chunk]
-        chunk_ids = tf.range(start, start + tf.shape(chunk_items)[0], dtype=tf.int64)
         if exclude_ids is not None:
-            excluded = tf.reduce_any(tf.equal(exclude_ids[:, :, tf.newaxis], chunk_ids[tf.newaxis, tf.newaxis, :]), 1)
-            scores = tf.where(excluded, tf.constant(-np.inf, scores.dtype), scores)
-        chunk_k = tf.minimum(k, tf.shape(scores)[1])
-        top_scores, top_positions = tf.math.top_k(scores, chunk_k, sorted=False)
-        merged_scores = tf.concat([best_scores, top_scores], axis=1)
-        merged_ids = tf.concat([best_ids, tf.gather(chunk_ids, top_positions)], axis=1)
-        best_scores, positions = tf.math.top_k(merged_scores, k, sorted=True)
+            scores = _mask_excluded(scores, exclude_ids, start)
+        chunk_scores, columns = top_k_two_stage(scores, min(k, chunk_items.shape[0]))
+        chunk_ids = tf.cast(columns, tf.int64) + start
+        if best_scores is None:
+            best_scores, best_ids = chunk_scores, chunk_ids
+            continue
+        # Earlier chunks hold lower ids and come first, so top_k's stable ties keep ids ascending.
+        merged_scores = tf.concat([best_scores, chunk_scores], axis=1)
+        merged_ids = tf.concat([best_ids, chunk_ids], axis=1)
+        best_scores, positions = tf.math.top_k(merged_scores, min(k, merged_scores.shape[1]), sorted=True)
         best_ids = tf.gather(merged_ids, positions, batch_dims=1)
     return best_scores, best_ids
+
+
+def top_k_function(item_embeddings: tf.Tensor, k: int, item_chunk_size: int = 131_072, exclude: bool = False):
+    """A tf.function (queries [q, dim][, exclude_ids [q, e] int64]) -> (scores [q, k], ids [q, k] int64).
+
+    The exact top-k over `item_embeddings` [num_items, dim], captured as a constant or variable. The brute-force
+    index and the exported SavedModel serve through it.
+    """
+    num_items = int(item_embeddings.shape[0])
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k={k} must be between 1 and the corpus size {num_items}")
+    dim = int(item_embeddings.shape[1])
+    query_spec = tf.TensorSpec([None, dim], item_embeddings.dtype)
+    if exclude:
+
+        @tf.function(input_signature=[query_spec, tf.TensorSpec([None, None], tf.int64)])
+        def top_k(queries, exclude_ids):
+            return _top_k_of_chunks(queries, item_embeddings, k, item_chunk_size, exclude_ids)
+
+    else:
+
+        @tf.function(input_signature=[query_spec])
+        def top_k(queries):
+            return _top_k_of_chunks(queries, item_embeddings, k, item_chunk_size, None)
+
+    return top_k
 
 
 def exact_top_k(
     query_embeddings,
     item_embeddings,
     k: int,
-    query_chunk_size: int = 1024,
-    item_chunk_size: int = 262_144,
+    query_chunk_size: int = 256,
+    item_chunk_size: int = 131_072,
     exclude_ids: Optional[np.ndarray] = None,
 ):
     """Exact top-k items by dot product for every query.
@@ -49,22 +128,20 @@ def exact_top_k(
       query_embeddings: [num_queries, dim]; item_embeddings: [num_items, dim].
       k: number of items to return per query, at most num_items.
       exclude_ids: optional [num_queries, e] int item ids never to return (-1 pads), e.g. training items.
+        Excluded items score -inf; they are returned only when fewer than k items remain.
     Returns:
-      (scores [num_queries, k] float, ids [num_queries, k] int64) as NumPy, best first. Ties keep the lower id
-      of the earlier chunk first (tf.math.top_k is stable within a chunk).
+      (scores [num_queries, k] float, ids [num_queries, k] int64) as NumPy, best first; ties go to the lower id.
     """
     item_embeddings = tf.convert_to_tensor(item_embeddings)
-    num_items = int(item_embeddings.shape[0])
-    if not 1 <= k <= num_items:
-        raise ValueError(f"k={k} must be between 1 and the corpus size {num_items}")
     query_embeddings = np.asarray(query_embeddings)
+    top_k = top_k_function(item_embeddings, k, item_chunk_size, exclude=exclude_ids is not None)
     all_scores, all_ids = [], []
     for start in range(0, len(query_embeddings), query_chunk_size):
         queries = tf.constant(query_embeddings[start : start + query_chunk_size], item_embeddings.dtype)
-        excluded = None
-        if exclude_ids is not None:
-            excluded = tf.constant(np.asarray(exclude_ids[start : start + query_chunk_size], np.int64))
-        scores, ids = _top_k_of_chunks(queries, item_embeddings, tf.constant(k), tf.constant(item_chunk_size), excluded)
+        if exclude_ids is None:
+            scores, ids = top_k(queries)
+        else:
+            scores, ids = top_k(queries, tf.constant(np.asarray(exclude_ids[start : start + query_chunk_size], np.int64)))
         all_scores.append(scores.numpy())
         all_ids.append(ids.numpy())
     if not all_scores:

@@ -1,7 +1,7 @@
 """Held-out evaluation of a two-tower model over the whole corpus, next to a most-popular baseline."""
 
 import dataclasses
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -16,26 +16,47 @@ class HeldOut:
 
     user_ids: np.ndarray  # [num_queries] int64
     relevant_ids: np.ndarray  # [num_queries, r] int64, -1 padded
+    seen_ids: Optional[np.ndarray] = None  # [num_queries, s] int64 training items of each user, -1 padded
 
 
-def load_held_out(corpus: PreparedCorpus, max_users: int = 0) -> HeldOut:
-    """Groups the eval split by user (the first max_users users by id when max_users > 0)."""
-    columns = records.read_all(corpus.eval_files)
+def _group_by_user(columns, user_ids: Optional[np.ndarray] = None):
+    """(users, [item ids per user]) ordered by user id then timestamp; only `user_ids` when given."""
     order = np.lexsort((columns["timestamp"], columns["user_id"]))
-    user_ids = columns["user_id"][order]
-    item_ids = columns["item_id"][order]
-    unique_users, starts = np.unique(user_ids, return_index=True)
-    groups = np.split(item_ids, starts[1:])
+    users = columns["user_id"][order]
+    items = columns["item_id"][order]
+    unique_users, starts = np.unique(users, return_index=True)
+    groups = np.split(items, starts[1:]) if len(users) else []
+    if user_ids is None:
+        return unique_users, groups
+    by_user = dict(zip(unique_users.tolist(), groups))
+    empty = np.zeros([0], np.int64)
+    return user_ids, [by_user.get(user, empty) for user in user_ids.tolist()]
+
+
+def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False) -> HeldOut:
+    """Groups the eval split by user (the first max_users users by id when max_users > 0).
+
+    With exclude_seen, also each user's training items, which evaluation then never ranks (the usual protocol
+    when users do not re-consume items).
+    """
+    unique_users, groups = _group_by_user(records.read_all(corpus.eval_files))
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
-    return HeldOut(unique_users, metrics.pad_ragged(groups))
+    seen_ids = None
+    if exclude_seen:
+        _, seen = _group_by_user(records.read_all(corpus.train_files), unique_users)
+        seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
+    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids)
 
 
 def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
-    """Exact full-corpus metrics of the model's top-max(ks) for every held-out user."""
+    """Exact full-corpus metrics of the model's top-max(ks) for every held-out user.
+
+    Works for a model built under a tf.distribute strategy: the towers are called outside any replica context.
+    """
     item_embeddings = model.item_tower.embed_all()
     query_embeddings = model.query_tower(held_out.user_ids).numpy()
-    _, top_ids = metrics.exact_top_k(query_embeddings, item_embeddings, max(ks))
+    _, top_ids = metrics.exact_top_k(query_embeddings, item_embeddings, max(ks), exclude_ids=held_out.seen_ids)
     return metrics.ranking_metrics(top_ids, held_out.relevant_ids, ks)
 
 

@@ -1,0 +1,103 @@
+"""Top-K items for one user from an exported SavedModel: `python -m trainers.retrieve --export_dir ... --user_id 42`.
+
+Prints one line per item: rank, item id, the item's own key (when the corpus has a vocabulary) and score. With a
+vocabulary, --user_id is the user's own key; otherwise the dense user id. --export_dir is one version
+(<model_dir>/export/3) or the directory of versions, whose newest is used.
+"""
+
+import json
+import os
+
+import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from absl import app, flags
+
+from trainers import export
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("export_dir", None, "An exported version, or the export directory (its newest version).")
+flags.DEFINE_string("user_id", None, "The user: its own key when the corpus has a vocabulary, else the dense id.")
+flags.DEFINE_integer("k", 10, "Items to print, at most the exported K.", lower_bound=1)
+
+
+def resolve_version(export_dir: str) -> str:
+    """The version directory to load: export_dir itself, or its highest-numbered version."""
+    if not os.path.isdir(export_dir):
+        raise ValueError("no such directory")
+    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        return export_dir
+    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()]
+    if not versions:
+        raise ValueError("neither a SavedModel nor a directory of numbered versions (<n>/saved_model.pb)")
+    return os.path.join(export_dir, str(max(versions)))
+
+
+def load_export(version_dir: str):
+    """(loaded SavedModel, metadata dict); ValueError with the reason when it is not a complete export."""
+    import tensorflow as tf
+
+    metadata_path = os.path.join(version_dir, export.METADATA)
+    try:
+        with open(metadata_path) as file:
+            metadata = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{version_dir}: not an export of trainers.export ({metadata_path}: {error})") from None
+    if metadata.get("index") == "scann":
+        import scann  # noqa: F401  (registers ScaNN's TensorFlow ops before loading)
+    try:
+        loaded = tf.saved_model.load(version_dir)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{version_dir}: cannot load the SavedModel ({first_line})") from None
+    return loaded, metadata
+
+
+def retrieve(loaded, metadata, user: str, k: int):
+    """[(rank, item id, item key or None, score)] of the top k for `user` (a key, or a dense id as text)."""
+    import tensorflow as tf
+
+    if k > metadata["k"]:
+        raise ValueError(f"--k={k} exceeds the {metadata['k']} items per query this version was exported with")
+    if metadata["has_vocabulary"]:
+        # The vocabulary asset is the user list; check it here for a clear message instead of the graph's assert.
+        user_id = loaded.user_ids_by_key.lookup(tf.constant([user])).numpy()[0]
+        if user_id < 0:
+            raise ValueError(f"--user_id={user}: not in the user vocabulary ({metadata['num_users']} users)")
+        outputs = loaded.signatures["serving_keys"](user_key=tf.constant([user]))
+        keys = [key.decode("utf-8") for key in outputs["item_keys"].numpy()[0]]
+    else:
+        try:
+            user_id = int(user)
+        except ValueError:
+            raise ValueError(f"--user_id={user}: expected an integer user id (this corpus has no vocabulary)") from None
+        if not 0 <= user_id < metadata["num_users"]:
+            raise ValueError(f"--user_id={user}: expected a user id in [0, {metadata['num_users']})")
+        outputs = loaded.signatures["serving_default"](user_id=tf.constant([user_id], tf.int64))
+        keys = [None] * metadata["k"]
+    ids = outputs["item_ids"].numpy()[0]
+    scores = outputs["scores"].numpy()[0]
+    return [(rank + 1, int(ids[rank]), keys[rank], float(scores[rank])) for rank in range(k)]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.export_dir or FLAGS.user_id is None:
+        raise app.UsageError("--export_dir and --user_id are required")
+    try:
+        loaded, metadata = load_export(resolve_version(FLAGS.export_dir))
+    except ValueError as error:
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir}: {error}") from None
+    if FLAGS.k > metadata["num_items"]:
+        raise app.UsageError(f"--k={FLAGS.k} exceeds the corpus size {metadata['num_items']}")
+    try:
+        rows = retrieve(loaded, metadata, FLAGS.user_id, FLAGS.k)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    with_keys = metadata["has_vocabulary"]
+    print(f"{'rank':>4}  {'item id':>8}  {'item key':<24}  score" if with_keys else f"{'rank':>4}  {'item id':>8}  score")
+    for rank, item_id, key, score in rows:
+        print(f"{rank:>4}  {item_id:>8}  {key:<24}  {score:.4f}" if with_keys else f"{rank:>4}  {item_id:>8}  {score:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -38,6 +38,7 @@ def training_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES,
+    columns: Optional[Dict[str, np.ndarray]] = None,
 ) -> tf.data.Dataset:
     """Shuffled training batches, from step `start_step` on.
 
@@ -50,6 +51,8 @@ def training_dataset(
       num_true: interactions per row; > 1 groups num_true interactions of one user per row (streaming).
       start_step: global batches to leave out at the start (a resumed run's step).
       num_shards, shard_index: this input pipeline's share, for tf.distribute.
+      columns: the split as read by `read_in_memory` (None: read here). Pass it when the dataset is built inside
+        a tf.function, as ParameterServerStrategy does on its workers, where files cannot be read eagerly.
     Returns:
       Batches {name: [batch_size // num_shards] int64} ({item_id, timestamp}: [.., num_true] when num_true > 1).
       The last partial batch of a pass is dropped so every step has the same shape.
@@ -58,13 +61,23 @@ def training_dataset(
         raise ValueError(f"batch_size={batch_size} must divide evenly over {num_shards} input pipelines")
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31))
-    on_disk = sum(os.path.getsize(path) for path in files)
-    if num_true == 1 and on_disk <= max_in_memory_bytes:
-        columns = records.read_all(files)
+    if columns is None:
+        columns = read_in_memory(files, num_true, max_in_memory_bytes)
+    if columns is not None:
         return in_memory_batches(columns, batch_size, seed, repeat, start_step, num_shards, shard_index)
     return _streaming_batches(
         files, batch_size // num_shards, shuffle_buffer, seed, repeat, num_true, start_step, num_shards, shard_index
     )
+
+
+def read_in_memory(
+    files: List[str], num_true: int = 1, max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES
+) -> Optional[Dict[str, np.ndarray]]:
+    """The split's columns {name: [n]} when training_dataset batches it in memory; None when it streams."""
+    on_disk = sum(os.path.getsize(path) for path in files)
+    if num_true == 1 and on_disk <= max_in_memory_bytes:
+        return records.read_all(files)
+    return None
 
 
 def in_memory_batches(

@@ -37,6 +37,18 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
             logs.update({f"eval_{name}": value for name, value in self.last_metrics.items()})
 
 
+def _logged_float(logs, name):
+    """logs[name] as a float; None when absent or still a RemoteValue of a step in flight (parameter_server,
+    where reading it would wait for that step and undo the asynchrony)."""
+    remote = tf.distribute.experimental.coordinator.RemoteValue
+    if logs is None or isinstance(logs, remote):
+        return None
+    value = logs.get(name)
+    if value is None or isinstance(value, remote):
+        return None
+    return float(value)
+
+
 LIKELY_FIXES = "Likely fixes: --label_smoothing=0.1, a lower --learning_rate, or a higher --temperature."
 
 
@@ -47,13 +59,17 @@ class NanGuard(tf.keras.callbacks.Callback):
     whose loss was finite can still write non-finite weights).
     """
 
+    def __init__(self):
+        super().__init__()
+        self._supports_tf_logs = True  # takes RemoteValues: Keras then allows its batch hook under parameter_server
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        loss = _logged_float(logs, "loss")
+        if loss is not None and not math.isfinite(loss):
             step = int(self.model.optimizer.iterations.numpy())
             self.model.stop_training = True
             raise NonFiniteLossError(
-                f"training loss became {float(loss)} at step {step}. The last good checkpoint is kept. {LIKELY_FIXES}"
+                f"training loss became {loss} at step {step}. The last good checkpoint is kept. {LIKELY_FIXES}"
             )
 
 
@@ -74,12 +90,15 @@ class ProgressLogger(tf.keras.callbacks.Callback):
         self.task_name = task_name
         self.every_steps = every_steps
         self.total_steps = total_steps
+        self.last_logged_step = 0
+        self._supports_tf_logs = True
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps == 0 or step == self.total_steps:
-            loss = (logs or {}).get("loss")
-            loss_text = f" loss {float(loss):.4f}" if loss is not None else ""
+        if step // self.every_steps > self.last_logged_step // self.every_steps or step == self.total_steps:
+            self.last_logged_step = step
+            loss = _logged_float(logs, "loss")
+            loss_text = f" loss {loss:.4f}" if loss is not None else ""
             logging.info("%s: step %d/%d%s", self.task_name, step, self.total_steps, loss_text)
 
 
@@ -92,6 +111,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         self.manager = manager
         self.every_steps = every_steps
         self.last_saved_step = -1
+        self._supports_tf_logs = True
 
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
@@ -107,7 +127,10 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             self.last_saved_step = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
+        # Saved on crossing a multiple of every_steps: with steps_per_execution > 1, or asynchronous
+        # parameter_server steps, the step counter need not land on the multiple itself.
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.every_steps and step // self.every_steps > max(self.last_saved_step, 0) // self.every_steps:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

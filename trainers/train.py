@@ -300,8 +300,11 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     tf.keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
-    first_batch = next(iter(pipeline.training_dataset(corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed,
-                                                      num_true=FLAGS.num_true)))
+    # Read once here, eagerly: under parameter_server dataset_fn runs inside a tf.function.
+    train_columns = pipeline.read_in_memory(corpus.train_files, FLAGS.num_true)
+    first_batch = next(iter(pipeline.training_dataset(
+        corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed, num_true=FLAGS.num_true, columns=train_columns
+    )))
     with strategy.scope():
         model = model_builder.build_model(corpus, loss_config, FLAGS.embedding_dim, hidden_dims, FLAGS.normalize)
         model.compile(optimizer=_make_optimizer(tf), steps_per_execution=FLAGS.steps_per_execution)
@@ -309,6 +312,10 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
         model.query_tower(first_batch["user_id"])
         model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
 
+    item_table = model.item_tower.embedding.embeddings
+    placement = [f"{shard.shape[0]} rows on {shard.device}" for shard in getattr(item_table, "variables", [item_table])]
+    logging.info("%s: item table %s in %d shard(s): %s", cluster.task_name, item_table.shape, len(placement),
+                 "; ".join(placement))
     tensorboard_dir = os.path.join(write_dir, "tensorboard")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
@@ -340,17 +347,18 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
         """This input pipeline's batches, from the step training resumes at. One pipeline per worker; several
         local replicas each take a contiguous slice of the pipeline's batch, so the replicas together see the
         global batch a single device would."""
-        start_step = resumed_step if multi_worker else int(model.optimizer.iterations.numpy())
+        start_step = data_start_step[0]
         if strategy_name == "parameter_server":
             # Workers step asynchronously, each on a global batch of its own stream.
             return pipeline.training_dataset(
                 corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed + input_context.input_pipeline_id,
                 repeat=True, num_true=FLAGS.num_true, start_step=start_step // input_context.num_input_pipelines,
+                columns=train_columns,
             )
         dataset = pipeline.training_dataset(
             corpus.train_files, FLAGS.batch_size, seed=FLAGS.seed, repeat=True, num_true=FLAGS.num_true,
             start_step=start_step, num_shards=input_context.num_input_pipelines,
-            shard_index=input_context.input_pipeline_id,
+            shard_index=input_context.input_pipeline_id, columns=train_columns,
         )
         replicas_per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         if replicas_per_pipeline > 1:
@@ -362,10 +370,13 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     if is_chief:
         held_out = evaluation.load_held_out(corpus)
         evaluation_callback = callbacks.EvaluationCallback(held_out, eval_ks, os.path.join(tensorboard_dir, "eval"))
-        fit_callbacks += [
-            tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch),
-            summaries.ThroughputCallback(train_writer, FLAGS.batch_size * FLAGS.num_true, FLAGS.log_every_steps),
-        ]
+        fit_callbacks.append(
+            tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch)
+        )
+        if strategy_name != "parameter_server":  # Keras allows no batch hooks on plain logs there
+            fit_callbacks.append(
+                summaries.ThroughputCallback(train_writer, FLAGS.batch_size * FLAGS.num_true, FLAGS.log_every_steps)
+            )
     fit_callbacks.append(callbacks.NanGuard())
     if multi_worker:
         fit_callbacks.append(
@@ -375,7 +386,11 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     if evaluation_callback is not None:
         fit_callbacks.append(evaluation_callback)
 
+    data_start_step = [resumed_step]  # where the next fit's input pipelines start (dataset_fn may be traced)
+
     def fit(epochs, initial_epoch, steps):
+        if not multi_worker:
+            data_start_step[0] = int(model.optimizer.iterations.numpy())
         model.fit(
             tf.keras.utils.experimental.DatasetCreator(dataset_fn),
             epochs=epochs,
@@ -393,6 +408,10 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
         step = (epoch + 1) * steps_per_epoch
     if step < total_steps:
         fit(FLAGS.epochs, step // steps_per_epoch, steps_per_epoch)
+    # Workers of one synchronous job must end with the same weights; this line lets them (and tests) compare.
+    fingerprint = sum(float(tf.reduce_sum(tf.cast(variable, tf.float64))) for variable in model.trainable_variables)
+    logging.info("%s: finished at step %d; weights fingerprint %.10e", cluster.task_name,
+                 int(model.optimizer.iterations.numpy()), fingerprint)
     if not is_chief:
         return None
     held_out = evaluation_callback.held_out

@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 # Extra trainer flags, e.g. `make train ARGS="--loss=nce --epochs=2"`.
 ARGS ?=
+# DATA=movielens trains on MovieLens 100K (fetched and prepared on first use, see data/movielens.py);
+# DATA=<dir> on a corpus made by `python -m data.prepare` (README: "Your own data").
 DATA ?= builtin
 
 .PHONY: train test test-fast install clean

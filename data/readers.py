@@ -209,7 +209,8 @@ def _csv_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, List[s
                 if len(row) == width:
                     yield f"{path}:{reader.line_num}", [row[index] for index in indices]
                 elif row:  # a blank line is no record
-                    bad.add(f"{path}:{reader.line_num}: missing column: {len(row)} fields, the header has {width}", skip)
+                    message = f"missing column: {len(row)} fields, the header has {width}"
+                    bad.add(f"{path}:{reader.line_num}: {message}", skip)
         except (csv.Error, UnicodeDecodeError) as error:
             raise DataError(f"{path}:{reader.line_num + 1}: unreadable CSV ({error})") from None
 

@@ -28,7 +28,7 @@ class Schema:
     weight_column: Optional[str] = None  # a non-negative number per interaction; None: all 1
     item_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by item id in the item tower
     user_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by user id in the query tower
-    multi_valued_columns: Tuple[str, ...] = ()  # feature columns holding several values (CSV: joined by value_separator)
+    multi_valued_columns: Tuple[str, ...] = ()  # feature columns of several values (CSV: joined by value_separator)
     value_separator: str = "|"
     delimiter: str = ","  # CSV field delimiter
     quoting: bool = True  # CSV: '"' quotes fields; False reads quotes as plain characters (TSV dumps)

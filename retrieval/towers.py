@@ -49,8 +49,8 @@ class Tower(tf.keras.Model):
             self.feature_tables.append(
                 tf.Variable(table.astype(np.int32), trainable=False, name=layer_name + "_table")
             )
-            num_values = int(table.max()) + 1 if table.size else 1
-            self.feature_embeddings.append(tf.keras.layers.Embedding(max(num_values, 1), embedding_dim, name=layer_name))
+            num_values = max(int(table.max()) + 1 if table.size else 1, 1)  # value ids are dense from 0
+            self.feature_embeddings.append(tf.keras.layers.Embedding(num_values, embedding_dim, name=layer_name))
         self.hidden_layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_dims]
         needs_projection = bool(hidden_dims) or bool(self.feature_names)
         self.projection = tf.keras.layers.Dense(embedding_dim, name="projection") if needs_projection else None

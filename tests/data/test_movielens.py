@@ -38,8 +38,8 @@ def test_fake_movielens_files_are_prepared_with_genres_and_year(tmp_path):
     np.testing.assert_array_equal(prepared.item_counts, [3, 2, 1, 0])
     assert prepared.num_train == 6 and prepared.num_eval == 2
     held_out = records.read_all(prepared.eval_files)
-    held_out_pairs = {(prepared.user_keys[u], prepared.item_keys[i]) for u, i in zip(held_out["user_id"], held_out["item_id"])}
-    assert held_out_pairs == {("1", "30"), ("3", "20")}
+    pairs = {(prepared.user_keys[u], prepared.item_keys[i]) for u, i in zip(held_out["user_id"], held_out["item_id"])}
+    assert pairs == {("1", "30"), ("3", "20")}
     genres, years = prepared.item_features["class:token_seq"], prepared.item_features["release_year:token"]
     assert (genres[0] >= 0).sum() == 2 and (genres[1] >= 0).sum() == 3
     assert (years[0] >= 0).sum() == 1 and years[0, 0] != years[1, 0]

@@ -33,7 +33,10 @@ def _write(path, text):
         (HEADER + "u1,a,yesterday,1,x\n", r"log\.csv:2: non-numeric timestamp 'yesterday'"),
         (HEADER, r"no interactions in 1 file"),
         ("", r"log\.csv: empty file; expected a header line"),
-        ("user,item,when,weight,genres\n" + GOOD[0], r"log\.csv:1: schema mismatch: .* lacks the declared column\(s\) \['time'\]"),
+        (
+            "user,item,when,weight,genres\n" + GOOD[0],
+            r"log\.csv:1: schema mismatch: .* lacks the declared column\(s\) \['time'\]",
+        ),
     ],
     ids=["missing_column", "non_numeric_weight", "empty_key", "non_numeric_timestamp", "empty_input", "empty_file",
          "schema_mismatch"],
@@ -96,7 +99,8 @@ def test_tfrecord_reads_like_csv_and_names_the_bad_record(tmp_path):
         readers.read_log(bad, SCHEMA, "tfrecord")
     skipped = readers.read_log(bad, SCHEMA, "tfrecord", skip_bad_records=True)
     assert len(skipped) == 1 and skipped.bad_records.count == 2
-    assert "record 2: schema mismatch: column 'time' is bytes_list, expected int64_list" in skipped.bad_records.messages[1]
+    expected = "record 2: schema mismatch: column 'time' is bytes_list, expected int64_list"
+    assert expected in skipped.bad_records.messages[1]
 
 
 def test_schema_json_and_its_errors(tmp_path):

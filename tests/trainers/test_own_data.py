@@ -39,7 +39,8 @@ def write_logs(directory):
             weights = np.where(liked, popularity, 0.02 * popularity)
             items = rng.choice(NUM_ITEMS, PER_USER, p=weights / weights.sum())
             for time, item in enumerate(items):
-                lines.append(f"user{user},item{item},{1_700_000_000 + time},g{genre[item]}|{'even' if item % 2 else 'odd'}")
+                parity = "odd" if item % 2 else "even"
+                lines.append(f"user{user},item{item},{1_700_000_000 + time},g{genre[item]}|{parity}")
         with open(os.path.join(directory, f"part-{shard}.csv"), "w") as file:
             file.write("\n".join(lines) + "\n")
 
@@ -64,6 +65,6 @@ def test_readme_walk_from_a_csv_to_a_trained_model_and_a_top_k_query(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())
     assert metrics["model"]["recall_at_10"] > 1.5 * metrics["most_popular"]["recall_at_10"]
     if importlib.util.find_spec("trainers.retrieve") is None or not (tmp_path / "runs/mine/export").exists():
-        pytest.skip("README walk ran to a trained model; its top-K step needs trainers.retrieve and the trainer's export")
+        pytest.skip("the README walk ran to a trained model; its top-K step needs trainers.retrieve and an export")
     top_k = run(commands[2])
     assert len(set(re.findall(r"\bitem\d+\b", top_k))) >= 10, top_k  # the top 10, by the log's own keys

@@ -57,3 +57,13 @@ def test_real_movielens_from_the_recbole_wheel(tmp_path):
     assert prepared.num_eval == 940 and prepared.num_items == 1680  # 1,679 items + the OOV bucket
     assert np.all(np.diff(prepared.item_counts) <= 0) and prepared.item_keys[0] == "50"  # Star Wars
     assert prepared.item_features["class:token_seq"].shape == (1680, 6)
+
+
+def test_unreachable_index_gives_a_one_line_reason_and_leaves_no_files(tmp_path, monkeypatch):
+    for name, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
+                        "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1",
+                        "PIP_CONFIG_FILE": os.devnull}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(movielens.DownloadError, match=r"pip download --no-deps recbole==1\.2\.1` failed"):
+        movielens.prepared(str(tmp_path))
+    assert os.listdir(tmp_path) == []

@@ -115,3 +115,27 @@ def test_command_line_error_is_one_line_and_skip_bad_records_reports(tmp_path):
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "skipped 1 bad records" in skipped.stdout
     assert corpus.PreparedCorpus.load(str(tmp_path / "out")).num_train + 40 == 239
+
+
+def test_user_features_from_the_log_and_item_features_from_a_side_file(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,time,plan\nann,a,1,free\nann,b,2,free\nbob,a,1,paid\nbob,b,2,paid\nbob,c,3,paid\n")
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text("item,genres,unused\na,x|y,0\nb,y,0\nz,x,0\n")
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time", user_feature_columns=("plan",),
+                    item_feature_columns=("genres",), multi_valued_columns=("genres",))
+    with pytest.raises(DataError, match=r"log\.csv:1: schema mismatch: .*\['genres'\]"):
+        prepare.prepare(str(log), schema, str(tmp_path / "out"))  # genres are not in the log
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time",
+                    item_feature_columns=("genres",), multi_valued_columns=("genres",))
+    prepared = corpus.PreparedCorpus.load(
+        prepare.prepare(str(log), schema, str(tmp_path / "out"), item_features_input=str(catalogue)).output_dir
+    )
+    # a and b take their genres from the catalogue (z, never rated, is not an item of the corpus).
+    genres = prepared.item_features["genres"]
+    assert [int((genres[prepared.item_keys.index(key)] >= 0).sum()) for key in ("a", "b")] == [2, 1]
+    with_users = Schema(user_column="user", item_column="item", timestamp_column="time", user_feature_columns=("plan",))
+    prepared = corpus.PreparedCorpus.load(prepare.prepare(str(log), with_users, str(tmp_path / "users")).output_dir)
+    plans = prepared.user_features["plan"][:, 0]
+    assert plans[prepared.user_keys.index("ann")] != plans[prepared.user_keys.index("bob")]
+    assert prepared.item_features is None

@@ -1,0 +1,92 @@
+"""Training that survives faults: a SIGKILLed run resumes at its checkpointed step and data position, and a run
+driven to NaN stops with the step and the fixes, leaving the last good checkpoint loadable."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT, run_module
+
+TINY = [
+    "--num_items=2000",
+    "--num_users=1000",
+    "--num_interactions=40000",
+    "--batch_size=256",
+    "--num_sampled=200",
+    "--seed=7",
+    "--projector_items=0",
+]
+
+
+def _checkpoint_steps(model_dir):
+    directory = os.path.join(model_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name[len("ckpt-"):-len(".index")]) for name in os.listdir(directory) if name.endswith(".index"))
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_at_its_checkpointed_step_and_finishes(tmp_path):
+    model_dir = str(tmp_path / "model")
+    args = [
+        f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}", *TINY,
+        "--epochs=3", "--steps_per_epoch=100", "--checkpoint_every_steps=10", "--log_every_steps=10",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "trainers.train", *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not [step for step in _checkpoint_steps(model_dir) if step >= 30] and first.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint at step 30 within 240 s"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run was killed, not finished"
+    saved = _checkpoint_steps(model_dir)
+    assert 30 <= saved[-1] < 300 and saved[-1] % 10 == 0, saved
+
+    second = run_module("trainers.train", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    restored = re.search(r"restored step (\d+) \(epoch (\d+), batch (\d+) of 100\)", second.stderr)
+    assert restored, second.stderr[-3000:]
+    step, epoch, batch = (int(value) for value in restored.groups())
+    assert step == saved[-1], "resumed at the newest checkpoint, not at 0"
+    assert (epoch, batch) == (step // 100 + 1, step % 100), "the data position follows the step"
+    assert "local: finished at step 300;" in second.stderr
+    assert _checkpoint_steps(model_dir)[-1] == 300
+    assert "step-0 loss" not in second.stderr, "a resumed run does not start over"
+    assert json.loads(open(os.path.join(model_dir, "metrics.json")).read())["model"]["recall_at_10"] > 0.1
+
+
+@pytest.mark.slow
+def test_run_driven_to_nan_stops_with_the_step_and_the_last_good_checkpoint_evaluates(tmp_path):
+    model_dir = tmp_path / "model"
+    common = [f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}", *TINY, "--steps_per_epoch=10"]
+    good = run_module("trainers.train", *common, "--epochs=1", "--checkpoint_every_steps=5")
+    assert good.returncode == 0, good.stderr[-3000:]
+    good_metrics = json.loads((model_dir / "metrics.json").read_text())["model"]
+    assert _checkpoint_steps(model_dir) == [5, 10]
+
+    # Resumed with a learning rate that overflows float32: step 11's loss (on good weights) is finite, but the
+    # weights it writes are not. The guard must stop before checkpointing them.
+    bad = run_module("trainers.train", *common, "--epochs=2", "--checkpoint_every_steps=1", "--learning_rate=1e39")
+    assert bad.returncode != 0
+    assert "at step 11" in bad.stderr and "non-finite" in bad.stderr, bad.stderr[-3000:]
+    assert "--label_smoothing" in bad.stderr and "--learning_rate" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert _checkpoint_steps(model_dir) == [5, 10], "no checkpoint of the bad weights"
+
+    evaluated = run_module("trainers.evaluate", f"--model_dir={model_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "(step 10)" in evaluated.stdout
+    recall = float(re.search(r"recall_at_100\s+(\S+)", evaluated.stdout).group(1))
+    assert recall == pytest.approx(good_metrics["recall_at_100"], abs=1e-6)

@@ -61,7 +61,14 @@ def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
 
 
 def popularity_baseline(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
-    """The same metrics for recommending the most frequent training items to everyone."""
+    """The same metrics for recommending the most frequent training items to everyone (minus the user's own
+    training items when held_out has seen_ids, so both sides of the comparison follow one protocol)."""
+    if held_out.seen_ids is not None:
+        # Counts as one-dimensional "embeddings" scored by a query of 1: the exact top-k with its exclusion.
+        counts = np.asarray(item_counts, np.float32)[:, np.newaxis]
+        queries = np.ones([len(held_out.user_ids), 1], np.float32)
+        _, top_ids = metrics.exact_top_k(queries, counts, max(ks), exclude_ids=held_out.seen_ids)
+        return metrics.ranking_metrics(top_ids, held_out.relevant_ids, ks)
     top = np.argsort(-np.asarray(item_counts), kind="stable")[: max(ks)]
     top_ids = np.broadcast_to(top, (len(held_out.user_ids), len(top)))
     return metrics.ranking_metrics(top_ids, held_out.relevant_ids, ks)

@@ -155,6 +155,19 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force"):
+    """Exports the newest checkpoint of a run: what the trainer calls at the end, whatever its strategy.
+
+    The model is rebuilt on one device from config.json, so mirrored or parameter-server-sharded training
+    exports the same plain SavedModel. Returns (version path, checkpoint step). Raises FileNotFoundError /
+    ValueError with the reason.
+    """
+    from trainers import model_builder
+
+    model, corpus, _, checkpoint, step = model_builder.restore_from_model_dir(model_dir)
+    return export(model, corpus, model_dir, export_dir, k, index, checkpoint), step
+
+
 FLAGS = flags.FLAGS
 
 
@@ -171,17 +184,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
-    from trainers import model_builder
-
     try:
-        model, corpus, _, checkpoint, step = model_builder.restore_from_model_dir(FLAGS.model_dir)
+        path, step = export_from_model_dir(FLAGS.model_dir, FLAGS.export_dir, FLAGS.k, FLAGS.index)
     except (OSError, ValueError) as error:
-        raise app.UsageError(f"--model_dir={FLAGS.model_dir}: {error}") from None
-    try:
-        path = export(model, corpus, FLAGS.model_dir, FLAGS.export_dir, FLAGS.k, FLAGS.index, checkpoint)
-    except ValueError as error:
-        raise app.UsageError(f"--k={FLAGS.k}: {error}") from None
-    print(f"exported step {step} ({checkpoint}) to {path}", flush=True)
+        raise app.UsageError(f"--model_dir={FLAGS.model_dir} --k={FLAGS.k}: {error}") from None
+    print(f"exported step {step} to {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ flags.DEFINE_float(
 # Run.
 flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
+flags.DEFINE_bool("exclude_seen", False, "Held-out evaluation never ranks a user's training items.")
+flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint to <model_dir>/export/<n>/ (trainers.export).")
+flags.DEFINE_integer("export_top_k", 100, "Items the exported serving signature returns per query.", lower_bound=1)
 flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0)
 flags.DEFINE_integer(
@@ -285,6 +288,8 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
         raise app.UsageError(f"--{error}") from None
     if max(eval_ks) > corpus.num_items:
         raise app.UsageError(f"--eval_top_k={max(eval_ks)} exceeds the corpus size {corpus.num_items}")
+    if FLAGS.export and FLAGS.export_top_k > corpus.num_items:
+        raise app.UsageError(f"--export_top_k={FLAGS.export_top_k} exceeds the corpus size {corpus.num_items}")
     steps_per_epoch = corpus.num_train // (FLAGS.batch_size * FLAGS.num_true)
     if steps_per_epoch == 0:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} exceeds the {corpus.num_train} training interactions")
@@ -368,7 +373,7 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     fit_callbacks = [callbacks.ProgressLogger(cluster.task_name, FLAGS.log_every_steps, total_steps)]
     evaluation_callback = None
     if is_chief:
-        held_out = evaluation.load_held_out(corpus)
+        held_out = evaluation.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen)
         evaluation_callback = callbacks.EvaluationCallback(held_out, eval_ks, os.path.join(tensorboard_dir, "eval"))
         fit_callbacks.append(
             tf.keras.callbacks.TensorBoard(tensorboard_dir, update_freq=FLAGS.log_every_steps, profile_batch=profile_batch)
@@ -467,6 +472,16 @@ def main(argv):
     with open(os.path.join(model_dir, "metrics.json"), "w") as file:
         json.dump({"model": model_metrics, "most_popular": baseline_metrics}, file, indent=2)
     print(report(model_metrics, baseline_metrics, eval_ks), flush=True)
+    if FLAGS.export:
+        from trainers import export
+
+        try:
+            export_path, export_step = export.export_from_model_dir(model_dir, k=FLAGS.export_top_k)
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            sys.exit(f"training finished and its checkpoints are kept, but the export failed: {error}. Retry with "
+                     f"`python -m trainers.export --model_dir={model_dir} --k={FLAGS.export_top_k}`.")
+        print(f"exported step {export_step} to {export_path}  (python -m trainers.retrieve --export_dir "
+              f"{export_path} --user_id ...)", flush=True)
 
 
 if __name__ == "__main__":

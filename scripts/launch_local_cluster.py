@@ -85,6 +85,7 @@ class Cluster:
             )
             name = f"{task_type} {index}"
             self.processes[name] = process
+            self._say(f"started {name} (pid {process.pid}) on {cluster[task_type][index]}")
             pump = threading.Thread(target=self._pump, args=(name, process), daemon=True)
             pump.start()
             self.pumps.append(pump)
@@ -105,7 +106,7 @@ class Cluster:
                 code = process.poll()
                 if code is not None and code != 0:
                     self._say(f"{name} exited with code {code}; stopping the other tasks")
-                    return code
+                    return code if code > 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
             if all(process.poll() == 0 for process in training.values()):
                 return 0
             time.sleep(0.2)

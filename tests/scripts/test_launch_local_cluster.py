@@ -1,0 +1,104 @@
+"""scripts/launch_local_cluster.py with the real trainer: per-task TF_CONFIG and log prefixes, and every process
+it started stopped when one task fails or when the launcher itself is stopped."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+import launch_local_cluster  # noqa: E402
+
+TRAINER = [
+    "--strategy=multi_worker",
+    "--num_items=2000",
+    "--num_users=1000",
+    "--num_interactions=40000",
+    "--batch_size=256",
+    "--num_sampled=200",
+    "--epochs=20",
+    "--log_every_steps=5",
+    "--projector_items=0",
+]
+
+
+def test_cluster_layouts_get_distinct_free_ports():
+    workers_only = launch_local_cluster.cluster_spec(3, 0)
+    assert set(workers_only) == {"worker"} and len(workers_only["worker"]) == 3
+    with_ps = launch_local_cluster.cluster_spec(2, 2)
+    addresses = [address for task_addresses in with_ps.values() for address in task_addresses]
+    assert {task: len(value) for task, value in with_ps.items()} == {"chief": 1, "worker": 2, "ps": 2}
+    assert len(set(addresses)) == 5 and all(address.startswith("127.0.0.1:") for address in addresses)
+    assert launch_local_cluster.tasks_of(with_ps)[:2] == [("ps", 0), ("ps", 1)], "servers start first"
+
+
+def _start(tmp_path):
+    return subprocess.Popen(
+        [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=5", "--",
+         f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TRAINER],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def _read_until(launcher, pattern, lines):
+    for line in launcher.stdout:
+        lines.append(line)
+        if re.search(pattern, line):
+            return
+    raise AssertionError("launcher ended before " + pattern + ":\n" + "".join(lines[-40:]))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(pid, 0); its state in /proc says it is gone.
+    with open(f"/proc/{pid}/stat") as file:
+        return file.read().split(") ", 1)[1][0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_failed_worker_stops_the_job_with_its_exit_code(tmp_path):
+    launcher = _start(tmp_path)
+    lines = []
+    try:
+        _read_until(launcher, r"\[worker 1\] .*worker 1: step \d+/", lines)
+        text = "".join(lines)
+        pids = {name: int(pid) for name, pid in re.findall(r"started (worker \d) \(pid (\d+)\)", text)}
+        config = json.loads(re.search(r"\[launcher\] cluster (.*)", text).group(1))
+        assert len(config["worker"]) == 2 and "[worker 0]" in text
+        os.kill(pids["worker 1"], signal.SIGKILL)
+        rest, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGKILL, rest[-3000:]
+    assert "worker 1 exited with code -9; stopping the other tasks" in rest
+    assert not _alive(pids["worker 0"]), "worker 0 (waiting on its peer's collectives) was stopped"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_task(tmp_path):
+    launcher = _start(tmp_path)
+    lines = []
+    try:
+        _read_until(launcher, r"\[worker 0\] .*worker 0: step \d+/", lines)
+        pids = [int(pid) for pid in re.findall(r"started worker \d \(pid (\d+)\)", "".join(lines))]
+        launcher.send_signal(signal.SIGTERM)
+        rest, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    assert "stopping every task" in rest
+    time.sleep(0.5)
+    assert len(pids) == 2 and not any(_alive(pid) for pid in pids)

@@ -149,7 +149,7 @@ def _streaming_batches(
 
 
 def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int) -> tf.data.Dataset:
-    """Serialized records -> rows {user_id: [], item_id: [num_true], timestamp: [num_true]} of one user each."""
+    """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each."""
     parsed = serialized.map(
         lambda record: tf.io.parse_single_example(record, records.FEATURE_SPEC), num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -159,5 +159,10 @@ def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int) -> tf.data.Dat
         window_size=num_true,
     )
     return grouped.map(
-        lambda rows: {"user_id": rows["user_id"][0], "item_id": rows["item_id"], "timestamp": rows["timestamp"]}
+        lambda rows: {
+            "user_id": rows["user_id"][0],
+            "item_id": rows["item_id"],
+            "timestamp": rows["timestamp"],
+            "weight": rows["weight"],
+        }
     )

@@ -4,7 +4,7 @@ Features of one record:
   user_id   int64  dense user id in [0, num_users)
   item_id   int64  dense item id in [0, num_items), ranked by frequency (0 = most frequent)
   timestamp int64  seconds (or any increasing order key)
-  weight    float  optional (logs with a weight column); FEATURE_SPEC leaves it out, parse WEIGHT_SPEC to read it
+  weight    float  optional: written for logs with a weight column; parsed as 1.0 where absent
 Files are sharded as <split>-00000-of-00004.tfrecord so that tf.distribute can shard by file.
 """
 
@@ -18,10 +18,9 @@ FEATURE_SPEC = {
     "user_id": tf.io.FixedLenFeature([], tf.int64),
     "item_id": tf.io.FixedLenFeature([], tf.int64),
     "timestamp": tf.io.FixedLenFeature([], tf.int64),
+    # Every corpus parses to the same structure: 1.0 where the log had no weight column (the built-in corpus).
+    "weight": tf.io.FixedLenFeature([], tf.float32, default_value=1.0),
 }
-
-
-WEIGHT_SPEC = {"weight": tf.io.FixedLenFeature([], tf.float32, default_value=1.0)}
 
 
 def shard_paths(directory: str, split: str, num_shards: int) -> List[str]:
@@ -69,7 +68,7 @@ def write_interactions(directory: str, split: str, columns: Dict[str, np.ndarray
 
 
 def parse_batch(serialized):
-    """[batch] serialized tf.train.Example -> {feature: [batch] int64}."""
+    """[batch] serialized tf.train.Example -> {feature: [batch]} (int64; weight float32)."""
     return tf.io.parse_example(serialized, FEATURE_SPEC)
 
 
@@ -78,5 +77,5 @@ def read_all(paths: List[str]) -> Dict[str, np.ndarray]:
     dataset = tf.data.TFRecordDataset(paths).batch(65536).map(parse_batch)
     parts = list(dataset.as_numpy_iterator())
     if not parts:
-        return {name: np.zeros([0], np.int64) for name in FEATURE_SPEC}
+        return {name: np.zeros([0], spec.dtype.as_numpy_dtype) for name, spec in FEATURE_SPEC.items()}
     return {name: np.concatenate([part[name] for part in parts]) for name in FEATURE_SPEC}

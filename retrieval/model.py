@@ -28,8 +28,17 @@ class TwoTowerModel(tfrs.Model):
         return self.query_tower(features["user_id"])
 
     def per_example_loss(self, features, training=False):
+        """[batch] loss of each row, times features["weight"] ([batch], or [batch, num_true]: the row's mean)
+        when the batch has interaction weights (Keras sample-weight semantics)."""
         query_embeddings = self.query_tower(features["user_id"], training=training)
-        return self.retrieval_loss(query_embeddings, features["item_id"], self.item_tower)
+        loss = self.retrieval_loss(query_embeddings, features["item_id"], self.item_tower)
+        weight = features.get("weight")
+        if weight is None:
+            return loss
+        weight = tf.cast(weight, loss.dtype)
+        if weight.shape.rank == 2:
+            weight = tf.reduce_mean(weight, axis=1)
+        return loss * weight
 
     def compute_loss(self, features, training=False):
         return tf.nn.compute_average_loss(self.per_example_loss(features, training=training))

@@ -139,3 +139,23 @@ def test_user_features_from_the_log_and_item_features_from_a_side_file(tmp_path)
     plans = prepared.user_features["plan"][:, 0]
     assert plans[prepared.user_keys.index("ann")] != plans[prepared.user_keys.index("bob")]
     assert prepared.item_features is None
+
+
+def test_weights_reach_the_training_batches(tmp_path):
+    from data import pipeline
+
+    log = tmp_path / "log.csv"
+    rows = [f"u{user},i{(user + k) % 7},{k},{(user * 7 + k) % 5}" for user in range(6) for k in range(5)]
+    log.write_text("user,item,time,stars\n" + "\n".join(rows) + "\n")
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time", weight_column="stars")
+    prepared = corpus.PreparedCorpus.load(prepare.prepare(str(log), schema, str(tmp_path / "out")).output_dir)
+    columns = records.read_all(prepared.train_files)
+    stars = {(f"u{u}", f"i{(u + k) % 7}", k): float((u * 7 + k) % 5) for u in range(6) for k in range(5)}
+    read = [stars[(prepared.user_keys[u], prepared.item_keys[i], t)] for u, i, t in
+            zip(columns["user_id"], columns["item_id"], columns["timestamp"])]
+    np.testing.assert_array_equal(columns["weight"], read)
+    batch = next(iter(pipeline.training_dataset(prepared.train_files, 4, seed=0, num_true=2)))
+    assert batch["weight"].shape == (4, 2)
+    unweighted = records.read_all(corpus.PreparedCorpus.load(prepare.prepare(
+        str(log), Schema(user_column="user", item_column="item"), str(tmp_path / "plain")).output_dir).train_files)
+    np.testing.assert_array_equal(unweighted["weight"], 1.0)

@@ -103,7 +103,8 @@ def prepare(
         schema,
         file_format,
         skip_bad_records,
-        features_in_log=not (item_features_input or user_features_input),
+        item_features_in_log=not item_features_input,
+        user_features_in_log=not user_features_input,
     )
     item_rows, user_rows = log.item_features, log.user_features
     if item_features_input and schema.item_feature_columns:

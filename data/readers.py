@@ -80,7 +80,8 @@ def read_log(
     schema: Schema,
     file_format: str = "csv",
     skip_bad_records: bool = False,
-    features_in_log: bool = True,
+    item_features_in_log: bool = True,
+    user_features_in_log: bool = True,
 ) -> RawLog:
     """Reads every interaction of the files matching `pattern`.
 
@@ -89,13 +90,14 @@ def read_log(
       schema: the declared columns.
       file_format: "csv" or "tfrecord".
       skip_bad_records: count and skip malformed records instead of stopping at the first.
-      features_in_log: read the schema's feature columns from the log (False when they come from side files).
+      item_features_in_log, user_features_in_log: read the schema's item / user feature columns from the log
+        (False when they come from a side file).
     Raises:
       DataError: no matching file, no interaction at all, or (without skip_bad_records) a bad record.
     """
     files = expand(pattern)
-    item_features = schema.item_feature_columns if features_in_log else ()
-    user_features = schema.user_feature_columns if features_in_log else ()
+    item_features = schema.item_feature_columns if item_features_in_log else ()
+    user_features = schema.user_feature_columns if user_features_in_log else ()
     columns = schema.interaction_columns() + item_features + user_features
     multi_valued = set(schema.multi_valued_columns)
     has_timestamp, has_weight = schema.timestamp_column is not None, schema.weight_column is not None

@@ -126,19 +126,17 @@ def test_user_features_from_the_log_and_item_features_from_a_side_file(tmp_path)
                     item_feature_columns=("genres",), multi_valued_columns=("genres",))
     with pytest.raises(DataError, match=r"log\.csv:1: schema mismatch: .*\['genres'\]"):
         prepare.prepare(str(log), schema, str(tmp_path / "out"))  # genres are not in the log
-    schema = Schema(user_column="user", item_column="item", timestamp_column="time",
-                    item_feature_columns=("genres",), multi_valued_columns=("genres",))
     prepared = corpus.PreparedCorpus.load(
         prepare.prepare(str(log), schema, str(tmp_path / "out"), item_features_input=str(catalogue)).output_dir
     )
     # a and b take their genres from the catalogue (z, never rated, is not an item of the corpus).
     genres = prepared.item_features["genres"]
     assert [int((genres[prepared.item_keys.index(key)] >= 0).sum()) for key in ("a", "b")] == [2, 1]
-    with_users = Schema(user_column="user", item_column="item", timestamp_column="time", user_feature_columns=("plan",))
-    prepared = corpus.PreparedCorpus.load(prepare.prepare(str(log), with_users, str(tmp_path / "users")).output_dir)
-    plans = prepared.user_features["plan"][:, 0]
+    plans = prepared.user_features["plan"][:, 0]  # from the log
     assert plans[prepared.user_keys.index("ann")] != plans[prepared.user_keys.index("bob")]
-    assert prepared.item_features is None
+    ids_only = Schema(user_column="user", item_column="item")
+    plain = corpus.PreparedCorpus.load(prepare.prepare(str(log), ids_only, str(tmp_path / "plain")).output_dir)
+    assert plain.item_features is None and plain.user_features is None
 
 
 def test_weights_reach_the_training_batches(tmp_path):

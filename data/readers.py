@@ -110,8 +110,10 @@ def read_log(
     for path in files:
         for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
             user = _key(values[0], columns[0], location, bad, skip_bad_records)
+            if user is None:  # each bad record is counted once, for its first fault
+                continue
             item = _key(values[1], columns[1], location, bad, skip_bad_records)
-            if user is None or item is None:
+            if item is None:
                 continue
             timestamp = len(timestamps)
             if has_timestamp:

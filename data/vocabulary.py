@@ -44,7 +44,7 @@ def build(keys: Sequence[str], counts: np.ndarray, min_count: int = 1):
     keys = list(keys)
     counts = np.asarray(counts, dtype=np.int64)
     folded = counts < min_count
-    if OOV_KEY in keys:
+    if folded.any() and OOV_KEY in keys:
         raise ValueError(f"the key {OOV_KEY!r} is reserved for the OOV bucket of rare items")
     kept = np.flatnonzero(~folded)
     ranked_keys = [keys[index] for index in kept]

@@ -23,4 +23,5 @@ def test_rare_keys_share_one_oov_id_ranked_by_their_total_count():
     assert built.oov_id == 1
     np.testing.assert_array_equal(id_of, [0, 1, 1, 1, 2])
     with pytest.raises(ValueError, match="reserved"):
-        vocabulary.build(["a", vocabulary.OOV_KEY], np.array([1, 1]))
+        vocabulary.build(["a", vocabulary.OOV_KEY], np.array([1, 1]), min_count=2)
+    assert vocabulary.build(["a", vocabulary.OOV_KEY], np.array([2, 1]))[0].keys == ["a", vocabulary.OOV_KEY]

@@ -37,8 +37,9 @@ class BruteForceIndex(tf.Module):
 class ScaNNIndex(tf.Module):
     """Approximate top-k with ScaNN (tfrs.layers.factorized_top_k.ScaNN: tree + asymmetric hashing + reordering).
 
-    Defaults follow ScaNN's guidance: about sqrt(num_items) leaves, searching 10% of them, and exact reordering
-    of the best `num_reordering_candidates` (at least 10 k).
+    Defaults follow ScaNN's guidance: about sqrt(num_items) leaves, searching 10% of them (more in small corpora,
+    so that the searched leaves hold twice the reordering candidates), and exact reordering of the best
+    `num_reordering_candidates` (10 k, at least 100).
     """
 
     def __init__(
@@ -56,12 +57,16 @@ class ScaNNIndex(tf.Module):
         if not 1 <= k <= num_items:
             raise ValueError(f"k={k} must be between 1 and the corpus size {num_items}")
         num_leaves = num_leaves or max(1, min(num_items // 10, int(math.sqrt(num_items))))
+        num_reordering_candidates = min(num_items, num_reordering_candidates or max(100, 10 * k))
+        # The searched leaves must hold well over the reordering candidates, or small corpora lose recall.
+        covering = math.ceil(2 * num_reordering_candidates * num_leaves / num_items)
+        num_leaves_to_search = num_leaves_to_search or min(num_leaves, max(1, num_leaves // 10, covering))
         self.k = k
         self.layer = tfrs.layers.factorized_top_k.ScaNN(
             k=k,
             num_leaves=num_leaves,
-            num_leaves_to_search=num_leaves_to_search or max(1, num_leaves // 10),
-            num_reordering_candidates=min(num_items, num_reordering_candidates or max(100, 10 * k)),
+            num_leaves_to_search=num_leaves_to_search,
+            num_reordering_candidates=num_reordering_candidates,
         )
         self.layer.index(item_embeddings, tf.range(num_items, dtype=tf.int64))
 

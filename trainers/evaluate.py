@@ -28,8 +28,6 @@ def write_summaries(summary_dir: str, step: int, values) -> None:
 def main(argv):
     import os
 
-    from trainers import evaluation, model_builder
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.model_dir:
@@ -40,6 +38,8 @@ def main(argv):
         ks = []
     if not ks or min(ks) < 1:
         raise app.UsageError(f"--eval_top_k={','.join(FLAGS.eval_top_k)}: expected comma-separated positive integers")
+    from trainers import evaluation, model_builder  # TensorFlow: after the checks that need none
+
     try:
         model, corpus, _, checkpoint, step = model_builder.restore_from_model_dir(FLAGS.model_dir)
     except (OSError, ValueError) as error:

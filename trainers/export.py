@@ -8,7 +8,8 @@ touches older ones. Signatures:
   item_embedding    item_id [batch] int64 -> embedding [batch, dim]
   serving_keys      (corpora with vocabularies) user_key [batch] string -> item_keys [batch, K] string,
                     item_ids, scores; the vocabularies are SavedModel assets (assets/user_keys.txt, item_keys.txt)
-assets.extra/export.json records K, the index, the corpus sizes and the checkpoint the version came from.
+The loaded object also has user_ids_of_keys (keys [batch] -> ids, -1 when unknown). assets.extra/export.json
+records K, the index, the corpus sizes and the checkpoint the version came from.
 The default brute-force index loads with plain `tf.saved_model.load`; `--index=scann` needs `import scann` in the
 loading process first (its custom ops).
 """
@@ -88,6 +89,13 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
         module.item_keys_by_id = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(item_path, tf.int64, line.LINE_NUMBER, tf.string, line.WHOLE_LINE), ""
         )
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
+        def user_ids_of_keys(user_keys):
+            """user keys [batch] -> dense ids [batch] int64, -1 for keys outside the vocabulary."""
+            return module.user_ids_by_key.lookup(user_keys)
+
+        module.user_ids_of_keys = user_ids_of_keys
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
         def serving_keys(user_keys):

@@ -59,7 +59,7 @@ def retrieve(loaded, metadata, user: str, k: int):
         raise ValueError(f"--k={k} exceeds the {metadata['k']} items per query this version was exported with")
     if metadata["has_vocabulary"]:
         # The vocabulary asset is the user list; check it here for a clear message instead of the graph's assert.
-        user_id = loaded.user_ids_by_key.lookup(tf.constant([user])).numpy()[0]
+        user_id = loaded.user_ids_of_keys(tf.constant([user])).numpy()[0]
         if user_id < 0:
             raise ValueError(f"--user_id={user}: not in the user vocabulary ({metadata['num_users']} users)")
         outputs = loaded.signatures["serving_keys"](user_key=tf.constant([user]))

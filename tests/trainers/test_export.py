@@ -1,0 +1,170 @@
+"""Export and serving as a user runs them: a keyed log prepared, trained, exported, loaded in fresh processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, run_module
+
+NUM_USERS, NUM_ITEMS, NUM_TOPICS = 300, 400, 8
+TRAIN = ["--batch_size=128", "--num_sampled=100", "--epochs=5", "--learning_rate=0.02", "--embedding_dim=16", "--log_every_steps=20",
+         "--projector_items=0", "--seed=3"]
+
+
+def _write_keyed_log(path):
+    """Users and items with their own string keys; each user reads items of one topic (learnable)."""
+    rng = np.random.default_rng(0)
+    lines = ["user,item,ts"]
+    for user in range(NUM_USERS):
+        topic = user % NUM_TOPICS
+        topic_items = np.arange(topic, NUM_ITEMS, NUM_TOPICS)
+        for ts, item in enumerate(rng.choice(topic_items, size=12)):
+            lines.append(f"user-{user:04d},song:{item:04d},{ts}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    _write_keyed_log(root / "log.csv")
+    prepared = run_module("data.prepare", f"--input={root / 'log.csv'}", f"--output_dir={root / 'corpus'}",
+                          "--user_column=user", "--item_column=item", "--timestamp_column=ts")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    model_dir = root / "model"
+    # The trainer exports at the end (--export defaults to true).
+    trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", "--export_top_k=20",
+                         *TRAIN)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    exported_line = [line for line in trained.stdout.splitlines() if line.startswith("exported step")]
+    assert exported_line, trained.stdout
+    return model_dir, exported_line[0].split(" to ")[1].split()[0]
+
+
+LOADER = """
+import json, sys
+import tensorflow as tf
+if sys.argv[2] == "scann":
+    import scann  # ScaNN's custom ops, before loading
+loaded = tf.saved_model.load(sys.argv[1])
+users = json.loads(sys.argv[3])
+out = {"signatures": sorted(loaded.signatures.keys())}
+serving = loaded.signatures["serving_default"](user_id=tf.constant(users["ids"], tf.int64))
+out["item_ids"] = serving["item_ids"].numpy().tolist()
+out["scores"] = serving["scores"].numpy().tolist()
+if users["keys"]:
+    keyed = loaded.signatures["serving_keys"](user_key=tf.constant(users["keys"]))
+    out["keyed_item_ids"] = keyed["item_ids"].numpy().tolist()
+    out["item_keys"] = [[key.decode() for key in row] for row in keyed["item_keys"].numpy()]
+query = loaded.signatures["query_embedding"](user_id=tf.constant(users["ids"], tf.int64))["embedding"]
+item = loaded.signatures["item_embedding"](item_id=tf.constant([0, 1], tf.int64))["embedding"]
+out["query_embedding"], out["item_embedding"] = query.numpy().tolist(), item.numpy().tolist()
+print(json.dumps(out))
+"""
+
+
+def _load_in_fresh_process(version_dir, index, user_ids, user_keys):
+    """Plain TensorFlow in a new interpreter: no project import, no TF_USE_LEGACY_KERAS."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    users = json.dumps({"ids": user_ids, "keys": user_keys})
+    result = subprocess.run([sys.executable, "-c", LOADER, str(version_dir), index, users], cwd="/",
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_savedmodel_in_fresh_process_serves_the_in_memory_top_k(exported):
+    import tensorflow as tf
+
+    from retrieval import index, metrics
+    from trainers import model_builder
+
+    model_dir, version_dir = exported
+    assert version_dir == str(model_dir / "export" / "1")
+    assert sorted(os.listdir(model_dir / "export")) == ["1"], "no staging directory left behind"
+    assert sorted(os.listdir(os.path.join(version_dir, "assets"))) == ["item_keys.txt", "user_keys.txt"]
+    model, corpus, _, _, _ = model_builder.restore_from_model_dir(str(model_dir))
+    user_ids = [0, 5, 17, 123, NUM_USERS - 1]
+    queries = model.query_tower(tf.constant(user_ids, tf.int64)).numpy()
+    items = model.item_tower.embed_all().numpy()
+    scores, ids = metrics.exact_top_k(queries, items, 20)
+
+    served = _load_in_fresh_process(version_dir, "brute_force", user_ids, [corpus.user_keys[u] for u in user_ids])
+    assert served["signatures"] == ["item_embedding", "query_embedding", "serving_default", "serving_keys"]
+    np.testing.assert_array_equal(served["item_ids"], ids)
+    np.testing.assert_allclose(served["scores"], scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(served["keyed_item_ids"], ids)
+    assert served["item_keys"] == [[corpus.item_keys[i] for i in row] for row in ids]
+    np.testing.assert_allclose(served["query_embedding"], queries, rtol=1e-6)
+    np.testing.assert_allclose(served["item_embedding"], items[:2], rtol=1e-6)
+    # The model learned the topics: most of a user's top items are of its topic (1 in 8 by chance).
+    topics = np.array([[int(corpus.item_keys[i][5:]) % NUM_TOPICS for i in row[:10]] for row in ids])
+    assert np.mean(topics == (np.array(user_ids) % NUM_TOPICS)[:, None]) > 0.5
+
+    # A ScaNN version is the next number and serves nearly the same items once `import scann` ran.
+    result = run_module("trainers.export", f"--model_dir={model_dir}", "--k=20", "--index=scann")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(model_dir / "export")) == ["1", "2"]
+    approximate = _load_in_fresh_process(model_dir / "export" / "2", "scann", user_ids, [])
+    assert index.recall_against_exact(np.array(approximate["item_ids"])[:, :10], ids[:, :10]) >= 0.9
+
+
+@pytest.mark.slow
+def test_retrieve_prints_the_top_k_with_the_users_own_keys(exported):
+    model_dir, version_dir = exported
+    result = run_module("trainers.retrieve", f"--export_dir={model_dir / 'export'}", "--user_id=user-0005", "--k=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "item", "id", "item", "key", "score"]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert all(row[2] == f"song:{int(row[2][5:]):04d}" for row in rows)
+    scores = [float(row[3]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--user_id=user-9999"], "--user_id=user-9999: not in the user vocabulary (300 users)"),
+        (["--user_id=user-0001", "--k=21"], "--k=21 exceeds the 20 items per query this version was exported with"),
+        (["--user_id=user-0001", "--k=401"], "--k=401 exceeds the corpus size 400"),
+        (["--user_id=user-0001", "--export_dir=MISSING"], "no such directory"),
+        (["--user_id=user-0001", "--export_dir=CORRUPT"], "cannot load the SavedModel"),
+    ],
+)
+def test_retrieve_errors_are_one_clear_line(exported, tmp_path, args, expected):
+    model_dir, version_dir = exported
+    corrupt = tmp_path / "corrupt" / "1"
+    corrupt.mkdir(parents=True)
+    (corrupt / "saved_model.pb").write_bytes(b"not a protobuf")
+    (corrupt / "assets.extra").mkdir()
+    (corrupt / "assets.extra" / "export.json").write_text(open(os.path.join(version_dir, "assets.extra", "export.json")).read())
+    paths = {"MISSING": str(tmp_path / "missing"), "CORRUPT": str(tmp_path / "corrupt")}
+    args = [f"--export_dir={paths[arg.split('=')[1]]}" if arg.startswith("--export_dir") else arg for arg in args]
+    if not any(arg.startswith("--export_dir") for arg in args):
+        args.append(f"--export_dir={version_dir}")
+    result = run_module("trainers.retrieve", *args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_failed_exports_are_one_clear_line_and_leave_no_version(exported, tmp_path):
+    model_dir, _ = exported
+    before = sorted(os.listdir(model_dir / "export"))
+    result = run_module("trainers.export", f"--model_dir={model_dir}", "--k=401")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "export top-K k=401 must be between 1 and the corpus size 400" in result.stderr
+    assert sorted(os.listdir(model_dir / "export")) == before
+    result = run_module("trainers.export", f"--model_dir={tmp_path / 'nothing'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no config.json" in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "nothing" / "export")

@@ -237,10 +237,10 @@ def _backup_step(tf, backup_dir: str) -> int:
     if not latest:
         return 0
     reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-        if name.startswith("model/optimizer/iter/"):
-            return int(reader.get_tensor(name))
-    return 0
+    name = "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"  # Checkpoint(model=...), model.optimizer
+    if not reader.has_tensor(name):
+        raise ValueError(f"{latest}: a BackupAndRestore checkpoint without {name}")
+    return int(reader.get_tensor(name))
 
 
 def train(model_dir: str, cluster: distribute.ClusterSpec, strategy_name: str):

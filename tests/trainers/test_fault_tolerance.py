@@ -90,3 +90,37 @@ def test_run_driven_to_nan_stops_with_the_step_and_the_last_good_checkpoint_eval
     assert "(step 10)" in evaluated.stdout
     recall = float(re.search(r"recall_at_100\s+(\S+)", evaluated.stdout).group(1))
     assert recall == pytest.approx(good_metrics["recall_at_100"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_stopped_multi_worker_job_continues_from_its_backup(tmp_path):
+    """BackupAndRestore: a 2-worker job stopped mid-training and started again continues on both workers."""
+    args = [
+        "--strategy=multi_worker", f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TINY,
+        "--epochs=2", "--steps_per_epoch=60", "--checkpoint_every_steps=10", "--log_every_steps=10",
+    ]
+    launcher_command = [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=1", "--"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(
+        [*launcher_command, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        for line in first.stdout:
+            if "worker 0: step 30/120" in line:
+                first.send_signal(signal.SIGTERM)
+                break
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM
+    second = subprocess.run(
+        [*launcher_command, *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert second.returncode == 0, second.stdout[-3000:]
+    restored = dict(re.findall(r"\] (worker \d): restored step (\d+)", second.stdout))
+    assert set(restored) == {"worker 0", "worker 1"} and len(set(restored.values())) == 1, second.stdout[-3000:]
+    assert 30 <= int(restored["worker 0"]) < 120
+    assert "step-0 loss" not in second.stdout
+    fingerprints = dict(re.findall(r"\] (worker \d): finished at step 120; weights fingerprint (\S+)", second.stdout))
+    assert len(fingerprints) == 2 and fingerprints["worker 0"] == fingerprints["worker 1"]

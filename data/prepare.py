@@ -248,6 +248,7 @@ def _define_flags():
     flags.DEFINE_list("multi_valued_columns", None, "Feature columns holding several values, e.g. genres.")
     flags.DEFINE_string("value_separator", None, "Separator inside multi-valued CSV fields (default '|').")
     flags.DEFINE_string("delimiter", None, r"CSV field delimiter (default ','; '\t' for tab).")
+    flags.DEFINE_bool("quoting", None, "CSV fields may be quoted with '\"' (default); --noquoting for plain TSV dumps.")
     flags.DEFINE_string("item_features_input", None, "Side file of item features keyed by the item column.")
     flags.DEFINE_string("user_features_input", None, "Side file of user features keyed by the user column.")
     flags.DEFINE_enum("split", "last", list(splits.METHODS), "Held-out interactions per user: latest or random.")
@@ -272,6 +273,7 @@ def schema_from_flags(values) -> Schema:
         "multi_valued_columns": values.multi_valued_columns,
         "value_separator": values.value_separator,
         "delimiter": delimiter,
+        "quoting": values.quoting,
     }
     if values.schema:
         return Schema.from_json(values.schema, **overrides)

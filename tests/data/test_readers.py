@@ -113,3 +113,11 @@ def test_schema_json_and_its_errors(tmp_path):
         Schema(user_column="id", item_column="id")
     with pytest.raises(SchemaError, match="not declared as item or user feature"):
         Schema(user_column="u", item_column="i", multi_valued_columns=("genres",))
+
+
+def test_tab_separated_without_quoting_keeps_quotes_as_text(tmp_path):
+    text = 'user\titem\ttitle\n1\t10\t"Pinocchio" (1940)\n1\t20\tHe said "hi\n'
+    schema = Schema(user_column="user", item_column="item", item_feature_columns=("title",), delimiter="\t",
+                    quoting=False)
+    log = readers.read_log(_write(tmp_path / "log.tsv", text), schema)
+    assert log.item_features == {"10": {"title": ['"Pinocchio" (1940)']}, "20": {"title": ['He said "hi']}}

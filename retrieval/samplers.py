@@ -115,9 +115,18 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None):
     Q of an item is its expected count among the batch's positives: batch_size * item_probability[id] when the
     corpus frequency is given ([num_items] float), otherwise its count in this batch. Row i's own column
     (the diagonal) is marked `own_positive`.
+
+    Under a tf.distribute strategy with several replicas in sync, the batch is the global one: every replica's
+    positives are gathered (as TFRS's `_cross_replica_concat` does with their embeddings), so each replica's rows
+    score the same candidates a single device would, and its own rows' columns are offset by its position.
     """
     true_classes = _as_true_classes(true_ids)
     ids = true_classes[:, 0]
+    own_rows = tf.range(tf.shape(ids)[0])
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        own_rows += tf.cast(replica.replica_id_in_sync_group, tf.int32) * tf.shape(ids)[0]
+        ids = replica.all_gather(ids, axis=0)  # [global batch]: replicas in order, like the global batch
     batch_size = tf.shape(ids)[0]
     if item_probability is not None:
         probability = tf.cast(item_probability, tf.float32)
@@ -129,7 +138,7 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None):
         sampled_expected = tf.reduce_sum(same, axis=0)
         true_same = tf.equal(true_classes[:, :, tf.newaxis], ids[tf.newaxis, tf.newaxis, :])
         true_expected = tf.maximum(tf.reduce_sum(tf.cast(true_same, tf.float32), axis=-1), 1.0)
-    own_positive = tf.eye(batch_size, dtype=tf.bool)
+    own_positive = tf.one_hot(own_rows, batch_size, on_value=True, off_value=False)  # [rows, batch]
     return SampledCandidates(ids, true_expected, sampled_expected, own_positive)
 
 
@@ -138,10 +147,10 @@ def mixed(in_batch_candidates: SampledCandidates, corpus_candidates: SampledCand
 
     The two sources are treated as independent samples: a true item's Q is the sum of its Q under each.
     """
-    batch_size = tf.shape(in_batch_candidates.ids)[0]
+    num_rows = tf.shape(in_batch_candidates.own_positive)[0]  # this replica's rows (the global batch's columns)
     num_corpus = tf.shape(corpus_candidates.ids)[0]
     own_positive = tf.concat(
-        [in_batch_candidates.own_positive, tf.zeros([batch_size, num_corpus], dtype=tf.bool)], axis=1
+        [in_batch_candidates.own_positive, tf.zeros([num_rows, num_corpus], dtype=tf.bool)], axis=1
     )
     return SampledCandidates(
         ids=tf.concat([in_batch_candidates.ids, corpus_candidates.ids], axis=0),

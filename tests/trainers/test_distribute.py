@@ -90,8 +90,9 @@ def test_bad_cluster_stops_the_trainer_before_training_with_one_line(tmp_path, c
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_logical_cpus_gives_the_default_losses(tmp_path, cache_dir):
-    steps = ["--epochs=1", "--steps_per_epoch=8", "--log_every_steps=1", "--checkpoint_every_steps=0"]
+@pytest.mark.parametrize("loss", ["sampled_softmax", "in_batch"])  # in_batch: negatives gathered over replicas
+def test_mirrored_on_two_logical_cpus_gives_the_default_losses(tmp_path, cache_dir, loss):
+    steps = ["--epochs=1", "--steps_per_epoch=8", "--log_every_steps=1", "--checkpoint_every_steps=0", f"--loss={loss}"]
     losses = {}
     for strategy in ("default", "mirrored"):
         model_dir = tmp_path / strategy

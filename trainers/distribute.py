@@ -6,7 +6,7 @@
     parameter_server  ParameterServerStrategy: variables on the "ps" tasks, the item table (and its optimizer
                       slots) split across them, the "chief" coordinating with ClusterCoordinator
     auto              parameter_server when TF_CONFIG has ps tasks, multi_worker when it has several tasks,
-                      mirrored with several GPUs, default otherwise
+                      mirrored with several GPUs (or --cpu_replicas), default otherwise
 
 TF_CONFIG is checked before any TensorFlow runtime starts: a bad one is a one-line `DistributeError`.
 """
@@ -91,8 +91,11 @@ def parse_tf_config(text: Optional[str]) -> ClusterSpec:
     return ClusterSpec(cluster, task_type, task_id)
 
 
-def resolve_strategy_name(name: str, spec: ClusterSpec, num_gpus: int) -> str:
-    """--strategy (auto resolved) that fits the cluster; DistributeError when it does not."""
+def resolve_strategy_name(name: str, spec: ClusterSpec, num_local_devices: int) -> str:
+    """--strategy (auto resolved) that fits the cluster; DistributeError when it does not.
+
+    num_local_devices: the devices a mirrored strategy would use here (GPUs, or --cpu_replicas logical CPUs).
+    """
     if name not in STRATEGIES:
         raise DistributeError(f"--strategy={name}; expected one of {', '.join(STRATEGIES)}")
     has_cluster = spec.task_type is not None
@@ -101,7 +104,7 @@ def resolve_strategy_name(name: str, spec: ClusterSpec, num_gpus: int) -> str:
             name = "parameter_server"
         elif spec.num_workers > 1:
             name = "multi_worker"
-        elif num_gpus > 1:
+        elif num_local_devices > 1:
             name = "mirrored"
         else:
             name = "default"

@@ -446,11 +446,13 @@ def main(argv):
 
     try:
         cluster = distribute.tf_config_from_environment()
-        strategy_name = distribute.resolve_strategy_name(
-            FLAGS.strategy, cluster, len(tf.config.list_physical_devices("GPU"))
-        )
+        # --cpu_replicas asks for that many local devices, so auto takes mirrored for it as for GPUs.
+        num_local_devices = max(len(tf.config.list_physical_devices("GPU")), FLAGS.cpu_replicas)
+        strategy_name = distribute.resolve_strategy_name(FLAGS.strategy, cluster, num_local_devices)
     except distribute.DistributeError as error:
         raise app.UsageError(str(error)) from None
+    if FLAGS.cpu_replicas > 1 and strategy_name != "mirrored":
+        raise app.UsageError(f"--cpu_replicas={FLAGS.cpu_replicas} applies to --strategy=mirrored, not {strategy_name}")
     if strategy_name == "parameter_server" and cluster.task_type in ("ps", "worker"):
         logging.info("%s: serving the parameter_server job (the chief drives training)", cluster.task_name)
         distribute.run_server(tf, cluster)

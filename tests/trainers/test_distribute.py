@@ -56,10 +56,10 @@ def test_auto_and_strategies_that_do_not_fit_the_cluster():
     local = distribute.parse_tf_config(None)
     two_workers = distribute.parse_tf_config(json.dumps({"cluster": _cluster(), "task": {"type": "worker", "index": 1}}))
     ps_job = distribute.parse_tf_config(json.dumps({"cluster": _cluster(ps=2), "task": {"type": "chief", "index": 0}}))
-    assert distribute.resolve_strategy_name("auto", local, num_gpus=0) == "default"
-    assert distribute.resolve_strategy_name("auto", local, num_gpus=4) == "mirrored"
-    assert distribute.resolve_strategy_name("auto", two_workers, num_gpus=0) == "multi_worker"
-    assert distribute.resolve_strategy_name("auto", ps_job, num_gpus=0) == "parameter_server"
+    assert distribute.resolve_strategy_name("auto", local, num_local_devices=0) == "default"
+    assert distribute.resolve_strategy_name("auto", local, num_local_devices=4) == "mirrored"
+    assert distribute.resolve_strategy_name("auto", two_workers, num_local_devices=0) == "multi_worker"
+    assert distribute.resolve_strategy_name("auto", ps_job, num_local_devices=0) == "parameter_server"
     assert not two_workers.is_chief and two_workers.task_name == "worker 1" and ps_job.is_chief
     for name, spec, expected in [
         ("parameter_server", two_workers, "\"ps\" tasks"),
@@ -68,7 +68,7 @@ def test_auto_and_strategies_that_do_not_fit_the_cluster():
         ("multi_worker", ps_job, "use --strategy=parameter_server"),
     ]:
         with pytest.raises(distribute.DistributeError, match=re.escape(expected)):
-            distribute.resolve_strategy_name(name, spec, num_gpus=0)
+            distribute.resolve_strategy_name(name, spec, num_local_devices=0)
 
 
 @pytest.mark.parametrize(

@@ -256,22 +256,24 @@ def train(model_dir: str, cluster: distribute.ClusterSpec, strategy_name: str):
             f"of --strategy={strategy_name}"
         )
     if cluster.is_chief:
-        return _train(tf, strategy, strategy_name, cluster, model_dir)
+        return _train(tf, strategy, strategy_name, cluster, model_dir, model_dir)
     # As in TensorFlow's multi-worker guide: other workers save too (saving may need their collectives), to a
     # directory of their own that is deleted afterwards.
     scratch_dir = tempfile.mkdtemp(prefix=f"{cluster.task_type}-{cluster.task_id}-")
     try:
-        return _train(tf, strategy, strategy_name, cluster, scratch_dir, backup_dir=os.path.join(model_dir, "backup"))
+        return _train(tf, strategy, strategy_name, cluster, model_dir, scratch_dir)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
-def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
+def _train(tf, strategy, strategy_name, cluster, model_dir, write_dir):
+    """train() in this task: it reads the job's model_dir (checkpoints, backup) and writes to write_dir (the
+    model_dir on the chief, a scratch directory on other workers)."""
     from data import pipeline
     from trainers import callbacks, evaluation, model_builder, summaries
 
     is_chief = cluster.is_chief
-    backup_dir = backup_dir or os.path.join(write_dir, "backup")
+    backup_dir = os.path.join(model_dir, "backup")
     eval_ks = _positive_ints("eval_top_k", FLAGS.eval_top_k)
     hidden_dims = _positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else []
     profile_batch = 0
@@ -325,11 +327,14 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
     multi_worker = strategy_name == "multi_worker"
-    if multi_worker:
-        # BackupAndRestore restores every worker alike inside fit; its step tells where the data resumes.
-        resumed_step = _backup_step(tf, backup_dir)
-    elif manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    # An interrupted multi_worker job: BackupAndRestore restores every worker alike inside fit, and its step tells
+    # where the data resumes. Otherwise every task restores the newest of the run's (the chief's) checkpoints.
+    backup_step = _backup_step(tf, backup_dir) if multi_worker else 0
+    run_checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if backup_step:
+        resumed_step = backup_step
+    elif run_checkpoint:
+        checkpoint.restore(run_checkpoint).assert_existing_objects_matched()
         resumed_step = int(model.optimizer.iterations.numpy())
         # This run's --learning_rate wins over the checkpoint's: lowering it is how a NaN run is resumed.
         model.optimizer.learning_rate = FLAGS.learning_rate
@@ -394,7 +399,7 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
     data_start_step = [resumed_step]  # where the next fit's input pipelines start (dataset_fn may be traced)
 
     def fit(epochs, initial_epoch, steps):
-        if not multi_worker:
+        if not backup_step:
             data_start_step[0] = int(model.optimizer.iterations.numpy())
         model.fit(
             tf.keras.utils.experimental.DatasetCreator(dataset_fn),
@@ -405,7 +410,7 @@ def _train(tf, strategy, strategy_name, cluster, write_dir, backup_dir=None):
             callbacks=fit_callbacks,
         )
 
-    step = 0 if multi_worker else resumed_step
+    step = 0 if backup_step else resumed_step  # Keras skips what the backup had done
     if step % steps_per_epoch and step < total_steps:
         # A run stopped mid-epoch finishes that epoch first, so every epoch ends on a multiple of steps_per_epoch.
         epoch = step // steps_per_epoch

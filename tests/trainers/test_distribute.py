@@ -7,19 +7,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_module
+from tests.conftest import REPO_ROOT, TINY_CORPUS, run_module
 from trainers import distribute
 from trainers.event_reader import read_scalars
 
-TINY = [
-    "--num_items=2000",
-    "--num_users=1000",
-    "--num_interactions=40000",
-    "--batch_size=256",
-    "--num_sampled=200",
-    "--seed=7",
-    "--projector_items=0",
-]
+TINY = [*TINY_CORPUS, "--projector_items=0"]
 
 
 @pytest.fixture(scope="module")

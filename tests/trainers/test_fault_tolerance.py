@@ -11,17 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_module
+from tests.conftest import REPO_ROOT, TINY_CORPUS, run_module
 
-TINY = [
-    "--num_items=2000",
-    "--num_users=1000",
-    "--num_interactions=40000",
-    "--batch_size=256",
-    "--num_sampled=200",
-    "--seed=7",
-    "--projector_items=0",
-]
+TINY = [*TINY_CORPUS, "--projector_items=0"]
 
 
 def _checkpoint_steps(model_dir):

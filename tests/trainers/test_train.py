@@ -5,19 +5,10 @@ import os
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import TINY_CORPUS, run_module
 from trainers.event_reader import hparams_of, read_scalars
 
-TINY = [
-    "--num_items=2000",
-    "--num_users=1000",
-    "--num_interactions=40000",
-    "--batch_size=256",
-    "--num_sampled=200",
-    "--epochs=3",
-    "--log_every_steps=10",
-    "--seed=7",
-]
+TINY = [*TINY_CORPUS, "--epochs=3", "--log_every_steps=10"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def test_bench_prints_every_configuration_with_ratios(tmp_path):
         "--batch_size=256",
         "--steps=5",
         "--warmup_steps=2",
-        "--full_softmax_steps=2",
+        "--dense_steps=2",
         "--repeats=1",
         f"--cache_dir={tmp_path / 'cache'}",
         f"--output={output}",

@@ -178,3 +178,11 @@ def run_server(tf, spec: ClusterSpec) -> None:
 
 def tf_config_from_environment() -> ClusterSpec:
     return parse_tf_config(os.environ.get("TF_CONFIG"))
+
+
+def replica_devices(strategy) -> str:
+    """The devices the strategy's replicas run on, for the log ("the default device" where it names none)."""
+    try:
+        return ", ".join(strategy.extended.worker_devices)
+    except (RuntimeError, NotImplementedError, AttributeError):  # the default and parameter_server strategies
+        return "the default device"

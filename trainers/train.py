@@ -250,6 +250,10 @@ def train(model_dir: str, cluster: distribute.ClusterSpec, strategy_name: str):
 
     distribute.configure_local_devices(tf, FLAGS.cpu_replicas if strategy_name == "mirrored" else 1)
     strategy = distribute.make_strategy(tf, strategy_name, cluster, FLAGS.cpu_replicas, FLAGS.num_ps_shards)
+    logging.info(
+        "%s: --strategy=%s, %d replica(s) on %s", cluster.task_name, strategy_name, strategy.num_replicas_in_sync,
+        distribute.replica_devices(strategy),
+    )
     if FLAGS.batch_size % strategy.num_replicas_in_sync:
         raise app.UsageError(
             f"--batch_size={FLAGS.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas "

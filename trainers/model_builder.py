@@ -26,7 +26,8 @@ def build_model(
 
 
 def corpus_from_config(config: dict) -> PreparedCorpus:
-    """The corpus a run trained on, from its config.json: the built-in corpus's cache, MovieLens, or a directory."""
+    """The corpus of a run's --data (config.json or the trainer's flags): the built-in corpus's cache, MovieLens, or
+    a prepared directory. Raises ValueError (a bad synthetic config, CorpusError, DataError) or DownloadError."""
     import os
 
     from data import builtin, synthetic
@@ -38,6 +39,7 @@ def corpus_from_config(config: dict) -> PreparedCorpus:
             num_interactions=config["num_interactions"],
             seed=config["seed"],
         )
+        synthetic_config.validate()  # before prepare touches the cache
         return builtin.prepare(synthetic_config, config["cache_dir"])
     if config["data"] == "movielens":
         from data import movielens

@@ -154,31 +154,14 @@ def loss_config_from_flags() -> LossConfig:
 
 
 def _load_corpus():
-    from data import builtin, synthetic
-    from data.corpus import CorpusError, PreparedCorpus
+    """The corpus --data names (model_builder.corpus_from_config, which evaluation and export use too)."""
+    from data import movielens
+    from trainers import model_builder
 
-    if FLAGS.data == "builtin":
-        config = synthetic.SyntheticConfig(
-            num_items=FLAGS.num_items,
-            num_users=FLAGS.num_users,
-            num_interactions=FLAGS.num_interactions,
-            seed=FLAGS.seed,
-        )
-        try:
-            config.validate()
-        except ValueError as error:
-            raise app.UsageError(str(error)) from None
-        return builtin.prepare(config, FLAGS.cache_dir)
-    if FLAGS.data == "movielens":
-        from data import movielens
-
-        try:
-            return movielens.prepared(os.path.join(FLAGS.cache_dir, "movielens"))
-        except (movielens.DownloadError, ValueError) as error:  # DataError / CorpusError are ValueErrors
-            raise app.UsageError(f"--data=movielens: {error}") from None
+    names = ("data", "cache_dir", "num_items", "num_users", "num_interactions", "seed")
     try:
-        return PreparedCorpus.load(FLAGS.data)
-    except CorpusError as error:
+        return model_builder.corpus_from_config({name: FLAGS[name].value for name in names})
+    except (movielens.DownloadError, ValueError) as error:  # DataError / CorpusError / a bad synthetic config
         raise app.UsageError(f"--data={FLAGS.data}: {error}") from None
 
 

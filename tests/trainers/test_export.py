@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, run_module
+from tests.conftest import run_module
 
 NUM_USERS, NUM_ITEMS, NUM_TOPICS = 300, 400, 8
 TRAIN = ["--batch_size=128", "--num_sampled=100", "--epochs=5", "--learning_rate=0.02", "--embedding_dim=16", "--log_every_steps=20",

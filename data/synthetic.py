@@ -4,13 +4,27 @@ How a log is drawn (deterministic from `seed`):
 - Items have Zipfian base popularity (weight ~ 1 / (rank + 1) ** zipf_exponent) and each belongs to one of
   `num_topics` topics, assigned at random so that popularity and topic are independent.
 - Each user likes a few topics (1 to `max_user_topics`, Dirichlet weights) and has a log-normal activity level.
+- Tastes drift (`taste_drift` > 0): each user also has a second taste, drawn the same way, that takes over
+  linearly along the user's interactions: the interaction at fraction f in [0, 1] of the way from the user's first
+  to last is drawn from the second taste with probability taste_drift x f, else from the first. So a user's
+  recent items predict the held-out (last) ones better than their all-time mix does, which a history-based
+  query tower can learn and a user-id embedding (one fixed vector per user) cannot.
 - Each interaction is, with probability `popularity_noise`, a draw from global popularity; otherwise a topic
-  from the user's tastes, then an item of that topic in proportion to its popularity (taste x popularity).
+  from the user's taste at that moment, then an item of that topic in proportion to its popularity.
 - Item ids are then re-ranked by observed count (id 0 = most frequent, ties by original rank), as the
   log-uniform sampler assumes and as `data.vocabulary` does for real logs.
-- Each user's interactions are in time order; the last `eval_per_user` are the held-out split.
+- Timestamps (`session_timestamps`): Unix seconds in sessions. A user's interactions come in sessions of about
+  8 (each next interaction starts a new one with probability 1/8), some 2 minutes apart within a session;
+  sessions are on different days, a geometric number of days apart (mean 2), starting near the user's preferred
+  hour of day (users lean to the evening), so hour of day and day of week are real features. The first session
+  is within 180 days of 2020-09-13. Without session_timestamps, a user's timestamps are their interactions'
+  positions (1_600_000_000 + user_id x 10_000 + position), as before sessions existed.
+- Each user's interactions are in strictly increasing time; the last `eval_per_user` are the held-out split.
 
-Drawing 1,000,000 interactions takes a few seconds with NumPy (no per-interaction Python).
+taste_drift=0.0 with session_timestamps=False reproduces the corpus of the generator before drift and sessions
+draw for draw: the drift and the sessions draw from their own random streams, seeded by (seed, 1) and (seed, 2).
+
+Drawing 1,000,000 interactions takes about a second with NumPy (no per-interaction Python).
 """
 
 import dataclasses
@@ -30,6 +44,10 @@ class SyntheticConfig:
     popularity_noise: float = 0.1
     min_interactions_per_user: int = 5
     eval_per_user: int = 1
+    # Share of each user's taste replaced by a second one by their last interaction (0: fixed tastes).
+    taste_drift: float = 1.0
+    # Unix seconds in sessions; False: each user's interaction positions (the corpus before sessions existed).
+    session_timestamps: bool = True
     seed: int = 0
 
     def validate(self):
@@ -43,6 +61,8 @@ class SyntheticConfig:
             )
         if self.eval_per_user >= self.min_interactions_per_user:
             raise ValueError("synthetic corpus: eval_per_user must leave training interactions for every user")
+        if not 0.0 <= self.taste_drift <= 1.0:
+            raise ValueError(f"synthetic corpus: taste_drift={self.taste_drift}; expected a share in [0, 1]")
 
 
 class Interactions(NamedTuple):
@@ -63,12 +83,90 @@ class SyntheticCorpus(NamedTuple):
     train: Interactions
     eval: Interactions
     item_counts: np.ndarray  # [num_items] int64, training counts; non-increasing up to sampling noise
+    item_topic: np.ndarray  # [num_items] int64, the topic each (frequency-ranked) item was drawn under
+
+
+# Sessions of the timestamped corpus (see the module docstring).
+FIRST_DAY = 1_599_955_200  # 2020-09-13 00:00:00 UTC, the first day a user may start on
+FIRST_SESSION_WINDOW_DAYS = 180
+MEAN_SESSION_LENGTH = 8  # interactions
+MEAN_SECONDS_BETWEEN_ITEMS = 120  # within a session
+MEAN_DAYS_BETWEEN_SESSIONS = 2
+PREFERRED_HOUR_MEAN, PREFERRED_HOUR_SPREAD = 20.0, 3.0  # users' preferred hours: normal, wrapped to 0-24
+SESSION_HOUR_SPREAD = 2.0  # a session starts this many hours (normal s.d.) around its user's preferred hour
 
 
 def _interactions_per_user(config, rng):
     activity = rng.lognormal(mean=0.0, sigma=0.8, size=config.num_users)
     extra = config.num_interactions - config.num_users * config.min_interactions_per_user
     return config.min_interactions_per_user + rng.multinomial(extra, activity / activity.sum())
+
+
+def _user_tastes(config, topics_with_items, rng):
+    """Each user's liked topics and their weights: 1 to max_user_topics topics, Dirichlet weights.
+
+    Returns topics [num_users, max_user_topics] int64 and weights [num_users, max_user_topics] float64 (rows sum
+    to 1; slots past a user's number of topics weigh 0).
+    """
+    user_num_topics = rng.integers(1, config.max_user_topics + 1, size=config.num_users)
+    user_topics = rng.choice(topics_with_items, size=(config.num_users, config.max_user_topics))
+    user_weights = rng.dirichlet(np.ones(config.max_user_topics), size=config.num_users)
+    user_weights *= np.arange(config.max_user_topics)[np.newaxis, :] < user_num_topics[:, np.newaxis]
+    user_weights /= user_weights.sum(axis=1, keepdims=True)
+    return user_topics, user_weights
+
+
+def _drawn_from_second_taste(config, counts, position_in_user, rng):
+    """[n] bool: which interactions the user's second taste draws, with probability taste_drift x (fraction of
+    the way through the user's interactions)."""
+    fraction = position_in_user / np.maximum(np.repeat(counts, counts) - 1, 1)  # [n] 0 at first, 1 at last
+    return rng.random(len(position_in_user)) < config.taste_drift * fraction
+
+
+def _cumsum_within(values, group_starts):
+    """Cumulative sums of `values` [n] restarting at each of `group_starts` (ascending row indices, first 0)."""
+    total = np.cumsum(values)
+    before_group = total[group_starts] - values[group_starts]
+    return total - np.repeat(before_group, np.diff(np.r_[group_starts, len(values)]))
+
+
+def _session_timestamps(counts, user_id, position_in_user, rng):
+    """[n] int64 Unix seconds in sessions (module docstring) for interactions sorted by (user, position)."""
+    num_users, num_interactions = len(counts), len(user_id)
+    first_of_user = position_in_user == 0
+    starts_session = first_of_user | (rng.random(num_interactions) < 1.0 / MEAN_SESSION_LENGTH)  # [n]
+    session = np.cumsum(starts_session) - 1  # [n] global session index
+    session_user = user_id[starts_session]  # [num_sessions]
+    num_sessions = len(session_user)
+
+    # Day of each session: the user's first day, then at least one day on per session.
+    days_later = rng.geometric(1.0 / MEAN_DAYS_BETWEEN_SESSIONS, num_sessions)  # [num_sessions] >= 1
+    day_step = np.where(first_of_user[starts_session], 0, days_later)
+    user_first_session = np.flatnonzero(first_of_user[starts_session])
+    first_day = rng.integers(0, FIRST_SESSION_WINDOW_DAYS, num_users)
+    session_day = first_day[session_user] + _cumsum_within(day_step, user_first_session)
+    preferred_hour = rng.normal(PREFERRED_HOUR_MEAN, PREFERRED_HOUR_SPREAD, num_users)
+    session_hour = (preferred_hour[session_user] + rng.normal(0.0, SESSION_HOUR_SPREAD, num_sessions)) % 24
+    session_start = FIRST_DAY + session_day * 86_400 + (session_hour * 3600).astype(np.int64)  # [num_sessions]
+
+    # Within a session, at least a second between interactions so that a user's times never tie.
+    step = 1 + rng.exponential(MEAN_SECONDS_BETWEEN_ITEMS, num_interactions).astype(np.int64)
+    step[starts_session] = 0
+    timestamp = session_start[session] + _cumsum_within(step, np.flatnonzero(starts_session))
+    return _strictly_increasing_within_user(timestamp, counts)
+
+
+def _strictly_increasing_within_user(timestamp, counts):
+    """Moves a time that does not follow its user's previous one (a session running past midnight into the next
+    session's start, which is rare) to one second after it: t'_i = max(t_i, t'_(i-1) + 1) within each user."""
+    position = np.arange(len(timestamp))
+    # max over j <= i of (t_j - j), plus i, is that recursion. Each user's values are lifted above all earlier
+    # users' so that one running maximum over the whole array restarts at every user.
+    shifted = timestamp - position
+    shifted -= shifted.min()
+    user_offset = np.repeat(np.arange(len(counts), dtype=np.int64), counts) * (shifted.max() + 1)
+    running = np.maximum.accumulate(shifted + user_offset) - user_offset
+    return running + (timestamp - position).min() + position
 
 
 def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
@@ -90,20 +188,26 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
     topic_mass = topic_cumsum[topic_end - 1] - mass_before if num_items else np.zeros(num_topics)
     topic_mass = np.where(topic_end > topic_start, topic_mass, 0.0)
 
-    user_num_topics = rng.integers(1, config.max_user_topics + 1, size=config.num_users)
-    user_topics = rng.choice(np.flatnonzero(topic_mass > 0), size=(config.num_users, config.max_user_topics))
-    user_weights = rng.dirichlet(np.ones(config.max_user_topics), size=config.num_users)
-    user_weights *= np.arange(config.max_user_topics)[np.newaxis, :] < user_num_topics[:, np.newaxis]
-    user_weights /= user_weights.sum(axis=1, keepdims=True)
+    topics_with_items = np.flatnonzero(topic_mass > 0)
+    user_topics, user_weights = _user_tastes(config, topics_with_items, rng)
 
     counts = _interactions_per_user(config, rng)
     user_id = np.repeat(np.arange(config.num_users, dtype=np.int64), counts)
     num_interactions = len(user_id)
+    first_of_user = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position_in_user = np.arange(num_interactions) - np.repeat(first_of_user, counts)
+
+    # Drift draws from its own stream so that the main stream's draws, and with taste_drift=0 the corpus, are
+    # those of the generator before drift.
+    drift_rng = np.random.default_rng([config.seed, 1])
+    second_topics, second_weights = _user_tastes(config, topics_with_items, drift_rng)
+    second = _drawn_from_second_taste(config, counts, position_in_user, drift_rng)  # [n] bool
 
     # Topic of each interaction from its user's taste weights (inverse CDF over at most max_user_topics).
-    slot = (rng.random(num_interactions)[:, None] > np.cumsum(user_weights[user_id], axis=1)).sum(axis=1)
+    weights = np.where(second[:, None], second_weights[user_id], user_weights[user_id])  # [n, max_user_topics]
+    slot = (rng.random(num_interactions)[:, None] > np.cumsum(weights, axis=1)).sum(axis=1)
     slot = np.minimum(slot, config.max_user_topics - 1)
-    topic = user_topics[user_id, slot]
+    topic = np.where(second, second_topics[user_id, slot], user_topics[user_id, slot])
     target = mass_before[topic] + rng.random(num_interactions) * topic_mass[topic]
     position = np.minimum(np.searchsorted(topic_cumsum, target, side="right"), topic_end[topic] - 1)
     item = by_topic[position]
@@ -113,10 +217,10 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
     noise_target = rng.random(int(noise.sum())) * global_cumsum[-1]
     item[noise] = np.minimum(np.searchsorted(global_cumsum, noise_target, side="right"), num_items - 1)
 
-    # Time order within each user: interactions are exchangeable, so position is the timestamp.
-    first_of_user = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position_in_user = np.arange(num_interactions) - np.repeat(first_of_user, counts)
-    timestamp = 1_600_000_000 + user_id * 10_000 + position_in_user
+    if config.session_timestamps:
+        timestamp = _session_timestamps(counts, user_id, position_in_user, np.random.default_rng([config.seed, 2]))
+    else:  # the corpus before sessions: a user's interaction positions
+        timestamp = 1_600_000_000 + user_id * 10_000 + position_in_user
     is_eval = position_in_user >= np.repeat(counts, counts) - config.eval_per_user
 
     # Re-rank ids by training frequency (id 0 = most frequent), ties by original popularity rank.
@@ -129,4 +233,5 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
         train=all_interactions.take(~is_eval),
         eval=all_interactions.take(is_eval),
         item_counts=train_counts[new_order].astype(np.int64),
+        item_topic=item_topic[new_order].astype(np.int64),
     )

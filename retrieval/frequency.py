@@ -87,8 +87,13 @@ def global_batch(values):
     return values
 
 
-def _state_variable(initial_value, name):
-    """A non-trainable variable that a tf.distribute strategy keeps identical on every replica (see module doc)."""
+def replicated_state(initial_value, name):
+    """A non-trainable variable whose copies a tf.distribute strategy keeps identical on every replica.
+
+    ON_WRITE with aggregation ONLY_FIRST_REPLICA: a write in a replica context (assign, scatter_update) stores the
+    first replica's value in every copy, so the replicas must compute it from the global batch (see module doc).
+    Reads are local. Without a strategy it is a plain non-trainable tf.Variable.
+    """
     return tf.Variable(
         initial_value,
         trainable=False,
@@ -124,10 +129,10 @@ class StreamingFrequencyEstimator(tf.Module):
         self.num_buckets = int(num_buckets)
         self.learning_rate = float(learning_rate)
         with self.name_scope:
-            self.last_step = _state_variable(tf.fill([self.num_buckets], tf.constant(-1, tf.int64)), "last_step")
-            self.gap = _state_variable(tf.zeros([self.num_buckets], tf.float32), "gap")
-            self.weight = _state_variable(tf.zeros([self.num_buckets], tf.float32), "weight")
-            self.first_step = _state_variable(tf.constant(-1, tf.int64), "first_step")
+            self.last_step = replicated_state(tf.fill([self.num_buckets], tf.constant(-1, tf.int64)), "last_step")
+            self.gap = replicated_state(tf.zeros([self.num_buckets], tf.float32), "gap")
+            self.weight = replicated_state(tf.zeros([self.num_buckets], tf.float32), "weight")
+            self.first_step = replicated_state(tf.constant(-1, tf.int64), "first_step")
 
     def bucket(self, ids):
         """Hash bucket of each id: ids mod num_buckets (floor mod: in [0, num_buckets) for negative ids too)."""

@@ -213,37 +213,58 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+from retrieval.cross_batch import CrossBatchMemory
 from retrieval.frequency import StreamingFrequencyEstimator
 
-NUM_REPLICAS, LOCAL_BATCH, NUM_STEPS = 2, 8, 6
+NUM_REPLICAS, LOCAL_BATCH, NUM_STEPS, DIM = 2, 8, 6, 4
+LOCAL_SIZES = [LOCAL_BATCH] * (NUM_STEPS - 1) + [5]  # the last batch is short: 5 rows per replica
 rng = np.random.default_rng(11)
 ids = rng.zipf(1.3, size=(NUM_STEPS, NUM_REPLICAS * LOCAL_BATCH)) % 30  # [steps, global batch]: duplicates
+embeddings = rng.normal(size=(NUM_STEPS, NUM_REPLICAS * LOCAL_BATCH, DIM)).astype(np.float32)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     mirrored = StreamingFrequencyEstimator(num_buckets=13, learning_rate=0.2)
+    mirrored_memory = CrossBatchMemory(num_batches=3, batch_size=NUM_REPLICAS * LOCAL_BATCH, dim=DIM)
 single = StreamingFrequencyEstimator(num_buckets=13, learning_rate=0.2)
+single_memory = CrossBatchMemory(num_batches=3, batch_size=NUM_REPLICAS * LOCAL_BATCH, dim=DIM)
 
 
 @tf.function
-def mirrored_step(step, local_ids):
-    def replica_fn(local_ids):
+def mirrored_step(step, local_ids, local_embeddings):
+    def replica_fn(local_ids, local_embeddings):
         mirrored.update(local_ids, step)  # all-gathers the global batch itself
-        return mirrored.expected_count(tf.range(30))  # read in the replica context: the local copy
-    return strategy.run(replica_fn, args=(local_ids,))
+        counts = mirrored.expected_count(tf.range(30))  # read in the replica context: the local copy
+        mirrored_memory.write(local_embeddings, local_ids, mirrored.expected_count(local_ids))
+        return counts, mirrored_memory.read()
+    return strategy.run(replica_fn, args=(local_ids, local_embeddings))
 
 
-results = {"frequency": {}}
-counts_equal = True
+def local_values(values, step):
+    def value_fn(context):
+        start = context.replica_id_in_sync_group * LOCAL_BATCH
+        return tf.constant(values[step, start:start + LOCAL_SIZES[step]])
+    return strategy.experimental_distribute_values_from_function(value_fn)
+
+
+results = {"frequency": {}, "cross_batch": {}}
+counts_equal = reads_equal = True
 for step in range(NUM_STEPS):
-    local_ids = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(
-            ids[step, context.replica_id_in_sync_group * LOCAL_BATCH:][:LOCAL_BATCH], tf.int64
-        )
-    )
-    replica_counts = strategy.experimental_local_results(mirrored_step(tf.constant(step, tf.int64), local_ids))
-    single.update(tf.constant(ids[step], tf.int64), step)  # the global batch, replicas in order
+    local_ids, local_embeddings = local_values(ids.astype(np.int64), step), local_values(embeddings, step)
+    counts, contents = mirrored_step(tf.constant(step, tf.int64), local_ids, local_embeddings)
+    # The single device sees the global batch: the replicas' rows in replica order.
+    rows = np.concatenate([np.arange(LOCAL_SIZES[step]) + replica * LOCAL_BATCH for replica in range(NUM_REPLICAS)])
+    single.update(tf.constant(ids[step, rows], tf.int64), step)
     reference = single.expected_count(tf.range(30)).numpy()
-    counts_equal &= all(np.array_equal(counts.numpy(), reference) for counts in replica_counts)
+    counts_equal &= all(
+        np.array_equal(value.numpy(), reference) for value in strategy.experimental_local_results(counts)
+    )
+    single_memory.write(embeddings[step, rows], ids[step, rows], single.expected_count(ids[step, rows]))
+    reference = single_memory.read()
+    for field, value in zip(reference._fields, contents):
+        reads_equal &= all(
+            np.array_equal(local.numpy(), getattr(reference, field).numpy())
+            for local in strategy.experimental_local_results(value)
+        )
 
 frequency = results["frequency"]
 frequency["counts_read_in_replicas_equal_single_device"] = bool(counts_equal)
@@ -254,6 +275,16 @@ for name in ("last_step", "gap", "weight", "first_step"):
     ]
 frequency["num_copies"] = len(copies)
 frequency["buckets_seen"] = int(np.sum(single.last_step.numpy() >= 0))
+memory = results["cross_batch"]
+memory["reads_in_replicas_equal_single_device"] = bool(reads_equal)
+for name in ("embeddings", "ids", "expected_count", "filled", "next_slot"):
+    copies = [value.numpy() for value in strategy.experimental_local_results(getattr(mirrored_memory, name))]
+    memory[name + "_copies_equal_single_device"] = [
+        bool(np.array_equal(copy, getattr(single_memory, name).numpy())) for copy in copies
+    ]
+memory["num_copies"] = len(copies)
+memory["valid_rows"] = int(np.sum(single_memory.read().valid.numpy()))
+memory["expected_valid_rows"] = NUM_REPLICAS * sum(LOCAL_SIZES[-3:])
 print("RESULTS " + json.dumps(results))
 """
 

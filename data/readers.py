@@ -2,15 +2,31 @@
 
 Each record is checked against the declared `Schema`; a bad one raises `DataError` naming the file and line
 (CSV, 1-based physical line) or record index (TFRecord, 0-based), or, with skip_bad_records, is counted and
-skipped. Rows are read with the csv module and protobuf parsing, with no TensorFlow op per row (TFRecord files
-are read in batches of serialized records), so millions of rows take seconds.
+skipped. Every record read is either returned or counted as bad: no row is lost or merged without a report.
+Messages are one line; a value quoted in one is cut to MAX_VALUE_CHARS characters.
+
+CSV: one record per physical line. The file is read as bytes and split on b"\\n" here, and each line is
+decoded and parsed on its own, so a line that is not UTF-8 is one bad record at its own line number, and a
+field may not contain a line break: a quoted field left open at the end of its line ("unterminated quote") is
+a bad record at the line where the quote opened, and reading resumes at the next line. (The csv module alone
+would read every later line into that field.) A line longer than MAX_LINE_BYTES, or a field longer than
+csv.field_size_limit() characters, is a bad record too. Blank lines are not records; a leading UTF-8 byte
+order mark is ignored.
+
+TFRecord: a file that ends inside a record (truncated) makes that record a bad record; a corrupted record
+(checksum mismatch) stops the read, since the records after it cannot be located.
+
+Rows are read with the csv module and protobuf parsing, with no TensorFlow op per row (TFRecord files are
+read in batches of serialized records), so millions of rows take seconds.
 """
 
 import csv
 import dataclasses
 import glob
+import itertools
 import math
 import os
+import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,7 +36,27 @@ from data.schema import Schema
 FORMATS = ("csv", "tfrecord")
 # Bad records whose message is kept for the report; all of them are counted.
 MAX_REPORTED_BAD_RECORDS = 10
+# A value quoted in a message is cut to this many characters, so that the message stays about one screen line.
+MAX_VALUE_CHARS = 80
+# No log line is this long; the cap keeps a file without line breaks from being read into memory whole.
+MAX_LINE_BYTES = 1 << 20
+# CSV files are read in blocks of whole lines, each parsed in one call of the csv module. Small blocks keep few
+# row lists alive at a time: with 1 MiB blocks a 1M-row read took 60% longer, the garbage collector walking the
+# live rows. Must not exceed MAX_LINE_BYTES: only the first line of a block (the one continued from the previous
+# block) can then be longer than MAX_LINE_BYTES, so only it is measured.
+_CSV_BLOCK_BYTES = 16 << 10
 _TFRECORD_BATCH = 4096
+# Framing of each TFRecord around its serialized bytes: length (8 bytes), its CRC (4), the data's CRC (4).
+_TFRECORD_FRAMING_BYTES = 16
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # timestamps are stored as int64
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # weights are stored as float32
+
+# CSV lines: (1-based number of the first line, [fields of each line], None), or (line number, None, why that
+# line is no record).
+CsvBlock = Tuple[int, Optional[List[List[str]]], Optional[str]]
+# The same for the decoded text of lines.
+LineBlock = Tuple[int, Optional[List[str]], Optional[str]]
 
 # item or user key -> {feature column: values}
 FeatureRows = Dict[str, Dict[str, List[str]]]
@@ -60,6 +96,11 @@ class RawLog:
 
     def __len__(self):
         return len(self.user_keys)
+
+    @property
+    def num_records_read(self) -> int:
+        """Every record of the files (blank CSV lines and headers are none): the ones kept and the bad ones."""
+        return len(self.user_keys) + self.bad_records.count
 
 
 def expand(pattern: str) -> List[str]:
@@ -190,52 +231,236 @@ def _records(path, file_format, schema, columns, bad, skip) -> Iterator[Tuple[st
 
 def _csv_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, List[str]]]:
     """(location, [raw field per column]) for each data line; the header line names the columns."""
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.reader(
-            file, delimiter=schema.delimiter, quoting=csv.QUOTE_MINIMAL if schema.quoting else csv.QUOTE_NONE
+    blocks = _csv_blocks(path, schema)
+    header, blocks = _csv_header(path, blocks, columns, schema)
+    indices = [header.index(column) for column in columns]
+    width = len(header)
+    for number, rows, why in blocks:
+        if rows is None:
+            bad.add(f"{path}:{number}: {why}", skip)
+            continue
+        for line_number, row in enumerate(rows, start=number):
+            if len(row) == width:
+                yield f"{path}:{line_number}", [row[index] for index in indices]
+            elif row:  # a blank line is no record
+                bad.add(f"{path}:{line_number}: missing column: {len(row)} fields, the header has {width}", skip)
+
+
+def _csv_header(path, blocks: Iterator[CsvBlock], columns, schema) -> Tuple[List[str], Iterator[CsvBlock]]:
+    """(the first line's fields, the blocks after it); the header must name every declared column, and a bad
+    header stops the read even under skip_bad_records."""
+    number, rows, why = next(blocks, (1, None, None))
+    if rows is None:
+        if why is None:
+            raise DataError(f"{path}: empty file; expected a header line naming the columns")
+        raise DataError(f"{path}:{number}: unreadable header: {why}")
+    header = rows[0]
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise DataError(
+            f"{path}:{number}: schema mismatch: header {_shorten(header)} lacks the declared column(s) {missing} "
+            f"(delimiter {schema.delimiter!r})"
         )
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file; expected a header line naming the columns") from None
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise DataError(f"{path}:1: unreadable header ({error})") from None
-        missing = [column for column in columns if column not in header]
-        if missing:
-            raise DataError(
-                f"{path}:1: schema mismatch: header {header} lacks the declared column(s) {missing} "
-                f"(delimiter {schema.delimiter!r})"
-            )
-        indices = [header.index(column) for column in columns]
-        width = len(header)
+    return header, itertools.chain([(number + 1, rows[1:], None)], blocks)
+
+
+def _csv_blocks(path, schema) -> Iterator[CsvBlock]:
+    """Every physical line of a CSV file, parsed on its own, in runs: (number of the run's first line,
+    [fields of each line], None), and (line number, None, why) for a line that is no record."""
+    dialect = {"delimiter": schema.delimiter, "quoting": csv.QUOTE_MINIMAL if schema.quoting else csv.QUOTE_NONE}
+    for number, lines, why in _line_blocks(path):
+        if lines is None:
+            yield number, None, why
+            continue
+        rows = _one_row_per_line(lines, dialect)
+        if rows is not None:
+            yield number, rows, None
+        else:
+            yield from _parsed_lines(lines, number, dialect)
+
+
+def _one_row_per_line(lines: List[str], dialect) -> Optional[List[List[str]]]:
+    """The rows of `lines` in one call of the csv module, or None when a line is no row of its own.
+
+    Each line gives at most one row; it gives none when a quoted field left open on an earlier line swallowed
+    it. An empty sentinel line after the block gives a row of its own unless a quote is left open on the last
+    line. So the lines are one row each exactly when the reader returns one row more than there are lines.
+    """
+    try:
+        rows = list(csv.reader(itertools.chain(lines, ("",)), **dialect))
+    except csv.Error:
+        return None
+    if len(rows) != len(lines) + 1:
+        return None
+    rows.pop()  # the sentinel's
+    return rows
+
+
+def _parsed_lines(lines: List[str], number: int, dialect) -> Iterator[CsvBlock]:
+    """Each of `lines` (the first numbered `number`) parsed as one row, a run of one line each; the slow path
+    for a block holding a line that is no row of its own.
+
+    A csv reader asks its input for another line while a quoted field is open: its line_num then advances by
+    more than one for a row. Such a row is reported at the line where it began, and a new reader resumes on the
+    line after it.
+    """
+    start = 0  # index in `lines` of the reader's first line
+    while start < len(lines):
+        reader = csv.reader(itertools.chain(itertools.islice(lines, start, None), ("",)), **dialect)
+        done = 0  # reader.line_num after the last row of one line
         try:
             for row in reader:
-                if len(row) == width:
-                    yield f"{path}:{reader.line_num}", [row[index] for index in indices]
-                elif row:  # a blank line is no record
-                    message = f"missing column: {len(row)} fields, the header has {width}"
-                    bad.add(f"{path}:{reader.line_num}: {message}", skip)
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise DataError(f"{path}:{reader.line_num + 1}: unreadable CSV ({error})") from None
+                if reader.line_num > done + 1:
+                    break
+                if start + done == len(lines):  # the sentinel
+                    return
+                yield number + start + done, [row], None
+                done += 1
+            else:
+                return
+            why = _unterminated_quote(lines[start + done])
+        except csv.Error as error:
+            spans_lines = reader.line_num > done + 1  # e.g. the open field grew past the csv field size limit
+            why = _unterminated_quote(lines[start + done]) if spans_lines else _unreadable(error)
+        yield number + start + done, None, why
+        start += done + 1
+
+
+def _line_blocks(path) -> Iterator[LineBlock]:
+    """The file's lines in blocks: (number of the block's first line, [decoded lines], None), and
+    (line number, None, why) for a line that is not UTF-8 or longer than MAX_LINE_BYTES."""
+    number, discarding = 1, False  # discarding: inside an over-long line, up to its line break
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        raise DataError(f"{path}: cannot open ({error.strerror})") from None
+    with file:
+        carry = file.read(len(_BYTE_ORDER_MARK))
+        if carry == _BYTE_ORDER_MARK:
+            carry = b""
+        while block := file.read(_CSV_BLOCK_BYTES):
+            data, carry = carry + block, b""
+            first_break = data.find(b"\n")
+            if discarding or first_break > MAX_LINE_BYTES or (first_break < 0 and len(data) > MAX_LINE_BYTES):
+                if not discarding:
+                    yield number, None, _too_long(data)
+                if first_break < 0:
+                    discarding = True
+                    continue
+                data, number, discarding = data[first_break + 1:], number + 1, False
+            last_break = data.rfind(b"\n")
+            if last_break < 0:
+                carry = data
+                continue
+            whole, carry = data[:last_break], data[last_break + 1:]
+            yield from _decoded(whole, number)
+            number += whole.count(b"\n") + 1
+    if carry:  # a last line without a line break
+        yield from _decoded(carry, number)
+
+
+def _decoded(whole: bytes, number: int) -> Iterator[LineBlock]:
+    """Whole lines (joined by b"\\n", the first one numbered `number`) decoded, in blocks split at bad lines."""
+    try:
+        text = whole.decode("utf-8")  # the common case: one call for the block
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        yield number, text.split("\n"), None  # b"\n" is never part of a multi-byte character: same split
+        return
+    good, first = [], number
+    for offset, raw in enumerate(whole.split(b"\n")):
+        try:
+            good.append(raw.decode("utf-8"))
+            continue
+        except UnicodeDecodeError as error:
+            why = f"not UTF-8: byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line ({error.reason}): "
+        if good:
+            yield first, good, None
+        yield number + offset, None, why + _shorten(raw) + "; re-encode the file as UTF-8"
+        good, first = [], number + offset + 1
+    if good:
+        yield first, good, None
+
+
+def _unterminated_quote(line: str) -> str:
+    return (
+        f"unterminated quote: a field opened with '\"' does not close on its line (a field may not span lines; "
+        f"double a quote inside a quoted field): {_shorten(line)}"
+    )
+
+
+def _unreadable(error: csv.Error) -> str:
+    if "new-line character" in str(error):  # the csv module's advice (universal-newline mode) does not apply here
+        return "a carriage return (\\r) inside an unquoted field; lines must end with \\n or \\r\\n"
+    return f"unreadable CSV ({error})"
+
+
+def _too_long(data: bytes) -> str:
+    return f"line longer than {MAX_LINE_BYTES} bytes (a missing line break?): {_shorten(data)}"
+
+
+def _shorten(value) -> str:
+    """repr(value) cut to about MAX_VALUE_CHARS characters, "..." marking a cut, for a one-line message."""
+    if isinstance(value, (str, bytes)):  # cut before repr: the value may be a megabyte long
+        return repr(value[:MAX_VALUE_CHARS]) + ("..." if len(value) > MAX_VALUE_CHARS else "")
+    text = repr(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "..."
 
 
 def _tfrecord_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, List]]:
     """(location, [raw value per column]) for each tf.train.Example; list values for multi-valued columns."""
-    import tensorflow as tf
-
     multi_valued = set(schema.multi_valued_columns)
     numeric = {schema.timestamp_column: ("int64_list",), schema.weight_column: ("float_list", "int64_list")}
-    index = 0
+    for index, serialized in _tfrecords(path, bad, skip):
+        location = f"{path}: record {index}"
+        values = _example_values(serialized, location, columns, multi_valued, numeric, bad, skip)
+        if values is not None:
+            yield location, values
+
+
+def _tfrecords(path, bad, skip) -> Iterator[Tuple[int, bytes]]:
+    """(index, serialized record) for each whole record of a TFRecord file.
+
+    A file that ends inside a record (the bytes read fall short of the file's size, or TensorFlow finds the
+    record truncated) makes that record a bad record. A corrupted record stops the read: the records after it
+    cannot be located.
+    """
+    import tensorflow as tf
+
+    index, size_read, error = 0, 0, None
+    batches = tf.data.TFRecordDataset(path).batch(_TFRECORD_BATCH).as_numpy_iterator()
     try:
-        for batch in tf.data.TFRecordDataset(path).batch(_TFRECORD_BATCH).as_numpy_iterator():
+        for batch in batches:
             for serialized in batch:
-                location = f"{path}: record {index}"
+                yield index, serialized
                 index += 1
-                values = _example_values(serialized, location, columns, multi_valued, numeric, bad, skip)
-                if values is not None:
-                    yield location, values
-    except tf.errors.OpError as error:
-        raise DataError(f"{path}: record {index}: unreadable TFRecord ({error.message})") from None
+                size_read += len(serialized) + _TFRECORD_FRAMING_BYTES
+    except tf.errors.OpError:
+        # The failed batch lost its good records too: read them one at a time, up to the bad one.
+        try:
+            for serialized in tf.data.TFRecordDataset(path).skip(index).as_numpy_iterator():
+                yield index, serialized
+                index += 1
+                size_read += len(serialized) + _TFRECORD_FRAMING_BYTES
+        except tf.errors.OpError as record_error:
+            error = record_error.message
+    file_size = os.path.getsize(path)
+    if error is None and size_read == file_size:
+        return
+    if error is None or "truncated record" in error:
+        bad.add(
+            f"{path}: record {index}: truncated: the file ends {file_size - size_read} bytes into this record "
+            "(an interrupted copy or write?)",
+            skip,
+        )
+        return
+    found = re.search(r"corrupted record at (\d+)", error)
+    why = f"corrupted at byte {found.group(1)}" if found else _shorten(error)
+    raise DataError(
+        f"{path}: record {index}: unreadable TFRecord ({why}); the records after it cannot be located. "
+        "Is it an uncompressed TFRecord file? Re-create or re-copy it"
+    )
 
 
 def _example_values(serialized, location, columns, multi_valued, numeric, bad, skip):
@@ -260,7 +485,11 @@ def _example_values(serialized, location, columns, multi_valued, numeric, bad, s
             return None
         raw = getattr(feature, kind).value
         if kind == "bytes_list":
-            raw = [value.decode("utf-8", "replace") for value in raw]
+            try:
+                raw = [value.decode("utf-8") for value in raw]
+            except UnicodeDecodeError:  # replacing bad bytes could merge two keys into one
+                bad.add(f"{location}: column {column!r} is not UTF-8: {_shorten(list(raw))}", skip)
+                return None
         else:
             raw = [str(value) for value in raw]
         if column in multi_valued:
@@ -277,25 +506,32 @@ def _key(value: str, column: str, location: str, bad: BadRecords, skip: bool) ->
     if not value.strip():
         bad.add(f"{location}: empty key in column {column!r}", skip)
         return None
-    if "\t" in value or "\n" in value:
-        bad.add(f"{location}: key {value!r} in column {column!r} contains a tab or newline", skip)
+    if "\t" in value or "\n" in value or "\r" in value:  # the vocabulary files are tab- and line-separated
+        bad.add(f"{location}: key {_shorten(value)} in column {column!r} contains a tab or line break", skip)
         return None
     return value
 
 
 def _integer(value: str, column: str, location: str, bad: BadRecords, skip: bool) -> Optional[int]:
+    number = _parse_integer(value)
+    if number is None:
+        bad.add(f"{location}: non-numeric timestamp {_shorten(value)} in column {column!r}", skip)
+    elif not _INT64_MIN <= number <= _INT64_MAX:
+        bad.add(f"{location}: timestamp {_shorten(value)} in column {column!r} is outside the int64 range", skip)
+        number = None
+    return number
+
+
+def _parse_integer(value: str) -> Optional[int]:
     try:
         return int(value)
     except ValueError:
         pass
     try:
         number = float(value)  # e.g. "881250949.0"; fractions of the unit are dropped
-        if math.isfinite(number):
-            return int(number)
     except ValueError:
-        pass
-    bad.add(f"{location}: non-numeric timestamp {value!r} in column {column!r}", skip)
-    return None
+        return None
+    return int(number) if math.isfinite(number) else None
 
 
 def _weight(value: str, column: str, location: str, bad: BadRecords, skip: bool) -> Optional[float]:
@@ -303,8 +539,11 @@ def _weight(value: str, column: str, location: str, bad: BadRecords, skip: bool)
         number = float(value)
     except ValueError:
         number = math.nan
-    if not (math.isfinite(number) and number >= 0):
-        bad.add(f"{location}: non-numeric weight {value!r} in column {column!r}; expected a number >= 0", skip)
+    if not 0 <= number <= _FLOAT32_MAX:  # False for NaN; weights are stored as float32
+        bad.add(
+            f"{location}: non-numeric weight {_shorten(value)} in column {column!r}; expected a finite number >= 0",
+            skip,
+        )
         return None
     return number
 

@@ -107,8 +107,8 @@ class CrossBatchMemory(tf.Module):
           expected_count: [n] their Q (expected count per step, e.g. from a StreamingFrequencyEstimator).
           In a replica context with several replicas, each argument is all-gathered into the global batch, whose
           size must be at most batch_size.
-        Returns:
-          The op that advances the write position, for control dependencies in graph mode.
+        Returns nothing (so it can be a tf.function of its own); eagerly and in tf.function, later reads see the
+        update (tf.function orders stateful ops on one variable as written).
         """
         embeddings = tf.cast(global_batch(tf.stop_gradient(embeddings)), tf.float32)  # [n, dim] global batch
         ids = tf.reshape(tf.cast(global_batch(ids), tf.int64), [-1])  # [n]
@@ -142,8 +142,8 @@ class CrossBatchMemory(tf.Module):
         self.expected_count.scatter_update(
             tf.IndexedSlices(tf.pad(expected_count, [[0, padding]], constant_values=1.0)[tf.newaxis], slot)
         )  # [1, batch_size]
-        self.filled.scatter_update(tf.IndexedSlices(tf.reshape(num_rows, [1]), slot))  # [1]
-        return self.next_slot.assign(tf.math.floormod(slot[0] + 1, self.num_batches))
+        self.filled.scatter_update(tf.IndexedSlices(tf.reshape(num_rows, [1]), slot))  # [1] rows written
+        self.next_slot.assign(tf.math.floormod(slot[0] + 1, self.num_batches))  # [] the new oldest slot
 
 
 def masked_positions(true_ids, memory_ids, valid):

@@ -145,11 +145,10 @@ class StreamingFrequencyEstimator(tf.Module):
           ids: [n] (any shape, flattened) integer item ids of this replica's batch, duplicates included. In a
             replica context with several replicas they are all-gathered first (`global_batch`), so every
             replica updates with the same global batch; outside one they must already be the global batch.
-          step: scalar integer, the training step (e.g. optimizer.iterations). Steps must not decrease; one step
-            passed twice counts as one step whose batch is both batches.
-        Returns:
-          The op that applies the update (the scatter of the gap estimates), for control dependencies in graph
-          mode; in tf.function and eagerly it runs before anything that reads the estimator afterwards.
+          step: scalar integer, the training step (e.g. optimizer.iterations). Steps must not decrease; a step
+            passed again counts its ids seen earlier in that step as duplicates (gaps of 0 steps).
+        Returns nothing (so it can be a tf.function of its own); eagerly and in tf.function, later reads see the
+        update (tf.function orders stateful ops on one variable as written).
         """
         ids = tf.reshape(tf.cast(global_batch(ids), tf.int64), [-1])  # [n] global batch
         step = tf.cast(step, tf.int64)  # []
@@ -176,7 +175,7 @@ class StreamingFrequencyEstimator(tf.Module):
         self.first_step.assign(first_step)
         self.last_step.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(buckets), step), buckets))
         self.weight.scatter_update(tf.IndexedSlices(weight, buckets))
-        return self.gap.scatter_update(tf.IndexedSlices(gap_estimate, buckets))
+        self.gap.scatter_update(tf.IndexedSlices(gap_estimate, buckets))
 
     def expected_count(self, ids):
         """Estimated expected number of occurrences of each id per step (per update's global batch): its Q.

@@ -183,6 +183,27 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
     )
 
 
+def test_a_keras_model_tracks_and_saves_it(tmp_path):
+    class Model(tf.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = tf.keras.layers.Dense(1)
+            self.estimator = StreamingFrequencyEstimator(num_buckets=10)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Model()
+    model(tf.zeros([1, 2]))
+    assert len(model.non_trainable_weights) == 4 and len(model.trainable_weights) == 2
+    model.estimator.update(tf.constant([1, 1, 2], tf.int64), 0)
+    model.save_weights(str(tmp_path / "weights"))
+    restored = Model()
+    restored(tf.zeros([1, 2]))
+    restored.load_weights(str(tmp_path / "weights")).assert_consumed()
+    np.testing.assert_allclose(restored.estimator.expected_count([1, 2, 3]).numpy(), [2.0, 1.0, 0.0], rtol=1e-6)
+
+
 def test_steps_must_not_decrease():
     estimator = StreamingFrequencyEstimator(num_buckets=8)
     estimator.update(tf.constant([1, 2], tf.int64), 5)

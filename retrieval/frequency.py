@@ -146,7 +146,8 @@ class StreamingFrequencyEstimator(tf.Module):
             replica context with several replicas they are all-gathered first (`global_batch`), so every
             replica updates with the same global batch; outside one they must already be the global batch.
           step: scalar integer, the training step (e.g. optimizer.iterations). Steps must not decrease; a step
-            passed again counts its ids seen earlier in that step as duplicates (gaps of 0 steps).
+            passed again counts its ids seen earlier in that step as duplicates (gaps of 0 steps). Pass a tensor
+            to a tf.function: a Python int retraces it at every new value.
         Returns nothing (so it can be a tf.function of its own); eagerly and in tf.function, later reads see the
         update (tf.function orders stateful ops on one variable as written).
         """

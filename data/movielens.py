@@ -17,14 +17,13 @@ import tempfile
 import zipfile
 from typing import Optional
 
-from data import corpus, prepare
+from data import atomic, corpus, prepare
 from data.readers import DataError
 from data.schema import Schema
 
 WHEEL = "recbole==1.2.1"
 MEMBER_DIR = "recbole/dataset_example/ml-100k/"
 FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "retrieval-trainer", "movielens")
 
 SCHEMA = Schema(
     user_column="user_id:token",
@@ -39,12 +38,18 @@ SCHEMA = Schema(
 PREPARED = "prepared-last1"
 
 
+def directory(cache_dir: str) -> str:
+    """MovieLens's folder in the cache root shared with the built-in corpus (data.sources.DEFAULT_CACHE_DIR)."""
+    return os.path.join(cache_dir, "movielens")
+
+
 class DownloadError(RuntimeError):
     """The wheel could not be fetched or does not hold the expected files."""
 
 
-def download(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
-    """The directory holding ml-100k.{inter,item,user}, fetched and extracted on first use."""
+def download(cache_dir: str) -> str:
+    """The directory holding ml-100k.{inter,item,user} in MovieLens's folder cache_dir (see `directory`),
+    fetched and extracted on first use."""
     raw_dir = os.path.join(cache_dir, "ml-100k")
     if all(os.path.isfile(os.path.join(raw_dir, name)) for name in FILES):
         return raw_dir
@@ -67,12 +72,13 @@ def download(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
                     with open(os.path.join(staging, name), "wb") as file:
                         file.write(data)
 
-        prepare.write_atomically(raw_dir, write, overwrite=True)
+        atomic.write_atomically(raw_dir, write, overwrite=True)
     return raw_dir
 
 
-def prepared(cache_dir: str = DEFAULT_CACHE_DIR, raw_dir: Optional[str] = None) -> corpus.PreparedCorpus:
-    """The prepared MovieLens 100K corpus under cache_dir, downloading and preparing it on first use.
+def prepared(cache_dir: str, raw_dir: Optional[str] = None) -> corpus.PreparedCorpus:
+    """The prepared MovieLens 100K corpus in its folder cache_dir (see `directory`), downloading and preparing it
+    on first use.
 
     raw_dir: a directory already holding ml-100k.{inter,item} (default: download into cache_dir).
     """
@@ -98,7 +104,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        prepared_corpus = prepared(flags.FLAGS.cache_dir)
+        prepared_corpus = prepared(directory(flags.FLAGS.cache_dir))
     except (DownloadError, DataError) as error:
         sys.exit(f"data.movielens: {error}")
     print(
@@ -111,5 +117,9 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("cache_dir", DEFAULT_CACHE_DIR, "Where the files and the prepared corpus are kept.")
+    from data import sources
+
+    flags.DEFINE_string(
+        "cache_dir", sources.DEFAULT_CACHE_DIR, "Cache root (as trainers.train's): the files go to <cache_dir>/movielens."
+    )
     app.run(main)

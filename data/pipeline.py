@@ -1,13 +1,14 @@
 """tf.data pipelines over prepared interaction files.
 
-Two ways to the same batches {user_id: [batch], item_id: [batch] or [batch, num_true], timestamp: ...}:
-- in memory (the default when the split fits): the split is read once into tensors and each epoch is one
-  seeded permutation (`tf.random.experimental.stateless_shuffle`) cut into batches, gathered column by column.
+Two ways to the same batches {user_id: [batch], item_id: [batch] or [batch, num_true], timestamp: ...}, two
+explicit calls (`training_dataset` picks one by size):
+- in memory (`read_in_memory` once, then `in_memory_batches`; the default when the split fits): the split is
+  read once into tensors and each epoch is one seeded permutation (`tf.random.experimental.stateless_shuffle`) cut into batches, gathered column by column.
   A perfect shuffle for about 0.5 ms of CPU per batch of 1,024, where record-by-record shuffling and parsing
   of TFRecords costs about 14 ms: on a 2-core machine that is CPU the training step does not get. The batch
   at step s is a function of (seed, s) alone, so a restarted run resumes at the exact data position.
-- streaming (splits larger than `max_in_memory_bytes`, and num_true > 1): TFRecord shards read interleaved,
-  a shuffle buffer, batched parsing. Deterministic for a given seed too; resuming skips consumed batches.
+- streaming (`streaming_batches`; splits larger than `max_in_memory_bytes`, and num_true > 1): TFRecord
+  shards read interleaved, a shuffle buffer, batched parsing. Deterministic for a given seed too; resuming skips consumed batches.
 
 Sharding for tf.distribute: with num_shards > 1 each input pipeline takes its contiguous slice of every
 global batch (in memory), or every num_shards-th file (streaming), so the shards together see what a single
@@ -57,16 +58,14 @@ def training_dataset(
       Batches {name: [batch_size // num_shards] int64} ({item_id, timestamp}: [.., num_true] when num_true > 1).
       The last partial batch of a pass is dropped so every step has the same shape.
     """
-    if batch_size % num_shards:
-        raise ValueError(f"batch_size={batch_size} must divide evenly over {num_shards} input pipelines")
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31))
     if columns is None:
         columns = read_in_memory(files, num_true, max_in_memory_bytes)
     if columns is not None:
         return in_memory_batches(columns, batch_size, seed, repeat, start_step, num_shards, shard_index)
-    return _streaming_batches(
-        files, batch_size // num_shards, shuffle_buffer, seed, repeat, num_true, start_step, num_shards, shard_index
+    return streaming_batches(
+        files, batch_size, seed, repeat, num_true, start_step, num_shards, shard_index, shuffle_buffer
     )
 
 
@@ -78,6 +77,13 @@ def read_in_memory(
     if num_true == 1 and on_disk <= max_in_memory_bytes:
         return records.read_all(files)
     return None
+
+
+def shard_size(batch_size: int, num_shards: int) -> int:
+    """Rows of each input pipeline's share of a global batch; ValueError unless they divide evenly."""
+    if batch_size % num_shards:
+        raise ValueError(f"batch_size={batch_size} must divide evenly over {num_shards} input pipelines")
+    return batch_size // num_shards
 
 
 def in_memory_batches(
@@ -97,15 +103,15 @@ def in_memory_batches(
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={batch_size} exceeds the {num_rows} rows of the split")
     tensors = {name: tf.constant(values) for name, values in columns.items()}
-    shard_size = batch_size // num_shards
-    shard_start = shard_index * shard_size
+    rows_per_shard = shard_size(batch_size, num_shards)
+    shard_start = shard_index * rows_per_shard
 
     def epoch_rows(epoch):
         permutation = tf.random.experimental.stateless_shuffle(
             tf.range(num_rows, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
         rows = tf.reshape(permutation[: steps_per_epoch * batch_size], [steps_per_epoch, batch_size])
-        return tf.data.Dataset.from_tensor_slices(rows[:, shard_start : shard_start + shard_size])
+        return tf.data.Dataset.from_tensor_slices(rows[:, shard_start : shard_start + rows_per_shard])
 
     first_epoch = start_step // steps_per_epoch
     epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max if repeat else first_epoch + 1)
@@ -118,14 +124,24 @@ def in_memory_batches(
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def _streaming_batches(
-    files, batch_size, shuffle_buffer, seed, repeat, num_true, start_step, num_shards, shard_index
+def streaming_batches(
+    files: List[str],
+    batch_size: int,
+    seed: int,
+    repeat: bool = True,
+    num_true: int = 1,
+    start_step: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    shuffle_buffer: int = 100_000,
 ) -> tf.data.Dataset:
-    """TFRecord shards -> shuffled, parsed batches of batch_size rows (this shard's share of the global batch).
+    """TFRecord shards -> shuffled, parsed batches of batch_size // num_shards rows (this shard's share of the
+    global batch), from global step start_step on.
 
     With num_true > 1 each row holds num_true interactions of one user (grouped from the shuffled stream with
     group_by_window); a user's leftover interactions that do not fill a row wait for the next pass.
     """
+    batch_size = shard_size(batch_size, num_shards)
     if num_shards > 1:
         if len(files) < num_shards:
             raise ValueError(f"{len(files)} files cannot be sharded over {num_shards} input pipelines by file")

@@ -30,6 +30,7 @@ def test_resume_at_a_step_gives_the_same_batches(files, max_in_memory_bytes):
     kwargs = dict(seed=3, repeat=True, max_in_memory_bytes=max_in_memory_bytes, shuffle_buffer=300)
     whole = _rows(pipeline.training_dataset(files, BATCH, **kwargs), 2 * steps_per_epoch)
     resumed = _rows(pipeline.training_dataset(files, BATCH, start_step=20, **kwargs), 2 * steps_per_epoch - 20)
+    assert len(resumed) == len(whole[20:]) == 2 * steps_per_epoch - 20  # every batch after step 20 compared
     for expected, got in zip(whole[20:], resumed):
         np.testing.assert_array_equal(expected, got)
     other_seed = _rows(pipeline.training_dataset(files, BATCH, **{**kwargs, "seed": 4}), 1)

@@ -190,15 +190,20 @@ def softmax_cross_entropy(candidates: CandidateLogits, label_smoothing: float = 
 
 
 def sigmoid_cross_entropy(
-    candidates: CandidateLogits, focal_gamma: float = 0.0, positive_weight: float = 1.0, label_smoothing: float = 0.0
+    candidates: CandidateLogits,
+    focal_gamma: float = 0.0,
+    positive_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+    log_partition: float = 0.0,
 ):
     """Per-example NCE loss [batch]: sigmoid cross entropy summed over the candidates of a row.
 
-    focal_gamma > 0 down-weights easy candidates by (1 - p_t) ** gamma (focal loss; 0 gives plain cross
-    entropy). positive_weight multiplies the positive term (balanced cross entropy: alpha / (1 - alpha)).
-    The powers are taken as exp(gamma * log_sigmoid(.)) so logits of +-1e4 keep finite values and gradients.
+    log_partition is subtracted from every logit first (see `nce`: the one place it is applied). focal_gamma > 0
+    down-weights easy candidates by (1 - p_t) ** gamma (focal loss; 0 gives plain cross entropy).
+    positive_weight multiplies the positive term (balanced cross entropy: alpha / (1 - alpha)). The powers are
+    taken as exp(gamma * log_sigmoid(.)) so logits of +-1e4 keep finite values and gradients.
     """
-    logits = candidates.logits
+    logits = candidates.logits - log_partition if log_partition else candidates.logits
     valid = candidates.valid()
     labels = smooth_labels(candidates.labels(), valid, label_smoothing)
     log_p = tf.math.log_sigmoid(logits)
@@ -252,32 +257,47 @@ def full_softmax(query_embeddings, true_ids, item_embeddings, label_smoothing: f
     return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
-def sampled_softmax(
+# Head name -> per-example loss [batch] of a CandidateLogits. A head takes only the options it uses.
+HEADS = {
+    "sampled_softmax": softmax_cross_entropy,
+    "in_batch": softmax_cross_entropy,
+    "nce": sigmoid_cross_entropy,
+    "pairwise_hinge": pairwise_hinge,
+}
+
+
+def sampled_loss(
+    head: str,
     query_embeddings,
     true_ids,
     item_tower: ItemTower,
     candidates: SampledCandidates,
-    *,
-    subtract_log_q: bool = True,
-    remove_accidental_hits: bool = True,
-    label_smoothing: float = 0.0,
-    temperature: float = 1.0,
+    head_options: Optional[dict] = None,
+    **logit_options,
+):
+    """The one composition every sampled loss runs: `candidate_logits` (logit_options: subtract_log_q,
+    remove_accidental_hits, temperature), then the head named `head` (HEADS) with head_options (label_smoothing;
+    focal_gamma, positive_weight, log_partition for nce; margin for pairwise_hinge).
+
+    Returns (per-example loss [batch] float32, the CandidateLogits the head scored).
+    """
+    logits = candidate_logits(query_embeddings, true_ids, item_tower, candidates, **logit_options)
+    return HEADS[head](logits, **(head_options or {})), logits
+
+
+def sampled_softmax(
+    query_embeddings, true_ids, item_tower: ItemTower, candidates: SampledCandidates, *, label_smoothing=0.0,
+    **logit_options,
 ):
     """Sampled softmax [batch]: softmax cross entropy over the true and sampled candidates of each row.
 
-    With in-batch candidates (`samplers.in_batch`) this is the in-batch softmax; with `samplers.mixed`, the
-    mixed one. Defaults follow tf.nn.sampled_softmax_loss (remove_accidental_hits=True).
+    logit_options (keyword): subtract_log_q=True, remove_accidental_hits=True, temperature=1.0; the defaults
+    follow tf.nn.sampled_softmax_loss. With in-batch candidates (`samplers.in_batch`) this is the in-batch
+    softmax; with `samplers.mixed`, the mixed one.
     """
-    logits = candidate_logits(
-        query_embeddings,
-        true_ids,
-        item_tower,
-        candidates,
-        subtract_log_q=subtract_log_q,
-        remove_accidental_hits=remove_accidental_hits,
-        temperature=temperature,
-    )
-    return softmax_cross_entropy(logits, label_smoothing)
+    head_options = dict(label_smoothing=label_smoothing)
+    return sampled_loss("sampled_softmax", query_embeddings, true_ids, item_tower, candidates, head_options,
+                        **logit_options)[0]
 
 
 def nce(
@@ -286,33 +306,28 @@ def nce(
     item_tower: ItemTower,
     candidates: SampledCandidates,
     *,
-    subtract_log_q: bool = True,
     remove_accidental_hits: bool = False,
     label_smoothing: float = 0.0,
-    temperature: float = 1.0,
     focal_gamma: float = 0.0,
     positive_weight: float = 1.0,
     log_partition: float = 0.0,
+    **logit_options,
 ):
     """NCE [batch]: sigmoid cross entropy, positives -> 1 / num_true, sampled -> 0, summed per row.
+
+    logit_options (keyword): subtract_log_q=True, temperature=1.0. The defaults follow tf.nn.nce_loss
+    (remove_accidental_hits=False, log_partition=0).
 
     NCE scores are absolute (self-normalised): at the optimum, score - log_partition ~ log p(item | query). A
     softmax only compares scores within a row, but a full-corpus ranking of NCE scores compares items that
     training rarely touched (still at their initial score ~0) with trained ones (pushed to ~log p, far below 0),
     and the untouched items win. Subtracting log_partition = ln(num_items) starts every item at the uniform
     log-probability instead (Mnih & Teh 2012 start the biases there), which the trainer does by default; the
-    equivalent in tf.nn.nce_loss is biases of -log_partition. Defaults follow tf.nn.nce_loss
-    (remove_accidental_hits=False, log_partition=0).
+    equivalent in tf.nn.nce_loss is biases of -log_partition.
     """
-    logits = candidate_logits(
-        query_embeddings,
-        true_ids,
-        item_tower,
-        candidates,
-        subtract_log_q=subtract_log_q,
-        remove_accidental_hits=remove_accidental_hits,
-        temperature=temperature,
+    head_options = dict(
+        label_smoothing=label_smoothing, focal_gamma=focal_gamma, positive_weight=positive_weight,
+        log_partition=log_partition,
     )
-    return sigmoid_cross_entropy(
-        logits._replace(logits=logits.logits - log_partition), focal_gamma, positive_weight, label_smoothing
-    )
+    return sampled_loss("nce", query_embeddings, true_ids, item_tower, candidates, head_options,
+                        remove_accidental_hits=remove_accidental_hits, **logit_options)[0]

@@ -3,7 +3,7 @@
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from retrieval.task import RetrievalLoss
+from retrieval.retrieval_loss import DIAGNOSTICS, RetrievalLoss
 from retrieval.towers import Tower
 
 
@@ -22,6 +22,14 @@ class TwoTowerModel(tfrs.Model):
         self.item_tower = item_tower
         self.retrieval_loss = retrieval_loss
         self.distribute_reduction_method = "sum"
+        self._create_diagnostic_metrics()
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _create_diagnostic_metrics(self):
+        """The sampler diagnostics as Keras metrics, which sync their results over replicas; train_step resets
+        them every step, so each logged value (TensorBoard: batch_<name>) is that step's. Not tracked: they stay
+        out of checkpoints, so checkpoints written before they existed still restore with every object matched."""
+        self.diagnostic_metrics = [tf.keras.metrics.Mean(name) for name in DIAGNOSTICS]
 
     def call(self, features):
         """Query embeddings [batch, dim] for features["user_id"] [batch]."""
@@ -30,15 +38,20 @@ class TwoTowerModel(tfrs.Model):
     def per_example_loss(self, features, training=False):
         """[batch] loss of each row, times features["weight"] ([batch], or [batch, num_true]: the row's mean)
         when the batch has interaction weights (Keras sample-weight semantics)."""
+        return self._loss_and_diagnostics(features, training)[0]
+
+    def _loss_and_diagnostics(self, features, training):
         query_embeddings = self.query_tower(features["user_id"], training=training)
-        loss = self.retrieval_loss(query_embeddings, features["item_id"], self.item_tower)
+        loss, diagnostics = self.retrieval_loss.loss_and_diagnostics(
+            query_embeddings, features["item_id"], self.item_tower
+        )
         weight = features.get("weight")
         if weight is None:
-            return loss
+            return loss, diagnostics
         weight = tf.cast(weight, loss.dtype)
         if weight.shape.rank == 2:
             weight = tf.reduce_mean(weight, axis=1)
-        return loss * weight
+        return loss * weight, diagnostics
 
     def compute_loss(self, features, training=False):
         return tf.nn.compute_average_loss(self.per_example_loss(features, training=training))
@@ -48,16 +61,18 @@ class TwoTowerModel(tfrs.Model):
 
         Deliberately differs from tfrs.Model.train_step, which calls apply_gradients on unscaled gradients:
         `optimizer.minimize(tape=...)` lets a LossScaleOptimizer (mixed_float16) scale the loss and unscale
-        the gradients. Diagnostics are divided by the replica count so that their sum over replicas (see
-        distribute_reduction_method) is the mean per replica.
+        the gradients.
         """
         with tf.GradientTape() as tape:
-            loss = self.compute_loss(features, training=True)
+            per_example, diagnostics = self._loss_and_diagnostics(features, training=True)
+            loss = tf.nn.compute_average_loss(per_example)
             regularization_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
             total_loss = loss + regularization_loss
         self.optimizer.minimize(total_loss, self.trainable_variables, tape=tape)
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         outputs = {"loss": loss}
-        for name, value in self.retrieval_loss.last_diagnostics.items():
-            outputs[name] = value / num_replicas
+        for metric in self.diagnostic_metrics:
+            if metric.name in diagnostics:
+                metric.reset_state()
+                metric.update_state(diagnostics[metric.name])
+                outputs[metric.name] = metric.result()  # the mean over replicas (Keras syncs metric results)
         return outputs

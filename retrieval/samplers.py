@@ -12,14 +12,16 @@ TensorFlow's `tf.random.*_candidate_sampler` ops return, so the losses treat all
 
 Corpus samplers wrap TensorFlow's ops (log-uniform, uniform, fixed unigram) so `unique` and `seed` mean
 exactly what they mean there. Ids must be ranked by frequency for `log_uniform` (id 0 = most frequent).
+
+`make_sampler(name, settings)` builds a sampler by name from the registry `SAMPLERS`: a callable from true ids
+[batch, num_true] to `SampledCandidates`. A new sampler is one constructor added to the registry.
 """
 
-from typing import NamedTuple, Optional, Sequence
+import dataclasses
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-
-SAMPLERS = ("log_uniform", "uniform", "unigram", "in_batch", "mixed")
 
 
 class SampledCandidates(NamedTuple):
@@ -160,3 +162,78 @@ def mixed(in_batch_candidates: SampledCandidates, corpus_candidates: SampledCand
         ),
         own_positive=own_positive,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """What the registered samplers are built from. item_counts: [num_items] training counts (or None)."""
+
+    num_items: int
+    num_sampled: int = 1000
+    unique: bool = True
+    seed: Optional[int] = None
+    item_counts: Optional[np.ndarray] = None
+    unigram_distortion: float = 0.75
+    mixed_corpus_sampler: str = "log_uniform"
+
+    def item_probability(self) -> Optional[tf.Tensor]:
+        """[num_items] float32 corpus frequency of each item, or None without (non-zero) counts."""
+        if self.item_counts is None or np.sum(self.item_counts) <= 0:
+            return None
+        counts = np.asarray(self.item_counts, np.float64)
+        return tf.constant(counts / counts.sum(), tf.float32)
+
+
+Sampler = Callable[[tf.Tensor], SampledCandidates]  # true ids [batch, num_true] -> candidates
+
+
+def _log_uniform_sampler(settings: SamplerSettings) -> Sampler:
+    return lambda true_ids: log_uniform(
+        true_ids, settings.num_sampled, settings.num_items, settings.unique, settings.seed
+    )
+
+
+def _uniform_sampler(settings: SamplerSettings) -> Sampler:
+    return lambda true_ids: uniform(true_ids, settings.num_sampled, settings.num_items, settings.unique, settings.seed)
+
+
+def _unigram_sampler(settings: SamplerSettings) -> Sampler:
+    if settings.item_counts is None:
+        raise ValueError("sampler=unigram needs item_counts")
+    return lambda true_ids: unigram(
+        true_ids, settings.num_sampled, settings.item_counts, settings.unigram_distortion, settings.unique,
+        settings.seed,
+    )
+
+
+def _in_batch_sampler(settings: SamplerSettings) -> Sampler:
+    item_probability = settings.item_probability()
+    return lambda true_ids: in_batch(true_ids, item_probability)
+
+
+def _mixed_sampler(settings: SamplerSettings) -> Sampler:
+    if settings.mixed_corpus_sampler not in CORPUS_SAMPLERS:
+        raise ValueError(
+            f"mixed_corpus_sampler={settings.mixed_corpus_sampler!r}; expected one of {', '.join(CORPUS_SAMPLERS)}"
+        )
+    in_batch_sampler = _in_batch_sampler(settings)
+    corpus_sampler = make_sampler(settings.mixed_corpus_sampler, settings)
+    return lambda true_ids: mixed(in_batch_sampler(true_ids), corpus_sampler(true_ids))
+
+
+# name -> constructor(settings) -> sampler. Corpus samplers draw num_sampled ids from [0, num_items).
+SAMPLERS: Dict[str, Callable[[SamplerSettings], Sampler]] = {
+    "log_uniform": _log_uniform_sampler,
+    "uniform": _uniform_sampler,
+    "unigram": _unigram_sampler,
+    "in_batch": _in_batch_sampler,
+    "mixed": _mixed_sampler,
+}
+CORPUS_SAMPLERS = ("log_uniform", "uniform", "unigram")
+
+
+def make_sampler(name: str, settings: SamplerSettings) -> Sampler:
+    """The registered sampler `name`, built from settings; ValueError naming the choices for an unknown name."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r}; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](settings)

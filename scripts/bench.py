@@ -74,7 +74,7 @@ def _measure_trainer(corpus, loss, steps):
 
     from data import pipeline
     from retrieval.optimizers import LazyAdam
-    from retrieval.task import LossConfig
+    from retrieval.retrieval_loss import LossConfig
     from trainers import model_builder
 
     tf.keras.utils.set_random_seed(42)

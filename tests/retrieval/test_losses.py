@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from retrieval import losses, samplers
-from retrieval.task import LossConfig, RetrievalLoss
+from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
 
 NUM_ITEMS, DIM, BATCH, NUM_SAMPLED = 50, 6, 8, 12

@@ -1,5 +1,7 @@
 """Samplers' expected counts against the formulas and the LOSSES.md reference values."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,3 +91,24 @@ def test_in_batch_counts_are_batch_frequencies():
     probability = tf.constant([0.1, 0.2, 0.3, 0.1, 0.3])
     with_probability = samplers.in_batch(tf.constant([4, 2], tf.int64), probability)
     np.testing.assert_allclose(with_probability.sampled_expected_count.numpy(), [0.6, 0.6])
+
+
+def test_registry_builds_every_sampler_by_name_and_mixed_takes_any_corpus_sampler():
+    true_ids = tf.constant([[3], [0], [7], [3]], tf.int64)
+    counts = np.arange(50, 0, -1)
+    settings = samplers.SamplerSettings(num_items=50, num_sampled=10, seed=1, item_counts=counts)
+    for name in samplers.SAMPLERS:
+        candidates = samplers.make_sampler(name, settings)(true_ids)
+        assert candidates.true_expected_count.shape == (4, 1), name
+    mixed_uniform = samplers.make_sampler("mixed", dataclasses.replace(settings, mixed_corpus_sampler="uniform"))
+    candidates = mixed_uniform(true_ids)
+    # 4 in-batch columns, then 10 uniform ones, all with the uniform sampler's Q: 10 x 1/50 when no draw was
+    # rejected, 1 - (1 - 1/50) ** num_tries otherwise (LOSSES.md), the same for every id.
+    assert candidates.ids.shape == (14,) and candidates.own_positive.shape == (4, 14)
+    corpus_q = candidates.sampled_expected_count.numpy()[4:]
+    np.testing.assert_allclose(corpus_q, np.full(10, corpus_q[0]), rtol=1e-6)
+    assert 0.18 <= corpus_q[0] < 0.5
+    with pytest.raises(ValueError, match=r"sampler='zipf'; expected one of log_uniform, uniform"):
+        samplers.make_sampler("zipf", settings)
+    with pytest.raises(ValueError, match="mixed_corpus_sampler='in_batch'"):
+        samplers.make_sampler("mixed", dataclasses.replace(settings, mixed_corpus_sampler="in_batch"))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrieval.task import LossConfig, RetrievalLoss
+from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
 
 

@@ -1,0 +1,58 @@
+"""LazyAdam, the trainer's default optimizer, against a NumPy reference of lazy Adam."""
+
+import numpy as np
+import tensorflow as tf
+
+from retrieval.optimizers import LazyAdam
+
+LEARNING_RATE, BETA_1, BETA_2, EPSILON = 0.1, 0.9, 0.999, 1e-7
+
+
+def _numpy_lazy_adam(table, steps):
+    """Lazy Adam by hand: repeated indices of a step add up; only the rows a step touches change (weights and
+    both moments); bias correction uses the global step count, as tf.keras Adam does."""
+    table = table.astype(np.float64).copy()
+    m, v = np.zeros_like(table), np.zeros_like(table)
+    for step, (indices, values) in enumerate(steps, start=1):
+        rows = np.unique(indices)
+        gradient = np.zeros_like(table)
+        np.add.at(gradient, indices, values)
+        m[rows] = BETA_1 * m[rows] + (1 - BETA_1) * gradient[rows]
+        v[rows] = BETA_2 * v[rows] + (1 - BETA_2) * gradient[rows] ** 2
+        alpha = LEARNING_RATE * np.sqrt(1 - BETA_2**step) / (1 - BETA_1**step)
+        table[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + EPSILON)
+    return table, m, v
+
+
+def test_lazy_adam_equals_numpy_reference_with_repeated_and_missing_rows():
+    rng = np.random.default_rng(0)
+    initial = rng.normal(size=(8, 3)).astype(np.float32)
+    # Row 0 repeated within a step, rows 6 and 7 never touched, row 3 touched only once and then left alone.
+    steps = [
+        (np.array([0, 0, 2]), rng.normal(size=(3, 3))),
+        (np.array([1, 3]), rng.normal(size=(2, 3))),
+        (np.array([0, 5, 5, 5]), rng.normal(size=(4, 3))),
+        (np.array([2]), rng.normal(size=(1, 3))),
+        (np.array([0, 1, 4]), rng.normal(size=(3, 3))),
+    ]
+    table = tf.Variable(initial)
+    optimizer = LazyAdam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON)
+    for indices, values in steps:
+        gradient = tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(indices), tf.constant([8, 3]))
+        optimizer.apply_gradients([(gradient, table)])
+    expected, m, v = _numpy_lazy_adam(initial, steps)
+    np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(table.numpy()[6:], initial[6:])  # never touched: exactly as initialised
+    moments = optimizer.variables[1:]  # iterations first, then m and v of the one variable
+    np.testing.assert_allclose(moments[0].numpy(), m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(moments[1].numpy(), v, rtol=1e-4, atol=1e-9)  # float32 squares
+
+
+def test_dense_gradients_follow_keras_adam_exactly():
+    initial = np.arange(6, dtype=np.float32).reshape(2, 3)
+    lazy, stock = tf.Variable(initial), tf.Variable(initial)
+    lazy_adam, adam = LazyAdam(LEARNING_RATE), tf.keras.optimizers.Adam(LEARNING_RATE)
+    for gradient in ([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], [[0.3, 0.3, 0.3], [-1.0, 0.0, 2.0]]):
+        lazy_adam.apply_gradients([(tf.constant(gradient), lazy)])
+        adam.apply_gradients([(tf.constant(gradient), stock)])
+    np.testing.assert_array_equal(lazy.numpy(), stock.numpy())

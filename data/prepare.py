@@ -2,16 +2,26 @@
 
     log files (CSV / TFRecord, a glob) + schema
       -> read and validate every record (data.readers)
-      -> per-user train / eval split (data.splits): no interaction in both
+      -> train / eval split (data.splits): per user (no interaction in both), or as given by a held-out file
+         (--eval_input, same schema and format; its feature columns are not read)
       -> item ids by descending *training* count (data.vocabulary): id 0 = most frequent, item_counts.npy
          non-increasing as the log-uniform sampler assumes; items seen fewer than --min_item_count times in
          train (items seen only in eval included) share one OOV id, ranked by their summed count
-      -> user ids by descending training count; feature tables by id (data.features)
+      -> user ids by descending training count, for the users with training rows; feature tables by id
+         (data.features)
       -> a prepared corpus directory (data.corpus), written under a staging name and renamed when complete
 
-Eval interactions whose item fell into the OOV bucket are dropped (a recommender cannot retrieve "some rare
-item"); metadata.json counts them (eval_dropped_oov). The ranking's ties are broken by key, so the result does
-not depend on the order of rows or files.
+Eval interactions that the model cannot be asked about are dropped and counted by reason: an item never in
+training or rarer than --min_item_count (its id is the OOV bucket: a recommender cannot retrieve "some rare
+item"), or a user never in training (possible only with --eval_input). The ranking's ties are broken by key, so
+the result does not depend on the order of rows or files.
+
+Every row read is accounted for, in the report and in metadata.json's "rows":
+    {"read": {"input": n[, "eval_input": m]}, "bad_records": {"input": b[, "eval_input": c]},
+     "train": t, "eval": e, "eval_dropped": {"unseen_item": .., "rare_item": .., "unseen_user": ..}}
+with sum(read) == sum(bad_records) + train + eval + sum(eval_dropped). A row is a record: a non-blank CSV line
+after the header, or a TFRecord. Bad records of the feature side files are counted apart (they hold no
+interactions).
 
 This module's `main` is a thin command over `prepare`; like trainers/, it is the place that reads flags.
 """
@@ -30,6 +40,39 @@ from data.readers import DataError
 from data.schema import Schema, SchemaError
 
 NUM_SHARDS = 4
+# Why an eval interaction is dropped, in the order a row is checked (a row counts once, for the first reason).
+EVAL_DROP_REASONS = ("unseen_item", "rare_item", "unseen_user")
+_DROP_REASON_TEXT = {
+    "unseen_item": "item never in training",
+    "rare_item": "item below --min_item_count (OOV)",
+    "unseen_user": "user never in training",
+}
+
+
+@dataclasses.dataclass
+class RowCounts:
+    """Where every row read went: sum(read) == sum(bad_records) + train + eval + sum(eval_dropped)."""
+
+    read: Dict[str, int]  # {"input": rows[, "eval_input": rows]}
+    bad_records: Dict[str, int]  # the same keys: rows skipped under skip_bad_records
+    train: int
+    eval: int
+    eval_dropped: Dict[str, int]  # {reason in EVAL_DROP_REASONS: rows}
+
+    def report(self) -> str:
+        """One line: the rows read, and where each went."""
+        sources = ""
+        if len(self.read) > 1:
+            sources = " (" + ", ".join(f"{count} --{name}" for name, count in self.read.items()) + ")"
+        return (
+            f"rows: {sum(self.read.values())} read{sources} = {self.train} train + {self.eval} eval + "
+            f"{sum(self.bad_records.values())} bad records skipped + {sum(self.eval_dropped.values())} eval dropped "
+            f"({_reasons(self.eval_dropped)})"
+        )
+
+
+def _reasons(eval_dropped: Dict[str, int]) -> str:
+    return ", ".join(f"{count} {_DROP_REASON_TEXT[reason]}" for reason, count in eval_dropped.items())
 
 
 @dataclasses.dataclass
@@ -44,26 +87,30 @@ class Summary:
     num_eval: int
     oov_item_id: Optional[int]
     num_items_folded: int
-    eval_dropped_oov: int
-    bad_records: readers.BadRecords
+    eval_dropped_oov: int  # eval rows whose item is the OOV bucket: unseen or rare
+    bad_records: readers.BadRecords  # of --input and --eval_input
     items_without_features: Dict[str, int]
+    rows: RowCounts
+    feature_bad_records: readers.BadRecords  # of the feature side files
 
     def report(self) -> str:
         lines = [
             f"prepared {self.output_dir}: {self.num_items} items, {self.num_users} users, "
-            f"{self.num_train} train and {self.num_eval} eval interactions (from {self.num_rows_read} rows)"
+            f"{self.num_train} train and {self.num_eval} eval interactions (from {self.num_rows_read} rows)",
+            self.rows.report(),
         ]
         if self.oov_item_id is not None:
             lines.append(
-                f"{self.num_items_folded} rare items share OOV id {self.oov_item_id}; "
-                f"{self.eval_dropped_oov} eval interactions with an OOV item dropped"
+                f"{self.num_items_folded} items with fewer than --min_item_count training rows (items only in eval "
+                f"included) share OOV id {self.oov_item_id}"
             )
         for column, missing in sorted(self.items_without_features.items()):
             if missing:
                 lines.append(f"feature {column!r}: {missing} ids have no value")
-        if self.bad_records.count:
-            lines.append(f"skipped {self.bad_records.count} bad records, the first ones:")
-            lines.extend(f"  {message}" for message in self.bad_records.messages)
+        for bad, where in ((self.bad_records, ""), (self.feature_bad_records, " in the feature files")):
+            if bad.count:
+                lines.append(f"skipped {bad.count} bad records{where}, the first ones:")
+                lines.extend(f"  {message}" for message in bad.messages)
         return "\n".join(lines)
 
 
@@ -73,6 +120,7 @@ def prepare(
     output_dir: str,
     *,
     file_format: str = "csv",
+    eval_input: Optional[str] = None,
     item_features_input: Optional[str] = None,
     user_features_input: Optional[str] = None,
     split: str = "last",
@@ -86,6 +134,8 @@ def prepare(
 ) -> Summary:
     """Reads, validates, splits and writes a prepared corpus to output_dir (see the module docstring).
 
+    eval_input: held-out rows (a file, glob, or several joined by commas) in the log's schema and format; then
+    every row of input_pattern is a training row, and split / eval_per_user / seed do not apply.
     item_features_input / user_features_input: optional side files (same format and delimiter as the log)
     keyed by the schema's item / user column and holding its feature columns; without them the feature
     columns are read from the log itself (the first row of each item or user).
@@ -106,54 +156,62 @@ def prepare(
         item_features_in_log=not item_features_input,
         user_features_in_log=not user_features_input,
     )
+    held_out_log = None
+    if eval_input:
+        held_out_log = readers.read_log(
+            eval_input, schema, file_format, skip_bad_records, item_features_in_log=False, user_features_in_log=False,
+            flag="--eval_input",
+        )
     item_rows, user_rows = log.item_features, log.user_features
+    feature_bad_records = readers.BadRecords()
     if item_features_input and schema.item_feature_columns:
         item_rows = readers.read_features(
             item_features_input, schema.item_column, schema.item_feature_columns, schema, file_format,
-            skip_bad_records, log.bad_records,
+            skip_bad_records, feature_bad_records, flag="--item_features_input",
         )
     if user_features_input and schema.user_feature_columns:
         user_rows = readers.read_features(
             user_features_input, schema.user_column, schema.user_feature_columns, schema, file_format,
-            skip_bad_records, log.bad_records,
+            skip_bad_records, feature_bad_records, flag="--user_features_input",
         )
 
-    user_keys, user_code = _codes(log.user_keys)
-    item_keys, item_code = _codes(log.item_keys)
-    is_eval = splits.held_out(user_code, log.timestamps, split, eval_per_user, seed)
+    user_keys, user_code = _codes(log.user_keys + (held_out_log.user_keys if held_out_log else []))
+    item_keys, item_code = _codes(log.item_keys + (held_out_log.item_keys if held_out_log else []))
+    timestamps, weights = _joined_columns(log, held_out_log, schema)
+    if held_out_log:
+        is_eval = splits.given(len(log), len(held_out_log))
+    else:
+        is_eval = splits.held_out(user_code, timestamps, split, eval_per_user, seed)
     train_item_counts = np.bincount(item_code[~is_eval], minlength=len(item_keys))
+    train_user_counts = np.bincount(user_code[~is_eval], minlength=len(user_keys))
     try:
         items, item_id_of = vocabulary.build(item_keys, train_item_counts, min_item_count)
     except ValueError as error:
         raise DataError(f"--input {input_pattern}: {error}") from None
-    users, user_id_of = vocabulary.build(user_keys, np.bincount(user_code[~is_eval], minlength=len(user_keys)), 0)
+    users, user_id_of = _trained_user_vocabulary(user_keys, train_user_counts)
     item_id, user_id = item_id_of[item_code], user_id_of[user_code]
-    dropped = is_eval & (item_id == items.oov_id) if items.oov_id is not None else np.zeros_like(is_eval)
-    if not (is_eval & ~dropped).any():
-        raise DataError(
-            f"--input {input_pattern}: no eval interactions: no user has more than eval_per_user={eval_per_user} "
-            f"interactions{' with a held-out item seen in training' if dropped.any() else ''}"
-        )
-    columns = {"user_id": user_id, "item_id": item_id, "timestamp": log.timestamps, "weight": log.weights}
+    drops = _eval_drops(is_eval, train_item_counts[item_code], train_user_counts[user_code], min_item_count)
+    kept_eval = is_eval & ~np.logical_or.reduce(list(drops.values()))
+    if not kept_eval.any():
+        eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
+        raise DataError(_no_eval_message(input_pattern, eval_input, eval_per_user, eval_dropped))
+    columns = {"user_id": user_id, "item_id": item_id, "timestamp": timestamps, "weight": weights}
+    logs = {"input": log, "eval_input": held_out_log} if held_out_log else {"input": log}
+    rows = RowCounts(
+        read={name: part.num_records_read for name, part in logs.items()},
+        bad_records={name: part.bad_records.count for name, part in logs.items()},
+        train=int((~is_eval).sum()),
+        eval=int(kept_eval.sum()),
+        eval_dropped={reason: int(mask.sum()) for reason, mask in drops.items()},
+    )
+    bad_records = _merged([part.bad_records for part in logs.values()])
 
-    tables, feature_metadata, without = {"item": {}, "user": {}}, {"item": {}, "user": {}}, {}
-    feature_vocabularies = {"item": {}, "user": {}}
-    for kind, rows, keys, names in (
-        ("item", item_rows, items.keys, schema.item_feature_columns),
-        ("user", user_rows, users.keys, schema.user_feature_columns),
-    ):
-        for number, column in enumerate(sorted(names)):
-            table, feature_vocabulary, missing = features.build(rows, keys, column)
-            tables[kind][column], feature_vocabularies[kind][column] = table, feature_vocabulary
-            feature_metadata[kind][column] = {
-                "vocabulary": f"{kind}_feature-{number}.tsv",
-                "vocabulary_size": len(feature_vocabulary),
-                "max_values": int(table.shape[1]),
-            }
-            without[f"{kind} {column}"] = missing
+    tables, feature_vocabularies, feature_metadata, without = _feature_tables(
+        schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
+    )
 
     def write(staging: str) -> None:
-        for split_name, mask in (("train", ~is_eval), ("eval", is_eval & ~dropped)):
+        for split_name, mask in (("train", ~is_eval), ("eval", kept_eval)):
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
             records.write_interactions(staging, split_name, split_columns, num_shards)
         np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
@@ -166,18 +224,21 @@ def prepare(
             staging,
             num_items=len(items),
             num_users=len(users),
-            num_train=int((~is_eval).sum()),
-            num_eval=int((is_eval & ~dropped).sum()),
+            num_train=rows.train,
+            num_eval=rows.eval,
             description=description or f"prepared from {input_pattern}",
             source_files=log.files,
+            eval_source_files=held_out_log.files if held_out_log else None,
             schema=dataclasses.asdict(schema),
-            split=split,
-            eval_per_user=eval_per_user,
-            seed=seed,
+            split="given" if held_out_log else split,
+            eval_per_user=None if held_out_log else eval_per_user,
+            seed=None if held_out_log else seed,
             min_item_count=min_item_count,
             oov_item_id=items.oov_id,
-            eval_dropped_oov=int(dropped.sum()),
-            num_bad_records=log.bad_records.count,
+            eval_dropped_oov=rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"],
+            rows=dataclasses.asdict(rows),
+            num_bad_records=bad_records.count + feature_bad_records.count,
+            bad_record_messages=bad_records.messages + feature_bad_records.messages,
             item_features=feature_metadata["item"],
             user_features=feature_metadata["user"],
         )
@@ -185,17 +246,90 @@ def prepare(
     write_atomically(output_dir, write, overwrite)
     return Summary(
         output_dir=output_dir,
-        num_rows_read=len(log),
+        num_rows_read=sum(rows.read.values()),
         num_items=len(items),
         num_users=len(users),
-        num_train=int((~is_eval).sum()),
-        num_eval=int((is_eval & ~dropped).sum()),
+        num_train=rows.train,
+        num_eval=rows.eval,
         oov_item_id=items.oov_id,
         num_items_folded=int((train_item_counts < min_item_count).sum()),
-        eval_dropped_oov=int(dropped.sum()),
-        bad_records=log.bad_records,
+        eval_dropped_oov=rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"],
+        bad_records=bad_records,
         items_without_features=without,
+        rows=rows,
+        feature_bad_records=feature_bad_records,
     )
+
+
+def _feature_tables(schema: Schema, rows_and_keys):
+    """The feature tables of items and users by id, their value vocabularies, metadata, and ids without a value.
+
+    rows_and_keys: {"item" / "user": (feature rows by key, [key of each id])}.
+    Returns ({kind: {column: table}}, {kind: {column: vocabulary}}, {kind: {column: metadata}},
+    {"<kind> <column>": ids without a value}).
+    """
+    tables, vocabularies, metadata, without = {}, {}, {}, {}
+    for kind, names in (("item", schema.item_feature_columns), ("user", schema.user_feature_columns)):
+        feature_rows, keys = rows_and_keys[kind]
+        tables[kind], vocabularies[kind], metadata[kind] = {}, {}, {}
+        for number, column in enumerate(sorted(names)):
+            table, feature_vocabulary, missing = features.build(feature_rows, keys, column)
+            tables[kind][column], vocabularies[kind][column] = table, feature_vocabulary
+            metadata[kind][column] = {
+                "vocabulary": f"{kind}_feature-{number}.tsv",
+                "vocabulary_size": len(feature_vocabulary),
+                "max_values": int(table.shape[1]),
+            }
+            without[f"{kind} {column}"] = missing
+    return tables, vocabularies, metadata, without
+
+
+def _joined_columns(log: readers.RawLog, held_out_log: Optional[readers.RawLog], schema: Schema):
+    """(timestamps [n], weights [n] or None) of the log's rows followed by the held-out log's."""
+    if held_out_log is None:
+        return log.timestamps, log.weights
+    held_out_timestamps = held_out_log.timestamps
+    if schema.timestamp_column is None:  # row numbers: the held-out file comes after the log
+        held_out_timestamps = held_out_timestamps + len(log)
+    timestamps = np.concatenate([log.timestamps, held_out_timestamps])
+    weights = None if log.weights is None else np.concatenate([log.weights, held_out_log.weights])
+    return timestamps, weights
+
+
+def _trained_user_vocabulary(user_keys: List[str], train_counts: np.ndarray):
+    """(vocabulary of the users with training rows, id [k] of each key, -1 for a user never in training)."""
+    trained = np.flatnonzero(train_counts > 0)
+    users, id_of_trained = vocabulary.build([user_keys[index] for index in trained], train_counts[trained], 0)
+    id_of = np.full(len(user_keys), -1, np.int64)
+    id_of[trained] = id_of_trained
+    return users, id_of
+
+
+def _eval_drops(is_eval, item_train_count, user_train_count, min_item_count: int) -> Dict[str, np.ndarray]:
+    """{reason: [n] bool} the eval rows dropped for each of EVAL_DROP_REASONS, each row for its first reason.
+
+    item_train_count, user_train_count: [n] the training count of each row's item and user.
+    """
+    unseen_item = is_eval & (item_train_count == 0)
+    rare_item = is_eval & (item_train_count > 0) & (item_train_count < min_item_count)
+    unseen_user = is_eval & ~unseen_item & ~rare_item & (user_train_count == 0)
+    return {"unseen_item": unseen_item, "rare_item": rare_item, "unseen_user": unseen_user}
+
+
+def _no_eval_message(input_pattern, eval_input, eval_per_user: int, eval_dropped: Dict[str, int]) -> str:
+    if eval_input:
+        return f"--eval_input {eval_input}: no eval interactions left: every row was dropped ({_reasons(eval_dropped)})"
+    message = f"--input {input_pattern}: no eval interactions: no user has more than eval_per_user={eval_per_user} "
+    if any(eval_dropped.values()):
+        return message + f"interactions with a usable held-out row ({_reasons(eval_dropped)} dropped)"
+    return message + "interactions"
+
+
+def _merged(parts: List[readers.BadRecords]) -> readers.BadRecords:
+    """One BadRecords of several: every count, and the first messages in order."""
+    merged = readers.BadRecords(count=sum(part.count for part in parts))
+    merged.messages = [message for part in parts for message in part.messages][: readers.MAX_REPORTED_BAD_RECORDS]
+    return merged
 
 
 def write_atomically(output_dir: str, write, overwrite: bool = False) -> None:
@@ -236,6 +370,11 @@ def _define_flags():
     from absl import flags
 
     flags.DEFINE_string("input", None, "Interaction log: a file, a glob, or several joined by commas.")
+    flags.DEFINE_string(
+        "eval_input", None, "Held-out interactions in the log's schema and format (a file, glob, or several joined by "
+        "commas): a fixed split, used as given instead of --split. Rows of users or items with no training row are "
+        "dropped and counted."
+    )
     flags.DEFINE_enum("format", "csv", list(readers.FORMATS), "File format of --input (and the feature files).")
     flags.DEFINE_string("output_dir", None, "The prepared corpus directory to create (for trainers.train --data).")
     flags.DEFINE_string("schema", None, "A JSON schema file (keys as the schema flags below); flags override it.")
@@ -291,12 +430,19 @@ def main(argv):
     for name in ("input", "output_dir"):
         if not getattr(values, name):
             raise app.UsageError(f"--{name} is required")
+    per_user_split_flags = [f"--{name}" for name in ("split", "eval_per_user", "seed") if values[name].present]
+    if values.eval_input and per_user_split_flags:
+        raise app.UsageError(
+            f"{', '.join(per_user_split_flags)}: the per-user split of --input does not apply with --eval_input "
+            "(the held-out file is the split); drop one or the other"
+        )
     try:
         summary = prepare(
             values.input,
             schema_from_flags(values),
             values.output_dir,
             file_format=values.format,
+            eval_input=values.eval_input,
             item_features_input=values.item_features_input,
             user_features_input=values.user_features_input,
             split=values.split,

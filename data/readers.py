@@ -103,16 +103,19 @@ class RawLog:
         return len(self.user_keys) + self.bad_records.count
 
 
-def expand(pattern: str) -> List[str]:
-    """Files matched by one path or glob, or several joined by commas, sorted within each pattern."""
+def expand(pattern: str, flag: str = "--input") -> List[str]:
+    """Files matched by one path or glob, or several joined by commas, sorted within each pattern.
+
+    flag: the flag that gave the pattern, for the message.
+    """
     files = []
     for part in [part.strip() for part in pattern.split(",") if part.strip()]:
         matched = sorted(path for path in glob.glob(part) if os.path.isfile(path))
         if not matched:
-            raise DataError(f"--input {part}: matches no files")
+            raise DataError(f"{flag} {part}: matches no files")
         files.extend(matched)
     if not files:
-        raise DataError(f"--input {pattern!r}: names no files")
+        raise DataError(f"{flag} {pattern!r}: names no files")
     return files
 
 
@@ -123,6 +126,7 @@ def read_log(
     skip_bad_records: bool = False,
     item_features_in_log: bool = True,
     user_features_in_log: bool = True,
+    flag: str = "--input",
 ) -> RawLog:
     """Reads every interaction of the files matching `pattern`.
 
@@ -133,10 +137,11 @@ def read_log(
       skip_bad_records: count and skip malformed records instead of stopping at the first.
       item_features_in_log, user_features_in_log: read the schema's item / user feature columns from the log
         (False when they come from a side file).
+      flag: the flag that gave the pattern, for messages.
     Raises:
       DataError: no matching file, no interaction at all, or (without skip_bad_records) a bad record.
     """
-    files = expand(pattern)
+    files = expand(pattern, flag)
     item_features = schema.item_feature_columns if item_features_in_log else ()
     user_features = schema.user_feature_columns if user_features_in_log else ()
     columns = schema.interaction_columns() + item_features + user_features
@@ -180,7 +185,7 @@ def read_log(
 
     if not user_keys:
         reason = f", {bad.count} bad records skipped" if bad.count else ""
-        raise DataError(f"--input {pattern}: no interactions in {len(files)} file(s){reason}")
+        raise DataError(f"{flag} {pattern}: no interactions in {len(files)} file(s){reason}")
     return RawLog(
         user_keys=user_keys,
         item_keys=item_keys,
@@ -201,16 +206,17 @@ def read_features(
     file_format: str = "csv",
     skip_bad_records: bool = False,
     bad: Optional[BadRecords] = None,
+    flag: str = "--item_features_input",
 ) -> FeatureRows:
     """A side file of features, one row per key (e.g. an item catalogue): {key: {column: values}}.
 
-    A key listed twice keeps its first row.
+    A key listed twice keeps its first row. flag: the flag that gave the pattern, for messages.
     """
     bad = bad if bad is not None else BadRecords()
     columns = (key_column, *feature_columns)
     multi_valued = set(schema.multi_valued_columns)
     rows = {}
-    for path in expand(pattern):
+    for path in expand(pattern, flag):
         for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
             key = _key(values[0], key_column, location, bad, skip_bad_records)
             if key is not None and key not in rows:

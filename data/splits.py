@@ -1,8 +1,11 @@
-"""Train / eval splits of an interaction log, per user: no interaction is in both.
+"""Train / eval splits of an interaction log: no interaction is in both.
 
-Each user with more than `eval_per_user` interactions holds out `eval_per_user` of them: the last ones by
-timestamp (ties by file order), or a seeded random choice. Users with fewer stay wholly in train, so every
-held-out user has a training history.
+Per user (`held_out`): each user with more than `eval_per_user` interactions holds out `eval_per_user` of them:
+the last ones by timestamp (ties by file order), or a seeded random choice. Users with fewer stay wholly in
+train, so every held-out user has a training history.
+
+Given (`given`): the held-out rows come from a file of their own and are used as they are; data.prepare drops
+(and counts) those whose user or item has no training row.
 """
 
 import numpy as np
@@ -40,3 +43,8 @@ def held_out(user: np.ndarray, timestamp: np.ndarray, method: str = "last", eval
     is_eval = np.zeros(num_rows, bool)
     is_eval[order] = (size > eval_per_user) & (position >= size - eval_per_user)
     return is_eval
+
+
+def given(num_train: int, num_eval: int) -> np.ndarray:
+    """is_eval [num_train + num_eval] bool of a log's rows followed by a held-out file's rows."""
+    return np.repeat([False, True], [num_train, num_eval])

@@ -1,5 +1,7 @@
 """data.prepare on small real files: ids by training count, OOV, leak-free splits, features, atomic output."""
 
+import dataclasses
+import json
 import os
 
 import numpy as np
@@ -157,3 +159,41 @@ def test_weights_reach_the_training_batches(tmp_path):
     unweighted = records.read_all(corpus.PreparedCorpus.load(prepare.prepare(
         str(log), Schema(user_column="user", item_column="item"), str(tmp_path / "plain")).output_dir).train_files)
     np.testing.assert_array_equal(unweighted["weight"], 1.0)
+
+
+def _rows_add_up(rows) -> bool:
+    used = sum(rows.bad_records.values()) + rows.train + rows.eval + sum(rows.eval_dropped.values())
+    return sum(rows.read.values()) == used
+
+
+def test_every_row_read_is_accounted_for_by_reason(tmp_path):
+    path, lines = _log(tmp_path / "log.csv")
+    with open(path, "a") as file:  # a user whose held-out item is never in training, and two bad rows
+        file.write("late,a,1,x\nlate,zzz,2,x\nlate,b,x,x\n\nlate,,3,x\n")
+    summary = prepare.prepare(path, SCHEMA, str(tmp_path / "out"), min_item_count=20, skip_bad_records=True)
+    rows = summary.rows
+    assert rows.read == {"input": len(lines) + 4} and rows.bad_records == {"input": 2}  # the blank line is no row
+    assert rows.eval_dropped["unseen_item"] == 1 and rows.eval_dropped["rare_item"] > 0
+    assert rows.eval_dropped["unseen_user"] == 0  # a per-user split holds out only users with training rows
+    assert _rows_add_up(rows) and summary.num_rows_read == len(lines) + 4
+    assert summary.eval_dropped_oov == rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"]
+    with open(tmp_path / "out" / "metadata.json") as file:
+        assert json.load(file)["rows"] == dataclasses.asdict(rows)
+
+
+def test_eval_input_without_timestamps_comes_after_the_log(tmp_path):
+    train, held_out = tmp_path / "train.csv", tmp_path / "held_out.csv"
+    train.write_text("user,item\n" + "".join(f"u{row % 4},i{row % 6}\n" for row in range(24)))
+    held_out.write_text("user,item\nu0,i1\nu1,i2\nnew,i3\n")
+    schema = Schema(user_column="user", item_column="item")
+    summary = prepare.prepare(str(train), schema, str(tmp_path / "out"), eval_input=str(held_out))
+    assert (summary.rows.train, summary.rows.eval, summary.rows.eval_dropped["unseen_user"]) == (24, 2, 1)
+    prepared = corpus.PreparedCorpus.load(summary.output_dir)
+    train_times = records.read_all(prepared.train_files)["timestamp"]
+    eval_times = records.read_all(prepared.eval_files)["timestamp"]
+    assert sorted(train_times) == list(range(24)) and sorted(eval_times) == [24, 25]  # file order is time order
+    with pytest.raises(DataError, match=r"^--eval_input .*nothing-\*\.csv: matches no files$"):
+        prepare.prepare(str(train), schema, str(tmp_path / "other"), eval_input=str(tmp_path / "nothing-*.csv"))
+    held_out.write_text("user,item\nnew,i3\n")
+    with pytest.raises(DataError, match=r"no eval interactions left: every row was dropped \(.*1 user never in"):
+        prepare.prepare(str(train), schema, str(tmp_path / "other"), eval_input=str(held_out))

@@ -1,12 +1,15 @@
-"""Keras callbacks of the trainer: held-out evaluation, NaN guard, and step checkpoints."""
+"""Keras callbacks of the trainer (progress, TensorBoard, throughput, NaN guard, backup, checkpoints, held-out
+evaluation) and `make_callbacks`, the one place that fixes their order."""
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
-from trainers import evaluation
+from trainers import held_out as held_out_lib
+from trainers import summaries
 
 
 class NonFiniteLossError(RuntimeError):
@@ -16,7 +19,7 @@ class NonFiniteLossError(RuntimeError):
 class EvaluationCallback(tf.keras.callbacks.Callback):
     """Exact full-corpus metrics on held-out users after every epoch, written to TensorBoard (eval/...)."""
 
-    def __init__(self, held_out: evaluation.HeldOut, ks: Sequence[int], summary_dir: str):
+    def __init__(self, held_out: held_out_lib.HeldOut, ks: Sequence[int], summary_dir: str):
         super().__init__()
         self.held_out = held_out
         self.ks = ks
@@ -24,13 +27,9 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
         self.last_metrics = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last_metrics = evaluation.evaluate(self.model, self.held_out, self.ks)
+        self.last_metrics = held_out_lib.evaluate(self.model, self.held_out, self.ks)
         step = int(self.model.optimizer.iterations.numpy())
-        # The Keras TensorBoard callback installs a global record_if(step % update_freq == 0); eval always records.
-        with self.writer.as_default(step=step), tf.summary.record_if(True):
-            for name, value in self.last_metrics.items():
-                tf.summary.scalar(name, value)
-        self.writer.flush()
+        summaries.write_scalars(self.writer, step, self.last_metrics, flush=True)
         summary = "  ".join(f"recall@{k}={self.last_metrics[f'recall_at_{k}']:.4f}" for k in self.ks)
         logging.info("epoch %d step %d held-out %s", epoch + 1, step, summary)
         if logs is not None:
@@ -55,8 +54,8 @@ LIKELY_FIXES = "Likely fixes: --label_smoothing=0.1, a lower --learning_rate, or
 class NanGuard(tf.keras.callbacks.Callback):
     """Stops training at the first non-finite loss, before any checkpoint of the bad weights is written.
 
-    It must run before CheckpointCallback in the callback list (which also checks the weights themselves: a step
-    whose loss was finite can still write non-finite weights).
+    make_callbacks puts it before every callback that saves (CheckpointCallback also checks the weights
+    themselves: a step whose loss was finite can still write non-finite weights).
     """
 
     def __init__(self):
@@ -135,3 +134,50 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()
+
+
+@dataclasses.dataclass
+class CallbackSettings:
+    """What make_callbacks needs of the run: its task, its files, and the run config's logging cadence."""
+
+    task_name: str
+    total_steps: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    examples_per_step: int
+    tensorboard_dir: Optional[str] = None  # the chief's; None on other tasks (no TensorBoard, no evaluation)
+    profile_steps: Sequence[int] = ()
+    backup_dir: Optional[str] = None  # multi_worker: BackupAndRestore's directory
+    parameter_server: bool = False
+
+
+def make_callbacks(
+    settings: CallbackSettings,
+    manager: tf.train.CheckpointManager,
+    train_writer=None,
+    evaluation: Optional[EvaluationCallback] = None,
+) -> List[tf.keras.callbacks.Callback]:
+    """The trainer's callbacks in the order Keras must run them.
+
+    The order is the contract: progress and TensorBoard see every step's logs first; the NaN guard stops a
+    non-finite step before BackupAndRestore or the checkpoint callback can save its weights; held-out
+    evaluation runs last, on the weights the epoch's checkpoint holds.
+    """
+    ordered = [ProgressLogger(settings.task_name, settings.log_every_steps, settings.total_steps)]
+    if settings.tensorboard_dir:
+        profile_batch = tuple(settings.profile_steps) if settings.profile_steps else 0
+        ordered.append(tf.keras.callbacks.TensorBoard(
+            settings.tensorboard_dir, update_freq=settings.log_every_steps, profile_batch=profile_batch
+        ))
+        if not settings.parameter_server:  # Keras allows no batch hooks on plain logs there
+            ordered.append(
+                summaries.ThroughputCallback(train_writer, settings.examples_per_step, settings.log_every_steps)
+            )
+    ordered.append(NanGuard())
+    if settings.backup_dir:
+        save_freq = settings.checkpoint_every_steps or "epoch"
+        ordered.append(tf.keras.callbacks.BackupAndRestore(settings.backup_dir, save_freq=save_freq))
+    ordered.append(CheckpointCallback(manager, settings.checkpoint_every_steps))
+    if evaluation is not None:
+        ordered.append(evaluation)
+    return ordered

@@ -71,10 +71,10 @@ def parse_tf_config(text: Optional[str]) -> ClusterSpec:
     for task_type, addresses in cluster.items():
         if task_type not in TASK_TYPES:
             raise DistributeError(f"TF_CONFIG cluster has task type {task_type!r}; expected {', '.join(TASK_TYPES)}")
-        if not isinstance(addresses, list) or not addresses or not all(
-            isinstance(address, str) and ":" in address for address in addresses
-        ):
+        if not isinstance(addresses, list) or not addresses:
             raise DistributeError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of \"host:port\"")
+        for index, address in enumerate(addresses):
+            _check_address(task_type, index, address)
     if len(cluster.get("chief", [])) > 1:
         raise DistributeError(f"TF_CONFIG cluster has {len(cluster['chief'])} chiefs; expected at most one")
     task = config.get("task")
@@ -89,6 +89,40 @@ def parse_tf_config(text: Optional[str]) -> ClusterSpec:
             f"{len(cluster[task_type])} task(s), so expected 0..{len(cluster[task_type]) - 1}"
         )
     return ClusterSpec(cluster, task_type, task_id)
+
+
+def _check_address(task_type: str, index: int, address) -> None:
+    """DistributeError unless address is "host:port" ("[v6 address]:port" for IPv6) with a port in 1..65535.
+
+    TensorFlow fails on a non-numeric port with a traceback, and binds a port beyond 65535 modulo 65536
+    (99999 -> 34463) without a word, so each address is checked here, before any server starts.
+    """
+    where = f"TF_CONFIG cluster[{task_type!r}][{index}]"
+    if not isinstance(address, str):
+        raise DistributeError(f"{where} is {_short(address)}; expected a \"host:port\" string")
+    if address.startswith("["):
+        host, bracket, port = address[1:].partition("]:")
+        if not bracket or not host:
+            example = '"[::1]:2222"'
+            raise DistributeError(f"{where} = {_short(address)}: expected \"[IPv6 address]:port\", e.g. {example}")
+    else:
+        host, colon, port = address.rpartition(":")
+        if not colon or not host:
+            raise DistributeError(f"{where} = {_short(address)}: expected \"host:port\", e.g. \"10.0.0.1:2222\"")
+        if ":" in host:
+            raise DistributeError(f"{where} = {_short(address)}: an IPv6 host goes in brackets, e.g. \"[::1]:2222\"")
+    if any(character.isspace() for character in host):
+        raise DistributeError(f"{where} = {_short(address)}: the host {_short(host)} contains white space")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise DistributeError(
+            f"{where} = {_short(address)}: port {_short(port)} is not an integer in 1..65535; expected \"host:port\""
+        )
+
+
+def _short(value) -> str:
+    """repr(value) cut to 80 characters, so that a message stays one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def resolve_strategy_name(name: str, spec: ClusterSpec, num_local_devices: int) -> str:
@@ -180,9 +214,10 @@ def tf_config_from_environment() -> ClusterSpec:
     return parse_tf_config(os.environ.get("TF_CONFIG"))
 
 
-def replica_devices(strategy) -> str:
-    """The devices the strategy's replicas run on, for the log ("the default device" where it names none)."""
+def replica_devices(strategy) -> List[str]:
+    """The devices the strategy's replicas run on ([] for the default and parameter_server strategies, which name
+    none)."""
     try:
-        return ", ".join(strategy.extended.worker_devices)
-    except (RuntimeError, NotImplementedError, AttributeError):  # the default and parameter_server strategies
-        return "the default device"
+        return list(strategy.extended.worker_devices)
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return []

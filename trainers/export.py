@@ -16,11 +16,14 @@ loading process first (its custom ops).
 
 import json
 import os
-import shutil
+import sys
 import tempfile
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
+
+from data import atomic
+from trainers import cli
 
 METADATA = os.path.join("assets.extra", "export.json")
 INDEXES = ("brute_force", "scann")
@@ -75,53 +78,54 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
     module.query_embedding = query_embedding
     module.item_embedding = item_embedding
     signatures = {"serving_default": module.serve, "query_embedding": query_embedding, "item_embedding": item_embedding}
-
     if corpus.user_keys is not None and corpus.item_keys is not None:
-        user_path = os.path.join(vocabulary_dir, "user_keys.txt")
-        item_path = os.path.join(vocabulary_dir, "item_keys.txt")
-        _write_lines(user_path, corpus.user_keys)
-        _write_lines(item_path, corpus.item_keys)
-        line = tf.lookup.TextFileIndex
-        # Line n holds the key of id n; the initializers track the files as SavedModel assets.
-        module.user_ids_by_key = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(user_path, tf.string, line.WHOLE_LINE, tf.int64, line.LINE_NUMBER), -1
-        )
-        module.item_keys_by_id = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(item_path, tf.int64, line.LINE_NUMBER, tf.string, line.WHOLE_LINE), ""
-        )
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
-        def user_ids_of_keys(user_keys):
-            """user keys [batch] -> dense ids [batch] int64, -1 for keys outside the vocabulary."""
-            return module.user_ids_by_key.lookup(user_keys)
-
-        module.user_ids_of_keys = user_ids_of_keys
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
-        def serving_keys(user_keys):
-            user_ids = module.user_ids_by_key.lookup(user_keys)
-            with tf.control_dependencies(
-                [tf.debugging.assert_non_negative(user_ids, message="user_key not in the user vocabulary")]
-            ):
-                outputs = top_k(tf.identity(user_ids))
-            return {**outputs, "item_keys": module.item_keys_by_id.lookup(outputs["item_ids"])}
-
-        module.serving_keys = serving_keys
-        signatures["serving_keys"] = serving_keys
+        signatures["serving_keys"] = _add_key_signatures(module, corpus, vocabulary_dir, top_k)
     return module, signatures
 
 
-def _next_version(export_dir: str) -> int:
-    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()]
-    return max(versions, default=0) + 1
+def _add_key_signatures(module, corpus, vocabulary_dir: str, top_k):
+    """Adds the vocabularies (as SavedModel assets), user_ids_of_keys and the serving_keys signature, which
+    answers top_k (user ids -> item_ids, scores) by user key with the items' keys; returns serving_keys."""
+    import tensorflow as tf
+
+    user_path = os.path.join(vocabulary_dir, "user_keys.txt")
+    item_path = os.path.join(vocabulary_dir, "item_keys.txt")
+    _write_lines(user_path, corpus.user_keys)
+    _write_lines(item_path, corpus.item_keys)
+    line = tf.lookup.TextFileIndex
+    # Line n holds the key of id n; the initializers track the files as SavedModel assets.
+    module.user_ids_by_key = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(user_path, tf.string, line.WHOLE_LINE, tf.int64, line.LINE_NUMBER), -1
+    )
+    module.item_keys_by_id = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(item_path, tf.int64, line.LINE_NUMBER, tf.string, line.WHOLE_LINE), ""
+    )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
+    def user_ids_of_keys(user_keys):
+        """user keys [batch] -> dense ids [batch] int64, -1 for keys outside the vocabulary."""
+        return module.user_ids_by_key.lookup(user_keys)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_key")])
+    def serving_keys(user_keys):
+        user_ids = module.user_ids_by_key.lookup(user_keys)
+        with tf.control_dependencies(
+            [tf.debugging.assert_non_negative(user_ids, message="user_key not in the user vocabulary")]
+        ):
+            outputs = top_k(tf.identity(user_ids))
+        return {**outputs, "item_keys": module.item_keys_by_id.lookup(outputs["item_ids"])}
+
+    module.user_ids_of_keys = user_ids_of_keys
+    module.serving_keys = serving_keys
+    return serving_keys
 
 
 def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
            checkpoint: str = "") -> str:
     """Writes the next version <export_dir>/<n>/ (export_dir defaults to <model_dir>/export); returns its path.
 
-    The trainer calls this at the end of training with its in-memory model; `main` calls it on a restored one.
-    Raises ValueError for a bad k or index.
+    Written whole or not at all (data.atomic.write_new_version); older versions are never touched. Raises
+    ValueError for a bad k or index.
     """
     import tensorflow as tf
 
@@ -129,38 +133,25 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         raise ValueError(f"index {index!r}: expected one of {', '.join(INDEXES)}")
     if not 1 <= k <= corpus.num_items:
         raise ValueError(f"export top-K k={k} must be between 1 and the corpus size {corpus.num_items}")
-    export_dir = export_dir or os.path.join(model_dir, "export")
-    os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=export_dir)
-    try:
-        vocabulary_dir = os.path.join(staging, "vocabulary")
-        saved_model_dir = os.path.join(staging, "saved_model")
-        os.makedirs(vocabulary_dir)
-        module, signatures = _serving_module(model, corpus, k, index, vocabulary_dir)
-        tf.saved_model.save(module, saved_model_dir, signatures=signatures)
-        metadata = {
-            "k": k,
-            "index": index,
-            "num_items": corpus.num_items,
-            "num_users": corpus.num_users,
-            "has_vocabulary": "serving_keys" in signatures,
-            "model_dir": os.path.abspath(model_dir),
-            "checkpoint": checkpoint,
-        }
+    metadata = {
+        "k": k,
+        "index": index,
+        "num_items": corpus.num_items,
+        "num_users": corpus.num_users,
+        "model_dir": os.path.abspath(model_dir),
+        "checkpoint": checkpoint,
+    }
+
+    def write(saved_model_dir: str) -> None:
+        # Vocabularies are read at save time and copied into the SavedModel's assets/.
+        with tempfile.TemporaryDirectory(prefix="vocabulary-") as vocabulary_dir:
+            module, signatures = _serving_module(model, corpus, k, index, vocabulary_dir)
+            tf.saved_model.save(module, saved_model_dir, signatures=signatures)
         os.makedirs(os.path.join(saved_model_dir, "assets.extra"), exist_ok=True)
         with open(os.path.join(saved_model_dir, METADATA), "w") as file:
-            json.dump(metadata, file, indent=2)
-        # The next free number at rename time; os.rename fails rather than overwrite a version written meanwhile.
-        while True:
-            target = os.path.join(export_dir, str(_next_version(export_dir)))
-            try:
-                os.rename(saved_model_dir, target)
-                return target
-            except OSError:
-                if not os.path.exists(target):
-                    raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            json.dump({**metadata, "has_vocabulary": "serving_keys" in signatures}, file, indent=2)
+
+    return atomic.write_new_version(export_dir or os.path.join(model_dir, "export"), write)
 
 
 def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force"):
@@ -170,10 +161,26 @@ def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, in
     exports the same plain SavedModel. Returns (version path, checkpoint step). Raises FileNotFoundError /
     ValueError with the reason.
     """
-    from trainers import model_builder
+    from trainers import run_dir
 
-    model, corpus, _, checkpoint, step = model_builder.restore_from_model_dir(model_dir)
-    return export(model, corpus, model_dir, export_dir, k, index, checkpoint), step
+    restored = run_dir.restore_model(model_dir)
+    path = export(restored.model, restored.corpus, model_dir, export_dir, k, index, restored.checkpoint)
+    return path, restored.step
+
+
+def export_after_training(model_dir: str, k: int):
+    """The trainer's --export: prints and returns (version path, step), or exits with the command that retries
+    it (the run's checkpoints are kept either way)."""
+    import tensorflow as tf
+
+    try:
+        path, step = export_from_model_dir(model_dir, k=k)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        sys.exit(f"training finished and its checkpoints are kept, but the export failed: {error}. Retry with "
+                 f"`python -m trainers.export --model_dir={model_dir} --k={k}`.")
+    print(f"exported step {step} to {path}  (python -m trainers.retrieve --export_dir {path} --user_id ...)",
+          flush=True)
+    return path, step
 
 
 FLAGS = flags.FLAGS
@@ -188,10 +195,7 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required")
+    cli.check_arguments(argv, "model_dir")
     try:
         path, step = export_from_model_dir(FLAGS.model_dir, FLAGS.export_dir, FLAGS.k, FLAGS.index)
     except (OSError, ValueError) as error:
@@ -201,4 +205,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

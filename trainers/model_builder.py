@@ -1,11 +1,27 @@
-"""Builds the two-tower model for a prepared corpus: the trainer, evaluation and export share it."""
+"""The corpus and the two-tower model a RunConfig describes: the trainer, evaluation and export share them."""
 
 from typing import Sequence
 
+from data import sources, synthetic
 from data.corpus import PreparedCorpus
 from retrieval.model import TwoTowerModel
-from retrieval.task import LossConfig, RetrievalLoss
+from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
+from trainers.run_config import OptimizationConfig, RunConfig
+
+
+def load_corpus(config: RunConfig) -> PreparedCorpus:
+    """The corpus of config.data (data.sources); raises ValueError subclasses or movielens.DownloadError."""
+    data = config.data
+    synthetic_config = synthetic.SyntheticConfig(
+        num_items=data.num_items,
+        num_users=data.num_users,
+        num_interactions=data.num_interactions,
+        taste_drift=data.taste_drift,
+        session_timestamps=data.session_timestamps,
+        seed=config.seed,
+    )
+    return sources.load_corpus(data.data, data.cache_dir, synthetic_config)
 
 
 def build_model(
@@ -25,57 +41,31 @@ def build_model(
     return TwoTowerModel(query_tower, item_tower, RetrievalLoss(loss_config, corpus.num_items, corpus.item_counts))
 
 
-def corpus_from_config(config: dict) -> PreparedCorpus:
-    """The corpus of a run's --data (config.json or the trainer's flags): the built-in corpus's cache, MovieLens, or
-    a prepared directory. Raises ValueError (a bad synthetic config, CorpusError, DataError) or DownloadError."""
-    import os
-
-    from data import builtin, synthetic
-
-    if config["data"] == "builtin":
-        synthetic_config = synthetic.SyntheticConfig(
-            num_items=config["num_items"],
-            num_users=config["num_users"],
-            num_interactions=config["num_interactions"],
-            seed=config["seed"],
-        )
-        synthetic_config.validate()  # before prepare touches the cache
-        return builtin.prepare(synthetic_config, config["cache_dir"])
-    if config["data"] == "movielens":
-        from data import movielens
-
-        return movielens.prepared(os.path.join(config["cache_dir"], "movielens"))
-    return PreparedCorpus.load(config["data"])
+def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerModel:
+    model = config.model
+    return build_model(corpus, config.loss, model.embedding_dim, model.hidden_dims, model.normalize)
 
 
-def restore_from_model_dir(model_dir: str):
-    """Rebuilds a run's model from <model_dir>/config.json and restores its newest checkpoint.
+def make_optimizer(tf, optimization: OptimizationConfig):
+    """The optimizer --optimizer names, at --learning_rate."""
+    from retrieval.optimizers import LazyAdam
 
-    Returns (model, corpus, config, checkpoint_path, step): the step is the checkpoint's number, which the trainer
-    sets to the optimizer step. Raises FileNotFoundError when there is no config.json or no checkpoint, and the
-    corpus loaders' errors (ValueError subclasses) when the corpus is gone.
-    """
-    import dataclasses
-    import json
-    import os
+    optimizers = {
+        "lazy_adam": LazyAdam,
+        "adam": tf.keras.optimizers.Adam,
+        "adagrad": tf.keras.optimizers.Adagrad,
+        "sgd": tf.keras.optimizers.SGD,
+    }
+    return optimizers[optimization.optimizer](optimization.learning_rate)
 
-    import tensorflow as tf
 
-    config_path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{model_dir}: no config.json; expected the model_dir of a trainers.train run")
-    with open(config_path) as file:
-        config = json.load(file)
-    checkpoint_path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if checkpoint_path is None:
-        raise FileNotFoundError(f"{model_dir}/checkpoints: no checkpoint to restore; train first")
-    corpus = corpus_from_config(config)
-    loss_fields = {field.name for field in dataclasses.fields(LossConfig)}
-    loss_config = LossConfig(**{name: value for name, value in config.items() if name in loss_fields})
-    hidden_dims = [int(units) for units in config.get("hidden_dims") or []]
-    model = build_model(corpus, loss_config, config["embedding_dim"], hidden_dims, config["normalize"])
-    ids = tf.zeros([1], tf.int64)
-    model.query_tower(ids), model.item_tower(ids)  # create the variables, so restore() checks every one
-    tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
-    step = int(checkpoint_path.rsplit("-", 1)[-1])
-    return model, corpus, config, checkpoint_path, step
+def build_for_training(tf, strategy, corpus: PreparedCorpus, config: RunConfig, first_batch) -> TwoTowerModel:
+    """The compiled model in the strategy's scope, both towers' variables created (mirrored, or sharded over the
+    ps tasks) from the first batch, ready for a restore."""
+    with strategy.scope():
+        model = model_from_config(corpus, config)
+        model.compile(optimizer=make_optimizer(tf, config.optimization),
+                      steps_per_execution=config.optimization.steps_per_execution)
+        model.query_tower(first_batch["user_id"])
+        model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
+    return model

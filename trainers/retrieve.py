@@ -11,7 +11,7 @@ import os
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
-from trainers import export
+from trainers import cli, export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "An exported version, or the export directory (its newest version).")
@@ -79,10 +79,7 @@ def retrieve(loaded, metadata, user: str, k: int):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.export_dir or FLAGS.user_id is None:
-        raise app.UsageError("--export_dir and --user_id are required")
+    cli.check_arguments(argv, "export_dir", "user_id")
     try:
         loaded, metadata = load_export(resolve_version(FLAGS.export_dir))
     except ValueError as error:
@@ -100,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,10 +3,11 @@ embedding projector."""
 
 import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -42,14 +43,25 @@ class ThroughputCallback(tf.keras.callbacks.Callback):
         learning_rate = self.model.optimizer.learning_rate
         if callable(learning_rate):
             learning_rate = learning_rate(self.model.optimizer.iterations)
-        with self.writer.as_default(step=step), tf.summary.record_if(True):
-            tf.summary.scalar("examples_per_second", self.global_batch_size / seconds)
-            tf.summary.scalar("step_time_ms", 1000.0 * seconds)
-            tf.summary.scalar("learning_rate", float(tf.keras.backend.get_value(learning_rate)))
+        write_scalars(self.writer, step, {
+            "examples_per_second": self.global_batch_size / seconds,
+            "step_time_ms": 1000.0 * seconds,
+            "learning_rate": float(tf.keras.backend.get_value(learning_rate)),
+        })
         self.window_start = None
 
     def on_epoch_end(self, epoch, logs=None):
         self.window_start = None  # evaluation time is not step time
+
+
+def write_scalars(writer, step: int, values: Dict[str, float], flush: bool = False) -> None:
+    """Scalars {tag: value} at `step`. Always recorded: the Keras TensorBoard callback installs a global
+    record_if(step % update_freq == 0) that would otherwise drop them."""
+    with writer.as_default(step=step), tf.summary.record_if(True):
+        for name, value in values.items():
+            tf.summary.scalar(name, value)
+    if flush:
+        writer.flush()
 
 
 def write_hparams(log_dir: str, hparams: Dict[str, object]) -> None:
@@ -78,3 +90,32 @@ def write_projector(log_dir: str, item_embeddings: np.ndarray, item_counts: np.n
     entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
     entry.metadata_path = "metadata.tsv"
     projector.visualize_embeddings(log_dir, config)
+
+
+def check_initial_loss(model, first_batch, expected: Optional[float], writer) -> None:
+    """Step-zero check (LOSSES.md): a fresh model scores all candidates nearly alike.
+
+    Its first loss should then be close to the loss of all-zero scores on the same batch, which is
+    ln(num_true + num_sampled) for an uncorrected sampled softmax (log-Q correction and the other losses shift it,
+    so the zero-score loss is the reference that holds for every setting). Logs initial_loss,
+    initial_loss_zero_scores and, where it applies (`expected`), initial_loss_expected = ln(candidate count) to
+    TensorBoard; warns when the first loss is more than 25% away from the reference.
+    """
+    initial_loss = float(model.compute_loss(first_batch))
+    query_embeddings = model.query_tower(first_batch["user_id"])
+    zero_scores = model.retrieval_loss(tf.zeros_like(query_embeddings), first_batch["item_id"], model.item_tower)
+    reference = float(tf.reduce_mean(zero_scores))
+    values = {"initial_loss": initial_loss, "initial_loss_zero_scores": reference}
+    if expected is not None:
+        values["initial_loss_expected"] = expected
+    write_scalars(writer, 0, values, flush=True)
+    expected_text = f", ln(candidate count) = {expected:.4f}" if expected is not None else ""
+    logging.info("step-0 loss %.4f; with all-zero scores %.4f%s", initial_loss, reference, expected_text)
+    if abs(initial_loss - reference) > 0.25 * max(abs(reference), 1e-6):
+        logging.warning(
+            "step-0 loss %.4f is far from %.4f, the loss of all-zero scores: a freshly initialised model should "
+            "score candidates nearly alike. Likely causes: embeddings initialised too large, a --temperature far "
+            "below 1, or labels that do not match the candidates.",
+            initial_loss,
+            reference,
+        )

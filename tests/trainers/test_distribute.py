@@ -95,7 +95,9 @@ def test_mirrored_on_two_logical_cpus_gives_the_default_losses(tmp_path, cache_d
         assert result.returncode == 0, result.stderr[-3000:]
         losses[strategy] = [value for _, value in read_scalars(str(model_dir / "tensorboard" / "train"))["batch_loss"]]
         if strategy == "mirrored":
-            assert re.search(r"--strategy=mirrored, 2 replica\(s\) on \S+device:CPU:0, \S+device:CPU:1", result.stderr)
+            summary = json.loads((model_dir / "run_summary.json").read_text())
+            assert summary["strategy"] == "mirrored" and summary["num_replicas"] == 2
+            assert [device[-5:] for device in summary["replica_devices"]] == ["CPU:0", "CPU:1"]
     assert len(losses["default"]) == 8 and len(set(round(value, 3) for value in losses["default"])) > 4
     assert losses["mirrored"] == pytest.approx(losses["default"], abs=1e-4)
 
@@ -109,8 +111,11 @@ def _launch(tmp_path, workers, ps, *trainer_args, timeout=400):
     )
 
 
-def _fingerprints(output):
-    return dict(re.findall(r"\[(\w+ \d)\] .*finished at step \d+; weights fingerprint (\S+)", output))
+def _summaries(model_dir):
+    """{task: its summary}: the chief's run_summary.json and every other task's task_summaries/<task>.json."""
+    chief = json.loads((model_dir / "run_summary.json").read_text())
+    others = [json.loads(path.read_text()) for path in (model_dir / "task_summaries").glob("*.json")]
+    return {summary["task"]: summary for summary in [chief, *others]}
 
 
 @pytest.mark.slow
@@ -121,23 +126,20 @@ def test_multi_worker_job_trains_workers_agree_and_the_chief_exports_and_evaluat
         "--epochs=2", "--steps_per_epoch=10", "--log_every_steps=5", "--checkpoint_every_steps=5",
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    for task in ("worker 0", "worker 1"):
-        assert f"[{task}]" in result.stdout and f"{task}: step 20/20" in result.stdout
-    fingerprints = _fingerprints(result.stdout)
-    assert set(fingerprints) == {"worker 0", "worker 1"}
-    assert fingerprints["worker 0"] == fingerprints["worker 1"], "synchronous workers end with the same weights"
+    summaries = _summaries(model_dir)
+    assert set(summaries) == {"worker 0", "worker 1"}
+    assert [summary["final_step"] for summary in summaries.values()] == [20, 20]
+    fingerprints = [summary["weights_fingerprint"] for summary in summaries.values()]
+    assert fingerprints[0] == fingerprints[1], "synchronous workers end with the same weights"
     # Only the chief (worker 0) writes the run; worker 1's scratch checkpoints are gone.
     assert sorted(path.name for path in (model_dir / "checkpoints").glob("ckpt-*.index"))[-1] == "ckpt-20.index"
     assert list((model_dir / "tensorboard" / "train").iterdir())
     final = json.loads((model_dir / "metrics.json").read_text())
     assert final["model"]["recall_at_10"] > 1.5 * final["most_popular"]["recall_at_10"]
     # The chief alone exports (the trainer's --export, on by default) when the job is done.
-    assert re.findall(r"\[(\w+ \d)\] exported step 20 to", result.stdout) == ["worker 0"]
+    assert summaries["worker 0"]["export"] == {"path": str(model_dir / "export" / "1"), "step": 20}
     assert (model_dir / "export" / "1" / "saved_model.pb").exists() and not (model_dir / "export" / "2").exists()
-    evaluated = run_module("trainers.evaluate", f"--model_dir={model_dir}")
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    recall = float(re.search(r"recall_at_100\s+(\S+)", evaluated.stdout).group(1))
-    assert recall == pytest.approx(final["model"]["recall_at_100"], abs=1e-4)
+    _assert_evaluate_reproduces(model_dir, 20, final["model"])
 
 
 @pytest.mark.slow
@@ -148,15 +150,24 @@ def test_parameter_server_job_splits_the_item_table_over_both_ps_and_evaluates(t
         *TINY, "--epochs=2", "--steps_per_epoch=10", "--log_every_steps=5", "--checkpoint_every_steps=5",
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    table = re.search(r"chief 0: item table \(2000, 64\) in (\d) shard\(s\): (.*)", result.stdout)
-    assert table and table.group(1) == "2", result.stdout[-3000:]
-    assert "/job:ps/replica:0/task:0" in table.group(2) and "/job:ps/replica:0/task:1" in table.group(2)
-    assert "1000 rows" in table.group(2)
+    chief = json.loads((model_dir / "run_summary.json").read_text())
+    assert chief["task"] == "chief 0" and chief["item_table"]["shape"] == [2000, 64]
+    shards = chief["item_table"]["shards"]
+    assert [shard["rows"] for shard in shards] == [1000, 1000], chief["item_table"]
+    assert sorted(shard["device"] for shard in shards) == ["/job:ps/replica:0/task:0/device:CPU:0",
+                                                            "/job:ps/replica:0/task:1/device:CPU:0"]
     final = json.loads((model_dir / "metrics.json").read_text())
     assert final["model"]["recall_at_10"] > 1.5 * final["most_popular"]["recall_at_10"]
-    assert re.findall(r"\[(\w+ \d)\] exported step \d+ to", result.stdout) == ["chief 0"]
+    assert chief["export"]["path"] == str(model_dir / "export" / "1")
+    assert not (model_dir / "export" / "2").exists(), "the chief alone exports"
     # The sharded checkpoint restores into a single-process model and evaluates to the chief's figures.
+    _assert_evaluate_reproduces(model_dir, chief["final_step"], final["model"])
+
+
+def _assert_evaluate_reproduces(model_dir, step, trainer_metrics):
+    """trainers.evaluate restores the job's newest checkpoint on one device and gets the trainer's figures."""
     evaluated = run_module("trainers.evaluate", f"--model_dir={model_dir}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    recall = float(re.search(r"recall_at_10\s+(\S+)", evaluated.stdout).group(1))
-    assert recall == pytest.approx(final["model"]["recall_at_10"], abs=1e-4)
+    report = json.loads((model_dir / "evaluation" / f"step-{step}.json").read_text())
+    for k in (10, 100):
+        assert report["metrics"][f"recall_at_{k}"] == pytest.approx(trainer_metrics[f"recall_at_{k}"], abs=1e-4)

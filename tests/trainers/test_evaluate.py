@@ -21,18 +21,18 @@ def trained(tmp_path_factory):
     return model_dir
 
 
-def _printed(stdout):
-    return {line.split()[0]: float(line.split()[1]) for line in stdout.strip().splitlines()[1:]}
+def _report(model_dir, step):
+    return json.loads((model_dir / "evaluation" / f"step-{step}.json").read_text())
 
 
 @pytest.mark.slow
 def test_evaluate_reproduces_the_trainers_metrics_and_writes_them_at_the_checkpoint_step(trained):
     result = run_module("trainers.evaluate", f"--model_dir={trained}")
     assert result.returncode == 0, result.stderr[-3000:]
-    header = result.stdout.strip().splitlines()[0]
-    step = int(header.split("(step ")[1].split(")")[0])
-    assert header.endswith("600 held-out users:")
-    printed = _printed(result.stdout)
+    step = json.loads((trained / "run_summary.json").read_text())["final_step"]
+    report = _report(trained, step)
+    assert report["num_users"] == 600 and report["checkpoint"].endswith(f"ckpt-{step}")
+    printed = report["metrics"]
     trainer_metrics = json.loads((trained / "metrics.json").read_text())["model"]
     assert printed.keys() == trainer_metrics.keys()
     for name, value in trainer_metrics.items():  # the same checkpoint, the same exact top-K
@@ -44,16 +44,18 @@ def test_evaluate_reproduces_the_trainers_metrics_and_writes_them_at_the_checkpo
 
     excluded = run_module("trainers.evaluate", f"--model_dir={trained}", "--exclude_seen", "--eval_top_k=10,100")
     assert excluded.returncode == 0, excluded.stderr[-3000:]
-    assert "training items excluded" in excluded.stdout
-    assert _printed(excluded.stdout)["recall_at_100"] != pytest.approx(printed["recall_at_100"], abs=1e-6)
+    excluded_report = _report(trained, step)
+    assert excluded_report["exclude_seen"] is True
+    assert excluded_report["metrics"]["recall_at_100"] != pytest.approx(printed["recall_at_100"], abs=1e-6)
 
 
 def test_held_out_with_exclude_seen_lists_each_users_training_items(trained):
-    from trainers import evaluation, model_builder
+    from trainers import held_out as held_out_lib
+    from trainers import model_builder, run_dir
 
-    config = json.loads((trained / "config.json").read_text())
-    corpus = model_builder.corpus_from_config(config)
-    held_out = evaluation.load_held_out(corpus, max_users=50, exclude_seen=True)
+    config, _ = run_dir.load_config(str(trained))
+    corpus = model_builder.load_corpus(config)
+    held_out = held_out_lib.load_held_out(corpus, max_users=50, exclude_seen=True)
     from data import records
 
     train = records.read_all(corpus.train_files)

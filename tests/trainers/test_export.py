@@ -82,13 +82,14 @@ def test_savedmodel_in_fresh_process_serves_the_in_memory_top_k(exported):
     import tensorflow as tf
 
     from retrieval import index, metrics
-    from trainers import model_builder
+    from trainers import run_dir
 
     model_dir, version_dir = exported
     assert version_dir == str(model_dir / "export" / "1")
     assert sorted(os.listdir(model_dir / "export")) == ["1"], "no staging directory left behind"
     assert sorted(os.listdir(os.path.join(version_dir, "assets"))) == ["item_keys.txt", "user_keys.txt"]
-    model, corpus, _, _, _ = model_builder.restore_from_model_dir(str(model_dir))
+    restored = run_dir.restore_model(str(model_dir))
+    model, corpus = restored.model, restored.corpus
     user_ids = [0, 5, 17, 123, NUM_USERS - 1]
     queries = model.query_tower(tf.constant(user_ids, tf.int64)).numpy()
     items = model.item_tower.embed_all().numpy()

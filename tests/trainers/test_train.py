@@ -45,7 +45,9 @@ def test_tensorboard_shows_loss_and_recall_curves(trained_run):
 def test_config_and_checkpoints_are_written(trained_run):
     model_dir, _ = trained_run
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["loss"] == "sampled_softmax" and config["num_sampled"] == 200 and config["subtract_log_q"] is True
+    loss = config["loss"]
+    assert loss["loss"] == "sampled_softmax" and loss["num_sampled"] == 200 and loss["subtract_log_q"] is True
+    assert "--num_sampled=200" in (model_dir / "flags.txt").read_text().splitlines()
     assert any(name.startswith("ckpt-") for name in os.listdir(model_dir / "checkpoints"))
 
 
@@ -107,8 +109,9 @@ def test_several_positives_per_row(tmp_path):
         "--steps_per_epoch=5",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((tmp_path / "model" / "config.json").read_text())["num_true"] == 3
-    assert "ln(candidate count) = 5.3132" in result.stderr  # ln(3 + 200)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["loss"]["num_true"] == 3
+    expected = read_scalars(str(tmp_path / "model" / "tensorboard" / "train"))["initial_loss_expected"]
+    assert expected[0][1] == pytest.approx(5.3132, abs=1e-4)  # ln(3 + 200)
 
 
 def test_tensorboard_has_throughput_diagnostics_hparams_and_projector(trained_run):

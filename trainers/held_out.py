@@ -1,6 +1,9 @@
-"""Held-out evaluation of a two-tower model over the whole corpus, next to a most-popular baseline."""
+"""Held-out evaluation of a trained model: the held-out queries, the model's exact full-corpus metrics, the
+most-popular baseline on the same queries, and the report a user reads. The top-K engine itself is the
+library's (retrieval.metrics)."""
 
 import dataclasses
+import math
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -72,3 +75,14 @@ def popularity_baseline(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence
     top = np.argsort(-np.asarray(item_counts), kind="stable")[: max(ks)]
     top_ids = np.broadcast_to(top, (len(held_out.user_ids), len(top)))
     return metrics.ranking_metrics(top_ids, held_out.relevant_ids, ks)
+
+
+def report(model_metrics: Dict[str, float], baseline_metrics: Dict[str, float], ks: Sequence[int]) -> str:
+    """The table the trainer prints: recall@K of the model beside the most-popular baseline, and their ratio."""
+    lines = [f"{'held-out metric':<16}{'model':>10}{'most-popular':>14}{'ratio':>8}"]
+    for k in ks:
+        name = f"recall_at_{k}"
+        model_value, baseline_value = model_metrics[name], baseline_metrics[name]
+        ratio = model_value / baseline_value if baseline_value else math.inf
+        lines.append(f"{f'recall@{k}':<16}{model_value:>10.4f}{baseline_value:>14.4f}{ratio:>7.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The trainer's steps around Keras fit: the schedule, fit split at a mid-epoch resume, and what a finished
+task reports (its summary; on the chief, the held-out evaluation, the baseline and the projector)."""
+
+import dataclasses
+from typing import Any, Dict, List
+
+import tensorflow as tf
+from absl import logging
+
+from trainers import callbacks, held_out, run_dir, summaries
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    steps_per_epoch: int
+    epochs: int
+
+    @classmethod
+    def of(cls, config, corpus) -> "Schedule":
+        """One pass over the training split per epoch (rows of num_true interactions), capped by
+        --steps_per_epoch."""
+        steps = corpus.num_train // (config.optimization.batch_size * config.loss.num_true)
+        if config.optimization.steps_per_epoch:
+            steps = min(steps, config.optimization.steps_per_epoch)
+        return cls(steps, config.optimization.epochs)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def log_resume(self, task_name: str, step: int) -> None:
+        if step:
+            logging.info("%s: restored step %d (epoch %d, batch %d of %d); training resumes there", task_name, step,
+                         step // self.steps_per_epoch + 1, step % self.steps_per_epoch, self.steps_per_epoch)
+
+
+def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None):
+    """The chief's TensorBoard set-up before fit: the train writer, the step-0 check on first_batch (None for a
+    resumed run, which does not start over), the hparams, and the held-out evaluation callback."""
+    train_writer = tf.summary.create_file_writer(write_dir.events("train"))
+    if first_batch is not None:
+        summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
+    summaries.write_hparams(write_dir.tensorboard, hparams)
+    queries = held_out.load_held_out(corpus, exclude_seen=config.evaluation.exclude_seen)
+    evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"))
+    return train_writer, evaluation
+
+
+def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSettings:
+    is_chief = task.cluster.is_chief
+    return callbacks.CallbackSettings(
+        task_name=task.cluster.task_name,
+        total_steps=schedule.total_steps,
+        log_every_steps=config.logging.log_every_steps,
+        checkpoint_every_steps=config.logging.checkpoint_every_steps,
+        examples_per_step=config.optimization.batch_size * config.loss.num_true,
+        tensorboard_dir=task.write_dir.tensorboard if is_chief else None,
+        profile_steps=config.logging.profile_steps,
+        backup_dir=task.job_dir.backup if task.strategy_name == "multi_worker" else None,
+        parameter_server=task.strategy_name == "parameter_server",
+    )
+
+
+def fit(tf_module, model, training_input, resume: run_dir.Resume, schedule: Schedule, fit_callbacks, verbose: int):
+    """Keras fit from the resumed step to the last one. A run stopped mid-epoch finishes that epoch first, so
+    every epoch ends on a multiple of steps_per_epoch. Under a BackupAndRestore resume Keras itself skips the
+    steps the backup had done, and the data starts at the backup's step."""
+
+    def fit_epochs(end_epoch, initial_epoch, steps):
+        start_step = resume.step if resume.from_backup else int(model.optimizer.iterations.numpy())
+        model.fit(training_input.dataset_creator(tf_module, start_step), epochs=end_epoch,
+                  initial_epoch=initial_epoch, steps_per_epoch=steps, verbose=verbose, callbacks=fit_callbacks)
+
+    step = 0 if resume.from_backup else resume.step
+    steps_per_epoch = schedule.steps_per_epoch
+    if step % steps_per_epoch and step < schedule.total_steps:
+        epoch = step // steps_per_epoch
+        fit_epochs(epoch + 1, epoch, steps_per_epoch - step % steps_per_epoch)
+        step = (epoch + 1) * steps_per_epoch
+    if step < schedule.total_steps:
+        fit_epochs(schedule.epochs, step // steps_per_epoch, steps_per_epoch)
+
+
+def item_table_placement(model, task_name: str) -> Dict[str, Any]:
+    """Where the item table lives (its shards' rows and devices under parameter_server), logged and returned."""
+    table = model.item_tower.embedding.embeddings
+    shards = [{"rows": int(shard.shape[0]), "device": shard.device} for shard in getattr(table, "variables", [table])]
+    logging.info("%s: item table %s in %d shard(s): %s", task_name, table.shape, len(shards),
+                 "; ".join(f"{shard['rows']} rows on {shard['device']}" for shard in shards))
+    return {"shape": [int(size) for size in table.shape], "shards": shards}
+
+
+def weights_fingerprint(model) -> float:
+    """The sum of every trainable weight (float64): workers of one synchronous job must end on the same one."""
+    return sum(float(tf.reduce_sum(tf.cast(variable, tf.float64))) for variable in model.trainable_variables)
+
+
+def task_summary(model, task, resume: run_dir.Resume, placement, replicas) -> Dict[str, Any]:
+    """What this task did, for run_summary.json / task_summaries/ (and logged for people). replicas:
+    {"num_replicas", "devices"} of the strategy."""
+    final_step, fingerprint = int(model.optimizer.iterations.numpy()), weights_fingerprint(model)
+    logging.info("%s: finished at step %d; weights fingerprint %.10e", task.cluster.task_name, final_step, fingerprint)
+    return {
+        "task": task.cluster.task_name,
+        "strategy": task.strategy_name,
+        "num_replicas": replicas["num_replicas"],
+        "replica_devices": replicas["devices"],
+        "final_step": final_step,
+        "restored_from_step": resume.step,
+        "restored_from": "backup" if resume.from_backup else resume.checkpoint,
+        "item_table": placement,
+        "weights_fingerprint": fingerprint,
+    }
+
+
+def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
+    """The final held-out metrics (the last epoch's, when an epoch ran), the most-popular baseline on the same
+    queries, and the embedding projector of the most frequent items."""
+    ks: List[int] = list(config.evaluation.eval_top_k)
+    model_metrics = evaluation.last_metrics or held_out.evaluate(model, evaluation.held_out, ks)
+    if config.logging.projector_items:
+        num_shown = min(config.logging.projector_items, corpus.num_items)
+        top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
+        summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys)
+    baseline = held_out.popularity_baseline(corpus.item_counts, evaluation.held_out, ks)
+    return {"metrics": model_metrics, "most_popular": baseline}

@@ -1,0 +1,211 @@
+"""The flags of `python -m trainers.train` and the one function that turns them into a RunConfig.
+
+Every flag is named as its field in trainers.run_config (and as TensorFlow names it, for the loss). The run
+writes them back as an absl flagfile (<model_dir>/flags.txt), so
+`python -m trainers.train --flagfile=<model_dir>/flags.txt --model_dir=<new dir>` reproduces it.
+"""
+
+import os
+from typing import List, Tuple
+
+from absl import flags
+
+from data import sources
+from retrieval import losses, samplers
+from retrieval.retrieval_loss import LossConfig
+from trainers import distribute
+from trainers.run_config import (
+    ConfigError,
+    DataConfig,
+    DistributionConfig,
+    EvaluationConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimizationConfig,
+    RunConfig,
+    section_fields,
+)
+
+FLAGS = flags.FLAGS
+
+
+def _define_data_and_model_flags():
+    flags.DEFINE_string(
+        "data",
+        sources.BUILTIN,
+        "'builtin' for the synthetic corpus, 'movielens' for MovieLens 100K (fetched and prepared on first use, "
+        "see data/movielens.py), or a corpus directory made by `python -m data.prepare`.",
+    )
+    flags.DEFINE_string(
+        "cache_dir", sources.DEFAULT_CACHE_DIR, "Cache root of the built-in corpus and MovieLens (<cache_dir>/movielens)."
+    )
+    flags.DEFINE_integer("num_items", 100_000, "Built-in corpus: number of items.", lower_bound=2)
+    flags.DEFINE_integer("num_users", 20_000, "Built-in corpus: number of users.", lower_bound=1)
+    flags.DEFINE_integer("num_interactions", 1_000_000, "Built-in corpus: number of interactions.", lower_bound=1)
+    flags.DEFINE_float(
+        "taste_drift", 1.0, "Built-in corpus: how far users' tastes drift over their interactions (0: fixed tastes).",
+        lower_bound=0.0, upper_bound=1.0,
+    )
+    flags.DEFINE_bool("session_timestamps", True, "Built-in corpus: Unix-second timestamps in sessions days apart.")
+    flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.")
+    flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both towers.", lower_bound=1)
+    flags.DEFINE_list("hidden_dims", [], "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only).")
+    flags.DEFINE_bool("normalize", False, "L2-normalise tower outputs (use with --temperature below 1).")
+
+
+def _define_optimization_flags():
+    flags.DEFINE_integer("batch_size", 1024, "Global batch size.", lower_bound=1)
+    flags.DEFINE_integer("epochs", 3, "Passes over the training interactions.", lower_bound=1)
+    flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: one full pass).", lower_bound=0)
+    flags.DEFINE_float("learning_rate", 0.005, "Learning rate.", lower_bound=0.0)
+    flags.DEFINE_enum(
+        "optimizer",
+        "lazy_adam",
+        ["lazy_adam", "adam", "adagrad", "sgd"],
+        "Optimizer. lazy_adam updates only the embedding rows a step touches (retrieval.optimizers.LazyAdam).",
+    )
+    flags.DEFINE_integer(
+        "steps_per_execution",
+        1,
+        "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
+        "checkpoints, the NaN guard) then act every this many steps.",
+        lower_bound=1,
+    )
+    flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
+
+
+def _define_loss_flags():
+    flags.DEFINE_enum("loss", "sampled_softmax", list(losses.LOSSES), "Training loss.")
+    flags.DEFINE_enum("sampler", "log_uniform", list(samplers.SAMPLERS), "Negative sampler for sampled losses.")
+    flags.DEFINE_enum(
+        "mixed_corpus_sampler", "log_uniform", list(samplers.CORPUS_SAMPLERS),
+        "The corpus sampler whose negatives --sampler=mixed adds to the in-batch ones.",
+    )
+    flags.DEFINE_integer("num_sampled", 1000, "Negatives sampled per step (shared by the batch).", lower_bound=1)
+    flags.DEFINE_integer("num_true", 1, "Positives per row.", lower_bound=1)
+    flags.DEFINE_bool("unique", True, "Sample negatives without replacement.")
+    flags.DEFINE_bool("subtract_log_q", True, "Subtract log expected count from candidate logits.")
+    flags.DEFINE_bool("remove_accidental_hits", True, "Mask sampled negatives equal to a true item of the row.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing epsilon in [0, 1).")
+    flags.DEFINE_float("temperature", 1.0, "Scores are divided by this before the loss.")
+    flags.DEFINE_float("focal_gamma", 0.0, "Focal-loss gamma for --loss=nce (0: plain cross entropy).", lower_bound=0.0)
+    flags.DEFINE_float("nce_positive_weight", 1.0, "Weight of the positive term for --loss=nce.")
+    flags.DEFINE_float("hinge_margin", 1.0, "Margin for --loss=pairwise_hinge.")
+    flags.DEFINE_float("unigram_distortion", 0.75, "--sampler=unigram draws items in proportion to count ** this.")
+    flags.DEFINE_float(
+        "nce_log_partition",
+        None,
+        "Constant subtracted from NCE logits (default ln(num_items): untrained items start at the uniform "
+        "log-probability, so full-corpus rankings are not led by items training never touched). 0 is "
+        "tf.nn.nce_loss.",
+    )
+    flags.register_validator(
+        "label_smoothing", lambda value: 0.0 <= value < 1.0, message="--label_smoothing must be in [0, 1)."
+    )
+    flags.register_validator("temperature", lambda value: value > 0.0, message="--temperature must be > 0.")
+
+
+def _define_run_flags():
+    flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
+    flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
+    flags.DEFINE_bool("exclude_seen", False, "Held-out evaluation never ranks a user's training items.")
+    flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint to <model_dir>/export/<n>/.")
+    flags.DEFINE_integer("export_top_k", 100, "Items the exported serving signature returns per query.", lower_bound=1)
+    flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
+    flags.DEFINE_integer(
+        "checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0
+    )
+    flags.DEFINE_list("profile_steps", [], "START,END steps to trace with the TensorBoard profiler (empty: off).")
+    flags.DEFINE_integer(
+        "projector_items", 10_000, "Most frequent items shown in the embedding projector.", lower_bound=0
+    )
+
+
+def _define_distribution_flags():
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        list(distribute.STRATEGIES),
+        "tf.distribute strategy; auto: parameter_server when TF_CONFIG has ps tasks, multi_worker when it has "
+        "several workers, mirrored with several GPUs, default otherwise.",
+    )
+    flags.DEFINE_integer(
+        "cpu_replicas",
+        1,
+        "Split the CPU into this many logical devices for --strategy=mirrored (testing the multi-replica path "
+        "without GPUs).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "num_ps_shards", 0, "parameter_server: shards of the item table (0: one per ps task).", lower_bound=0
+    )
+    flags.register_validator(
+        "model_dir",
+        lambda value: not (value and os.path.exists(value) and not os.path.isdir(value)),
+        message="--model_dir names an existing file; expected a directory (existing or new).",
+    )
+
+
+def define_flags() -> None:
+    _define_data_and_model_flags()
+    _define_optimization_flags()
+    _define_loss_flags()
+    _define_run_flags()
+    _define_distribution_flags()
+
+
+def positive_ints(name: str, values: List[str]) -> Tuple[int, ...]:
+    """A list flag's values as positive integers; ConfigError naming the flag otherwise."""
+    try:
+        parsed = tuple(int(value) for value in values)
+    except ValueError:
+        parsed = ()
+    if not parsed or min(parsed) < 1:
+        raise ConfigError(f"--{name}={','.join(values)}: expected comma-separated positive integers")
+    return parsed
+
+
+def _section_from_flags(section_class, **parsed):
+    values = {name: FLAGS[name].value for name in section_fields(section_class) if name not in parsed}
+    return section_class(**values, **parsed)
+
+
+def config_from_flags() -> RunConfig:
+    """The run's RunConfig from the parsed flags; ConfigError (naming the flag) for values flags cannot check."""
+    profile_steps = positive_ints("profile_steps", FLAGS.profile_steps) if FLAGS.profile_steps else ()
+    if profile_steps and (len(profile_steps) != 2 or profile_steps[0] > profile_steps[1]):
+        raise ConfigError(f"--profile_steps={','.join(FLAGS.profile_steps)}: expected START,END with START <= END")
+    hidden_dims = positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else ()
+    return RunConfig(
+        seed=FLAGS.seed,
+        data=_section_from_flags(DataConfig),
+        model=_section_from_flags(ModelConfig, hidden_dims=hidden_dims),
+        loss=_section_from_flags(LossConfig, seed=FLAGS.seed),
+        optimization=_section_from_flags(OptimizationConfig),
+        evaluation=_section_from_flags(EvaluationConfig, eval_top_k=positive_ints("eval_top_k", FLAGS.eval_top_k)),
+        logging=_section_from_flags(LoggingConfig, profile_steps=profile_steps),
+        distribution=_section_from_flags(DistributionConfig),
+    )
+
+
+def flagfile_text(config: RunConfig, model_dir: str) -> str:
+    """The run's settings as absl flagfile lines (--name=value), model_dir included: a later --model_dir on the
+    command line overrides it."""
+    lines = []
+    for name, value in {**config.flat(), "model_dir": model_dir}.items():
+        if value is None:
+            continue  # a flag whose default is None (nce_log_partition) is left at it
+        if isinstance(value, bool):
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (tuple, list)):
+            lines.append(f"--{name}={','.join(str(item) for item in value)}")
+        else:
+            lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def hparams(config: RunConfig, model_dir: str) -> dict:
+    """{flag name: value} for TensorBoard's HParams tab (lists as text, as the flags were)."""
+    values = {**config.flat(), "model_dir": model_dir}
+    return {name: ",".join(map(str, value)) if isinstance(value, tuple) else value for name, value in values.items()}
+

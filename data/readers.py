@@ -267,6 +267,9 @@ def _csv_header(path, blocks: Iterator[CsvBlock], columns, schema) -> Tuple[List
             f"{path}:{number}: schema mismatch: header {_shorten(header)} lacks the declared column(s) {missing} "
             f"(delimiter {schema.delimiter!r})"
         )
+    repeated = [column for column in columns if header.count(column) > 1]
+    if repeated:  # which of the fields would be the column is anyone's guess
+        raise DataError(f"{path}:{number}: the header names the declared column(s) {repeated} more than once")
     return header, itertools.chain([(number + 1, rows[1:], None)], blocks)
 
 
@@ -407,11 +410,12 @@ def _too_long(data: bytes) -> str:
 
 
 def _shorten(value) -> str:
-    """repr(value) cut to about MAX_VALUE_CHARS characters, "..." marking a cut, for a one-line message."""
-    if isinstance(value, (str, bytes)):  # cut before repr: the value may be a megabyte long
-        return repr(value[:MAX_VALUE_CHARS]) + ("..." if len(value) > MAX_VALUE_CHARS else "")
-    text = repr(value)
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "..."
+    """repr(value) cut to MAX_VALUE_CHARS characters, "..." marking a cut, for a one-line message."""
+    cut = isinstance(value, (str, bytes)) and len(value) > MAX_VALUE_CHARS
+    text = repr(value[:MAX_VALUE_CHARS] if cut else value)  # cut first: the value may be a megabyte long
+    if cut or len(text) > MAX_VALUE_CHARS:  # repr writes a byte as up to 4 characters
+        return text[:MAX_VALUE_CHARS] + "..."
+    return text
 
 
 def _tfrecord_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, List]]:

@@ -26,7 +26,7 @@ zero, so label smoothing never puts mass on a masked candidate (which would make
 TensorFlow has no temperature; ours divides scores before the log-Q correction, as TFRS does.
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
@@ -156,13 +156,58 @@ def candidate_logits(
         masked = tf.concat([masked, hits], axis=0)
         num_hits = tf.shape(hits, out_type=tf.int64)[0]
     if candidates.own_positive is not None or remove_accidental_hits:
-        # One copy of the logits with the masked entries overwritten; its gradient there is zero.
-        sampled_logits = tf.tensor_scatter_nd_update(
-            sampled_logits, masked, tf.fill(tf.shape(masked)[:1], tf.constant(MASKED_LOGIT, tf.float32))
-        )
+        sampled_logits = _mask(sampled_logits, masked)
     logits = tf.concat([true_logits, sampled_logits], axis=1)
     masked_positions = masked + tf.constant([[0, num_true]], tf.int64)  # columns of the full candidate matrix
     return CandidateLogits(logits, num_true, masked_positions, num_hits)
+
+
+def _mask(logits, positions):
+    """One copy of logits [batch, n] with MASKED_LOGIT at positions [k, 2]; its gradient there is zero."""
+    return tf.tensor_scatter_nd_update(
+        logits, positions, tf.fill(tf.shape(positions)[:1], tf.constant(MASKED_LOGIT, tf.float32))
+    )
+
+
+def append_candidates(
+    candidates: CandidateLogits,
+    query_embeddings,
+    embeddings,
+    expected_count,
+    masked,
+    *,
+    subtract_log_q: bool = True,
+    temperature: float = 1.0,
+) -> CandidateLogits:
+    """Extra negative columns after the existing ones, scored, corrected and masked as `candidate_logits` does.
+
+    Args:
+      candidates: the logits so far [batch, c].
+      query_embeddings: [batch, dim].
+      embeddings: [n, dim] extra candidates shared by every row (a cross-batch memory), or [batch, n, dim] a
+        row's own (logged negatives). Used as given: wrap them in tf.stop_gradient for constants.
+      expected_count: [n] or [batch, n] their Q (subtracted as log Q when subtract_log_q).
+      masked: [k, 2] int64 (row, column within the n new columns) to mask.
+    Returns:
+      CandidateLogits [batch, c + n]; the new masked positions are listed after the old ones.
+    """
+    query = tf.cast(query_embeddings, tf.float32)  # [batch, dim]
+    embeddings = tf.cast(embeddings, tf.float32)
+    if embeddings.shape.rank == 3:
+        extra = tf.einsum("bd,bnd->bn", query, embeddings)  # [batch, n]
+    else:
+        extra = tf.matmul(query, embeddings, transpose_b=True)  # [batch, n]
+    if temperature != 1.0:
+        extra /= temperature
+    if subtract_log_q:
+        extra -= tf.math.log(tf.cast(expected_count, tf.float32))  # [n] broadcasts over rows
+    extra = _mask(extra, masked)  # [batch, n]
+    offset = tf.shape(candidates.logits, out_type=tf.int64)[1]
+    old_masked = candidates.masked_positions if candidates.masked_positions is not None else tf.zeros([0, 2], tf.int64)
+    return candidates._replace(
+        logits=tf.concat([candidates.logits, extra], axis=1),  # [batch, c + n]
+        masked_positions=tf.concat([old_masked, masked + tf.stack([tf.constant(0, tf.int64), offset])], axis=0),
+    )
 
 
 def smooth_labels(labels, valid, label_smoothing: float):
@@ -273,15 +318,19 @@ def sampled_loss(
     item_tower: ItemTower,
     candidates: SampledCandidates,
     head_options: Optional[dict] = None,
+    extra_steps: Sequence[Callable[[CandidateLogits], CandidateLogits]] = (),
     **logit_options,
 ):
     """The one composition every sampled loss runs: `candidate_logits` (logit_options: subtract_log_q,
-    remove_accidental_hits, temperature), then the head named `head` (HEADS) with head_options (label_smoothing;
-    focal_gamma, positive_weight, log_partition for nce; margin for pairwise_hinge).
+    remove_accidental_hits, temperature), then each of extra_steps in order (more candidates: a cross-batch memory,
+    logged negatives; hard-negative mining), then the head named `head` (HEADS) with head_options
+    (label_smoothing; focal_gamma, positive_weight, log_partition for nce; margin for pairwise_hinge).
 
     Returns (per-example loss [batch] float32, the CandidateLogits the head scored).
     """
     logits = candidate_logits(query_embeddings, true_ids, item_tower, candidates, **logit_options)
+    for step in extra_steps:
+        logits = step(logits)
     return HEADS[head](logits, **(head_options or {})), logits
 
 

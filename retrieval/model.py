@@ -43,7 +43,12 @@ class TwoTowerModel(tfrs.Model):
     def _loss_and_diagnostics(self, features, training):
         query_embeddings = self.query_tower(features["user_id"], training=training)
         loss, diagnostics = self.retrieval_loss.loss_and_diagnostics(
-            query_embeddings, features["item_id"], self.item_tower
+            query_embeddings,
+            features["item_id"],
+            self.item_tower,
+            training=training,
+            step=self.optimizer.iterations if training else None,  # the streaming estimate's clock
+            logged_negatives=features.get("negative_ids"),  # [batch, n] shown and not chosen, -1 padded
         )
         weight = features.get("weight")
         if weight is None:

@@ -24,6 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 
+# item ids (any shape) -> their expected count Q per global batch (same shape, float32)
+ExpectedCount = Callable[[tf.Tensor], tf.Tensor]
+
+
 class SampledCandidates(NamedTuple):
     ids: tf.Tensor
     true_expected_count: tf.Tensor
@@ -111,11 +115,12 @@ def unigram(
     )
 
 
-def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None):
+def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None, expected_count: Optional[ExpectedCount] = None):
     """The batch's own positives as negatives for every row (first true id of each row).
 
-    Q of an item is its expected count among the batch's positives: batch_size * item_probability[id] when the
-    corpus frequency is given ([num_items] float), otherwise its count in this batch. Row i's own column
+    Q of an item is its expected count among the batch's positives: expected_count(ids) when given (a streaming
+    estimate, `frequency.StreamingFrequencyEstimator.expected_count`), else batch_size * item_probability[id]
+    when the corpus frequency is given ([num_items] float), otherwise its count in this batch. Row i's own column
     (the diagonal) is marked `own_positive`.
 
     Under a tf.distribute strategy with several replicas in sync, the batch is the global one: every replica's
@@ -130,7 +135,10 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None):
         own_rows += tf.cast(replica.replica_id_in_sync_group, tf.int32) * tf.shape(ids)[0]
         ids = replica.all_gather(ids, axis=0)  # [global batch]: replicas in order, like the global batch
     batch_size = tf.shape(ids)[0]
-    if item_probability is not None:
+    if expected_count is not None:
+        sampled_expected = tf.cast(expected_count(ids), tf.float32)
+        true_expected = tf.cast(expected_count(true_classes), tf.float32)
+    elif item_probability is not None:
         probability = tf.cast(item_probability, tf.float32)
         scale = tf.cast(batch_size, tf.float32)
         sampled_expected = tf.gather(probability, ids) * scale
@@ -175,6 +183,7 @@ class SamplerSettings:
     item_counts: Optional[np.ndarray] = None
     unigram_distortion: float = 0.75
     mixed_corpus_sampler: str = "log_uniform"
+    in_batch_expected_count: Optional[ExpectedCount] = None  # Q of in-batch negatives (else from item_counts)
 
     def item_probability(self) -> Optional[tf.Tensor]:
         """[num_items] float32 corpus frequency of each item, or None without (non-zero) counts."""
@@ -208,7 +217,7 @@ def _unigram_sampler(settings: SamplerSettings) -> Sampler:
 
 def _in_batch_sampler(settings: SamplerSettings) -> Sampler:
     item_probability = settings.item_probability()
-    return lambda true_ids: in_batch(true_ids, item_probability)
+    return lambda true_ids: in_batch(true_ids, item_probability, settings.in_batch_expected_count)
 
 
 def _mixed_sampler(settings: SamplerSettings) -> Sampler:

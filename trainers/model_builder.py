@@ -1,6 +1,6 @@
 """The corpus and the two-tower model a RunConfig describes: the trainer, evaluation and export share them."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from data import sources, synthetic
 from data.corpus import PreparedCorpus
@@ -30,7 +30,9 @@ def build_model(
     embedding_dim: int,
     hidden_dims: Sequence[int] = (),
     normalize: bool = False,
+    global_batch_size: Optional[int] = None,
 ) -> TwoTowerModel:
+    """The two-tower model; global_batch_size sizes a cross-batch memory (and in-batch Q from corpus counts)."""
     # Feature tables of a prepared log (None for the built-in corpus) are looked up by id inside each tower.
     query_tower = Tower(
         corpus.num_users, embedding_dim, hidden_dims, normalize, name="query_tower", feature_tables=corpus.user_features
@@ -38,12 +40,17 @@ def build_model(
     item_tower = Tower(
         corpus.num_items, embedding_dim, hidden_dims, normalize, name="item_tower", feature_tables=corpus.item_features
     )
-    return TwoTowerModel(query_tower, item_tower, RetrievalLoss(loss_config, corpus.num_items, corpus.item_counts))
+    retrieval_loss = RetrievalLoss(
+        loss_config, corpus.num_items, corpus.item_counts, global_batch_size=global_batch_size,
+        embedding_dim=embedding_dim,
+    )
+    return TwoTowerModel(query_tower, item_tower, retrieval_loss)
 
 
 def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerModel:
     model = config.model
-    return build_model(corpus, config.loss, model.embedding_dim, model.hidden_dims, model.normalize)
+    return build_model(corpus, config.loss, model.embedding_dim, model.hidden_dims, model.normalize,
+                       config.optimization.batch_size)
 
 
 def make_optimizer(tf, optimization: OptimizationConfig):

@@ -50,6 +50,10 @@ def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: 
     if config.optimization.batch_size % strategy.num_replicas_in_sync:
         raise app.UsageError(f"--batch_size={config.optimization.batch_size} must be a multiple of the "
                              f"{strategy.num_replicas_in_sync} replicas of --strategy={strategy_name}")
+    stateful = config.loss.frequency_estimation == "streaming" or config.loss.cross_batch_batches
+    if strategy_name == "parameter_server" and stateful:
+        raise app.UsageError("--frequency_estimation=streaming and --cross_batch_batches need synchronous training "
+                             "(every replica sees each global batch); --strategy=parameter_server steps workers apart")
     corpus = _load_and_check_corpus(config)
     if cluster.is_chief:
         return _train(tf, strategy, config, corpus, Task(cluster, strategy_name, *[run_dir.RunDir(model_dir)] * 2))

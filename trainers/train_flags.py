@@ -92,6 +92,7 @@ def _define_loss_flags():
     flags.DEFINE_float("nce_positive_weight", 1.0, "Weight of the positive term for --loss=nce.")
     flags.DEFINE_float("hinge_margin", 1.0, "Margin for --loss=pairwise_hinge.")
     flags.DEFINE_float("unigram_distortion", 0.75, "--sampler=unigram draws items in proportion to count ** this.")
+    _define_negative_flags()
     flags.DEFINE_float(
         "nce_log_partition",
         None,
@@ -103,6 +104,34 @@ def _define_loss_flags():
         "label_smoothing", lambda value: 0.0 <= value < 1.0, message="--label_smoothing must be in [0, 1)."
     )
     flags.register_validator("temperature", lambda value: value > 0.0, message="--temperature must be > 0.")
+
+
+def _define_negative_flags():
+    flags.DEFINE_enum(
+        "frequency_estimation", "corpus", ["corpus", "streaming"],
+        "Q of in-batch (and mixed, cross-batch) negatives: corpus = training counts (counts in the batch where the "
+        "corpus has none); streaming = estimated from the stream of batches (Yi et al. 2019; follows drift).",
+    )
+    flags.DEFINE_integer(
+        "frequency_buckets", 0, "--frequency_estimation=streaming: hashed array size (0: one per item).", lower_bound=0
+    )
+    flags.DEFINE_float(
+        "frequency_learning_rate", 0.01,
+        "--frequency_estimation=streaming: the moving average's alpha (smaller: steadier, slower to follow drift).",
+    )
+    flags.DEFINE_integer(
+        "cross_batch_batches", 0,
+        "Cross-batch negatives: the item embeddings of the last N global batches (no gradient); 0: off.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "num_hard_negatives", 0, "Keep each row's K highest-scoring negatives (TFRS semantics); 0: all.", lower_bound=0
+    )
+    flags.DEFINE_float(
+        "logged_negative_weight", 1.0,
+        "Logged negatives (data.prepare --negative_column): each counts this many times in a softmax (log w is "
+        "added to its logit; for NCE that shifts its logit).",
+    )
 
 
 def _define_run_flags():

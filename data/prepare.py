@@ -28,14 +28,12 @@ This module's `main` is a thin command over `prepare`; like trainers/, it is the
 
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from data import corpus, features, readers, records, splits, vocabulary
+from data import atomic, corpus, features, readers, records, splits, vocabulary
 from data.readers import DataError
 from data.schema import Schema, SchemaError
 
@@ -243,7 +241,7 @@ def prepare(
             user_features=feature_metadata["user"],
         )
 
-    write_atomically(output_dir, write, overwrite)
+    atomic.write_atomically(output_dir, write, overwrite)  # a failure leaves output_dir as it was
     return Summary(
         output_dir=output_dir,
         num_rows_read=sum(rows.read.values()),
@@ -330,33 +328,6 @@ def _merged(parts: List[readers.BadRecords]) -> readers.BadRecords:
     merged = readers.BadRecords(count=sum(part.count for part in parts))
     merged.messages = [message for part in parts for message in part.messages][: readers.MAX_REPORTED_BAD_RECORDS]
     return merged
-
-
-def write_atomically(output_dir: str, write, overwrite: bool = False) -> None:
-    """Calls write(staging_dir) and renames the staging dir to output_dir only when it returns.
-
-    A failure leaves output_dir as it was (absent, or the previous corpus under overwrite) and no staging dir.
-    """
-    output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the corpus private to its writer
-    try:
-        write(staging)
-        if os.path.exists(output_dir):
-            if not overwrite:
-                raise FileExistsError(f"{output_dir} appeared while preparing; pass --overwrite to replace it")
-            previous = staging + ".previous"
-            os.rename(output_dir, previous)
-            os.rename(staging, output_dir)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.rename(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _codes(keys: List[str]):

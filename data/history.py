@@ -15,6 +15,17 @@ first, at most `history_length` of them, padded with PAD (-1):
 Everything is vectorised NumPy: one sort of the log and the queries together, then one row copy per query from
 a sliding window over the sorted items (a million interactions x 50 in well under a second).
 
+Where histories are computed. Prepared corpora do not store them: every interaction's history is a window of
+the training log sorted by (user, time, item), so `history_log` sorts the training split once when it is loaded
+(16 bytes per interaction) and data.pipeline looks each batch's histories up in it by (user, timestamp) with
+two binary searches and one gather, inside the tf.data pipeline. Measured on the built-in corpus (980,000
+training interactions): the sorted log takes 0.16 s and 16 MB; the histories themselves as an [n, 50] array
+would take 392 MB of memory (1.3 s), and written into every TFRecord (as variable-length int64 lists) they make
+the training files 1.9x larger (150 MB instead of 79 MB) and fix history_length when the corpus is prepared.
+
+Cold users. `cold_user_ids` picks, from a seed, the users a run keeps wholly out of training; their
+interactions are queried at evaluation with `cold_user_queries`.
+
 Time features. Unix seconds (UTC) to hour of day (0-23) and day of week (Monday = 0, as datetime.weekday()).
 """
 
@@ -101,6 +112,59 @@ def cold_user_queries(
     return ColdUserQueries(rows, history)
 
 
+class HistoryLog(NamedTuple):
+    """A log sorted for history lookups: the user's rows strictly before time t of user u are the rows with
+    keys in [u * time_slots, u * time_slots + rank(t)), rank(t) = how many distinct log times are below t."""
+
+    keys: np.ndarray  # [n] int64 ascending: user * time_slots + rank of the row's time among `times`
+    items: np.ndarray  # [n] int64 item of each row, in key order; equal keys by item ascending
+    times: np.ndarray  # [T] int64 the log's distinct timestamps, ascending
+    time_slots: int  # T + 1: a query's time rank lies in [0, T]
+
+
+def history_log(user_id: np.ndarray, item_id: np.ndarray, timestamp: np.ndarray) -> HistoryLog:
+    """The log [n] columns (any row order; users and items >= 0) sorted for `history_positions` and for
+    data.pipeline's TensorFlow lookup; their histories equal `histories_before` over the same log."""
+    user_id, item_id, timestamp = (np.asarray(column, np.int64) for column in (user_id, item_id, timestamp))
+    _check_columns(user_id=user_id, item_id=item_id, timestamp=timestamp)
+    if len(user_id) and min(np.min(user_id), np.min(item_id)) < 0:
+        raise ValueError("user and item ids of a history log must be >= 0")
+    times, rank = np.unique(timestamp, return_inverse=True)
+    time_slots = len(times) + 1
+    if len(user_id) and int(np.max(user_id)) >= np.iinfo(np.int64).max // time_slots:
+        raise ValueError(f"{np.max(user_id) + 1} users x {time_slots} distinct times overflow int64 history keys")
+    keys = user_id * time_slots + rank.reshape(-1)
+    order = np.lexsort((item_id, keys))
+    return HistoryLog(keys[order], item_id[order], times, time_slots)
+
+
+def history_positions(log: HistoryLog, query_user: np.ndarray, query_time: np.ndarray):
+    """(end [m], available [m]) int64: query i's history is log.items[end - 1], log.items[end - 2], ... for
+    `available` items (all of the user's rows strictly before query_time[i]). NumPy twin of the TF lookup."""
+    query_user, query_time = np.asarray(query_user, np.int64), np.asarray(query_time, np.int64)
+    first_key = query_user * log.time_slots
+    end = np.searchsorted(log.keys, first_key + np.searchsorted(log.times, query_time, side="left"), side="left")
+    return end.astype(np.int64), (end - np.searchsorted(log.keys, first_key, side="left")).astype(np.int64)
+
+
+def histories_from_log(
+    log: HistoryLog, query_user: np.ndarray, query_time: np.ndarray, history_length: int = DEFAULT_HISTORY_LENGTH
+) -> np.ndarray:
+    """[m, history_length] histories of the queries read from a sorted log (= histories_before)."""
+    end, available = history_positions(log, query_user, query_time)
+    return _gather_histories(log.items, end, np.minimum(available, history_length), history_length)
+
+
+def cold_user_ids(num_users: int, fraction: float, seed: int) -> np.ndarray:
+    """The round(fraction x num_users) users of ids [0, num_users) a run keeps out of training: a seeded choice,
+    sorted ascending. fraction in [0, 1)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"cold_users={fraction}; expected a share of users in [0, 1)")
+    count = int(round(fraction * num_users))
+    chosen = np.random.default_rng([seed, 12]).choice(num_users, size=count, replace=False)
+    return np.sort(chosen).astype(np.int64)
+
+
 def _check_columns(**columns):
     lengths = {name: len(column) for name, column in columns.items()}
     if len(set(lengths.values())) > 1:
@@ -158,7 +222,7 @@ def _gather_histories(sorted_items, end, length, history_length):
 
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86_400
-_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday = 0
+EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday = 0
 
 
 def hour_of_day(timestamp: np.ndarray) -> np.ndarray:
@@ -168,4 +232,4 @@ def hour_of_day(timestamp: np.ndarray) -> np.ndarray:
 
 def day_of_week(timestamp: np.ndarray) -> np.ndarray:
     """[n] Unix seconds (UTC) -> [n] int64 day of week, Monday = 0 ... Sunday = 6 (as datetime.weekday())."""
-    return (np.asarray(timestamp, np.int64) // SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
+    return (np.asarray(timestamp, np.int64) // SECONDS_PER_DAY + EPOCH_WEEKDAY) % 7

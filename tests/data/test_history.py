@@ -167,3 +167,31 @@ def test_hour_and_day_of_week_agree_with_datetime():
     moments = [datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc) for t in timestamps]
     np.testing.assert_array_equal(history.hour_of_day(timestamps), [moment.hour for moment in moments])
     np.testing.assert_array_equal(history.day_of_week(timestamps), [moment.weekday() for moment in moments])
+
+
+@pytest.mark.parametrize("history_length", [1, 7, 50])
+def test_sorted_history_log_gives_the_same_histories(history_length):
+    rng = np.random.default_rng(10 + history_length)
+    user, item, time = _random_log(rng, 3000, num_items=300)
+    log = history.history_log(user, item, time)
+    np.testing.assert_array_equal(
+        history.histories_from_log(log, user, time, history_length),
+        history.training_histories(user, item, time, history_length),
+    )
+    # Queries at times and of users the log never saw (user 999 has no rows: an empty history).
+    query_user, query_time = rng.integers(0, 1000, 500), rng.integers(-5, 50_000, 500)
+    np.testing.assert_array_equal(
+        history.histories_from_log(log, query_user, query_time, history_length),
+        history.histories_before(user, item, time, query_user, query_time, history_length),
+    )
+
+
+def test_cold_user_ids_are_a_seeded_share_of_users():
+    cold = history.cold_user_ids(1000, 0.1, seed=4)
+    assert len(cold) == 100 and len(np.unique(cold)) == 100 and np.all(np.diff(cold) > 0)
+    assert 0 <= cold.min() and cold.max() < 1000
+    np.testing.assert_array_equal(cold, history.cold_user_ids(1000, 0.1, seed=4))
+    assert not np.array_equal(cold, history.cold_user_ids(1000, 0.1, seed=5))
+    assert len(history.cold_user_ids(1000, 0.0, seed=4)) == 0
+    with pytest.raises(ValueError, match="cold_users"):
+        history.cold_user_ids(1000, 1.0, seed=4)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data import pipeline, records
+from data import history, pipeline, records
 
 NUM_ROWS, BATCH = 1000, 64
 
@@ -57,3 +57,71 @@ def test_shards_add_up_to_the_global_batch(files):
         np.testing.assert_array_equal(np.concatenate([shards[0][step], shards[1][step]]), global_batches[step])
     with pytest.raises(ValueError, match="batch_size=63"):
         pipeline.training_dataset(files, 63, num_shards=2)
+
+
+# Histories and time features in the batches (data.pipeline.QueryInputs).
+
+
+@pytest.fixture(scope="module")
+def timed_log(tmp_path_factory):
+    """A log whose items are unique per row (item = row number), so a history entry names the row it came from;
+    few distinct times per user, so ties are common."""
+    rng = np.random.default_rng(5)
+    num_rows = 2000
+    columns = {
+        "user_id": rng.integers(0, 40, num_rows).astype(np.int64),
+        "item_id": np.arange(num_rows, dtype=np.int64),
+        "timestamp": (1_600_000_000 + rng.integers(0, 60, num_rows) * 3_700).astype(np.int64),
+    }
+    directory = tmp_path_factory.mktemp("timed")
+    return columns, records.write_interactions(str(directory), "train", columns, num_shards=4)
+
+
+def _query_inputs(columns, history_length=6, **kwargs):
+    log = history.history_log(columns["user_id"], columns["item_id"], columns["timestamp"])
+    return pipeline.QueryInputs(log, history_length, time_features=True, **kwargs)
+
+
+@pytest.mark.parametrize("max_in_memory_bytes", [pipeline.MAX_IN_MEMORY_BYTES, 0], ids=["in_memory", "streaming"])
+def test_batch_histories_hold_no_target_and_no_later_item(timed_log, max_in_memory_bytes):
+    columns, files = timed_log
+    dataset = pipeline.training_dataset(files, 100, seed=1, max_in_memory_bytes=max_in_memory_bytes,
+                                        shuffle_buffer=500, query_inputs=_query_inputs(columns))
+    user, time = columns["user_id"], columns["timestamp"]
+    for batch in dataset.take(5).as_numpy_iterator():
+        histories, rows = batch["history"], batch["item_id"]  # item = row number
+        assert histories.shape == (100, 6)
+        present = histories != history.PAD
+        source = np.where(present, histories, 0)
+        assert not np.any(present & (source == rows[:, None])), "a row's history holds its own target"
+        assert np.all(~present | (time[source] < time[rows][:, None])), "a history holds an item of its time or later"
+        assert np.all(~present | (user[source] == user[rows][:, None])), "a history holds another user's item"
+        expected = history.histories_before(user, columns["item_id"], time, user[rows], time[rows], 6)
+        np.testing.assert_array_equal(histories, expected)
+        np.testing.assert_array_equal(batch["hour_of_day"], history.hour_of_day(time[rows]))
+        np.testing.assert_array_equal(batch["day_of_week"], history.day_of_week(time[rows]))
+
+
+def test_rows_of_several_positives_see_the_history_before_their_earliest(timed_log):
+    columns, files = timed_log
+    dataset = pipeline.training_dataset(files, 20, seed=1, num_true=3, shuffle_buffer=500,
+                                        query_inputs=_query_inputs(columns))
+    time = columns["timestamp"]
+    for batch in dataset.take(3).as_numpy_iterator():
+        rows = batch["item_id"]  # [20, 3]
+        present = batch["history"] != history.PAD
+        source = np.where(present, batch["history"], 0)
+        earliest = time[rows].min(axis=1)
+        assert np.all(~present | (time[source] < earliest[:, None])), "a history holds a target of its row"
+
+
+@pytest.mark.parametrize("max_in_memory_bytes", [pipeline.MAX_IN_MEMORY_BYTES, 0], ids=["in_memory", "streaming"])
+def test_excluded_users_never_reach_a_batch(timed_log, max_in_memory_bytes):
+    columns, files = timed_log
+    excluded = np.array([3, 7, 11], np.int64)
+    query_inputs = _query_inputs(columns, excluded_users=excluded)
+    dataset = pipeline.training_dataset(files, 100, seed=2, repeat=True, max_in_memory_bytes=max_in_memory_bytes,
+                                        shuffle_buffer=500, query_inputs=query_inputs)
+    users = np.concatenate([batch["user_id"] for batch in dataset.take(40).as_numpy_iterator()])
+    assert len(users) == 4000 and not np.isin(users, excluded).any()
+    assert set(np.unique(users)) == set(np.unique(columns["user_id"])) - set(excluded.tolist())

@@ -3,12 +3,16 @@
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from retrieval.query import QueryTower
 from retrieval.retrieval_loss import DIAGNOSTICS, RetrievalLoss
 from retrieval.towers import Tower
 
 
 class TwoTowerModel(tfrs.Model):
     """features {user_id: [batch], item_id: [batch] or [batch, num_true]} -> scalar loss for the step.
+
+    The query tower is a QueryTower, which reads what it needs of the features (user_id, history [batch, L],
+    context), or a plain Tower of user ids.
 
     compute_loss returns the per-replica share of the global-batch mean (`tf.nn.compute_average_loss`), which is
     what tf.distribute's gradient all-reduce (a sum over replicas) expects. Step outputs are summed across
@@ -32,8 +36,14 @@ class TwoTowerModel(tfrs.Model):
         self.diagnostic_metrics = [tf.keras.metrics.Mean(name) for name in DIAGNOSTICS]
 
     def call(self, features):
-        """Query embeddings [batch, dim] for features["user_id"] [batch]."""
-        return self.query_tower(features["user_id"])
+        """Query embeddings [batch, dim] for the features' user_id [batch] (and history, context)."""
+        return self.query_embeddings(features)
+
+    def query_embeddings(self, features, training=False):
+        """[batch, dim]: the query tower on the features it reads."""
+        if isinstance(self.query_tower, QueryTower):
+            return self.query_tower(features, training=training)
+        return self.query_tower(features["user_id"], training=training)
 
     def per_example_loss(self, features, training=False):
         """[batch] loss of each row, times features["weight"] ([batch], or [batch, num_true]: the row's mean)
@@ -41,7 +51,7 @@ class TwoTowerModel(tfrs.Model):
         return self._loss_and_diagnostics(features, training)[0]
 
     def _loss_and_diagnostics(self, features, training):
-        query_embeddings = self.query_tower(features["user_id"], training=training)
+        query_embeddings = self.query_embeddings(features, training=training)
         loss, diagnostics = self.retrieval_loss.loss_and_diagnostics(
             query_embeddings,
             features["item_id"],

@@ -7,6 +7,27 @@ import numpy as np
 import tensorflow as tf
 
 
+def masked_mean_embedding(embedding: tf.keras.layers.Layer, ids: tf.Tensor) -> tf.Tensor:
+    """ids [n, m] int, negative for none -> [n, dim]: the mean embedding of each row's valid ids (zeros for a row
+    without any). Only valid ids are looked up, so padding never touches a row of the table (a lazy optimizer
+    would otherwise move row 0 by its momentum on every step)."""
+    positions = tf.where(ids >= 0)  # [v, 2] int64 (row, slot)
+    values = embedding(tf.gather_nd(ids, positions))  # [v, dim]
+    rows, num_rows = positions[:, 0], tf.shape(ids, out_type=tf.int64)[0]
+    sums = tf.math.unsorted_segment_sum(values, rows, num_rows)  # [n, dim]
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(rows, values.dtype), rows, num_rows)  # [n]
+    return sums / tf.maximum(counts, 1)[:, tf.newaxis]
+
+
+def embed_valid(embedding: tf.keras.layers.Layer, ids: tf.Tensor) -> tf.Tensor:
+    """ids [n, m] int, negative for none -> [n, m, dim]: embeddings of the valid ids, zeros elsewhere (only valid
+    ids looked up)."""
+    positions = tf.where(ids >= 0)  # [v, 2]
+    values = embedding(tf.gather_nd(ids, positions))  # [v, dim]
+    shape = tf.concat([tf.shape(ids, out_type=tf.int64), tf.shape(values, out_type=tf.int64)[1:]], axis=0)
+    return tf.scatter_nd(positions, values, shape)
+
+
 class Tower(tf.keras.Model):
     """A tower from integer ids to embeddings: ids [n] -> [n, output_dim].
 
@@ -30,13 +51,19 @@ class Tower(tf.keras.Model):
         normalize: bool = False,
         name: str = "tower",
         feature_tables: Optional[Mapping[str, np.ndarray]] = None,
+        id_embedding: bool = True,
+        project: bool = False,
     ):
-        """feature_tables: {name: [vocabulary_size, max_values] int value ids in [0, V), -1 padded}."""
+        """feature_tables: {name: [vocabulary_size, max_values] int value ids in [0, V), -1 padded}.
+        id_embedding: False leaves the id's own embedding out (a query tower of other parts; see retrieval.query).
+        project: always end with the linear projection (a subclass adding parts of its own)."""
         super().__init__(name=name)
         self.vocabulary_size = vocabulary_size
         self.embedding_dim = embedding_dim
         self.normalize = normalize
-        self.embedding = tf.keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
+        self.embedding = None
+        if id_embedding:
+            self.embedding = tf.keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
         self.feature_names = sorted(feature_tables or {})
         self.feature_tables, self.feature_embeddings = [], []
         for feature_name in self.feature_names:
@@ -52,20 +79,22 @@ class Tower(tf.keras.Model):
             num_values = max(int(table.max()) + 1 if table.size else 1, 1)  # value ids are dense from 0
             self.feature_embeddings.append(tf.keras.layers.Embedding(num_values, embedding_dim, name=layer_name))
         self.hidden_layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_dims]
-        needs_projection = bool(hidden_dims) or bool(self.feature_names)
+        needs_projection = project or bool(hidden_dims) or bool(self.feature_names)
         self.projection = tf.keras.layers.Dense(embedding_dim, name="projection") if needs_projection else None
 
     def call(self, ids):
-        outputs = self.embedding(ids)
-        if self.feature_tables:
-            parts = [outputs]
-            for table, embedding in zip(self.feature_tables, self.feature_embeddings):
-                values = tf.gather(table, ids)  # [n, max_values]
-                valid = tf.cast(values >= 0, outputs.dtype)[..., tf.newaxis]  # [n, max_values, 1]
-                embedded = embedding(tf.maximum(values, 0)) * valid  # [n, max_values, dim]
-                count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)  # [n, 1]
-                parts.append(tf.reduce_sum(embedded, axis=1) / count)  # [n, dim]
-            outputs = tf.concat(parts, axis=-1)  # [n, dim * (1 + num_features)]
+        return self.head(self.id_parts(ids))
+
+    def id_parts(self, ids):
+        """ids [n] -> [[n, dim]]: the id embedding (when the tower has one), then each feature's mean embedding."""
+        parts = [] if self.embedding is None else [self.embedding(ids)]
+        for table, embedding in zip(self.feature_tables, self.feature_embeddings):
+            parts.append(masked_mean_embedding(embedding, tf.gather(table, ids)))  # [n, max_values] -> [n, dim]
+        return parts
+
+    def head(self, parts):
+        """[[n, dim_i]] -> [n, output_dim]: concatenated, then the hidden layers, projection and normalisation."""
+        outputs = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         for layer in self.hidden_layers:
             outputs = layer(outputs)
         if self.projection is not None:

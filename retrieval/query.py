@@ -1,0 +1,140 @@
+"""The query tower: a user from any of their id, their static features, their recent items and the context.
+
+    QueryTower({user_id: [batch], history: [batch, L], hour_of_day: [batch], ...}) -> query embeddings [batch, dim]
+
+Its parts, each chosen by name (QUERY_FEATURES), are concatenated and go through the tower's head (hidden ReLU
+layers, a linear projection to `embedding_dim`, optional L2 normalisation), as in the item tower:
+- user_id: the user's id embedding (retrieval.towers.Tower's); a user the model never trained has none.
+- user_features: the mean embedding of each of the user's static feature values (looked up by user id).
+- history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder. It reads
+  the item tower's id table when shared (YouTube's candidate generation, Yi et al. 2019), so a history of items
+  a new user just met is a query the model has already learned; under ParameterServerStrategy that table is the
+  sharded one. An empty history pools to zeros: the query is then the head's bias, "the model's answer for an
+  empty history".
+- context: one embedding per categorical context feature of the interaction (hour of day, day of week: values
+  in [0, vocabulary size), -1 for none).
+A query tower of user_id (and user_features) alone is exactly retrieval.towers.Tower: its variables, and so its
+checkpoints, are those of the query tower before this module existed.
+
+Every input may be missing from the dict (or the input may be a bare user-id tensor): a missing history is
+empty and a missing context value is none, so callers that know only user ids (the step-zero check, variable
+creation before a restore) still call the tower.
+"""
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from retrieval.towers import Tower, embed_valid, masked_mean_embedding
+
+QUERY_FEATURES = ("user_id", "user_features", "history", "context")
+HISTORY_ENCODERS = ("mean", "gru", "attention")
+PAD = -1
+# Context features derived from the interaction's timestamp, and their number of values.
+TIME_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
+
+
+class HistoryEncoder(tf.keras.layers.Layer):
+    """history [batch, L] int item ids, most recent first, PAD (-1) after the earliest -> [batch, dim].
+
+    encoder:
+      mean: the mean of the valid items' embeddings (padding masked out).
+      gru: a GRU over the items from the oldest to the most recent (padding masked), its last state.
+      attention: one self-attention block over the items plus learned position embeddings (padding masked as
+        keys), then the masked mean of its outputs.
+    item_embedding: the embedding layer to read item ids with: the item tower's (shared) or its own.
+    """
+
+    def __init__(self, item_embedding: tf.keras.layers.Layer, embedding_dim: int, encoder: str = "mean",
+                 max_length: int = 50, name: str = "history_encoder"):
+        super().__init__(name=name)
+        if encoder not in HISTORY_ENCODERS:
+            raise ValueError(f"history_encoder={encoder!r}; expected one of {', '.join(HISTORY_ENCODERS)}")
+        self.item_embedding = item_embedding
+        self.encoder = encoder
+        if encoder == "gru":
+            self.gru = tf.keras.layers.GRU(embedding_dim, go_backwards=True, name="gru")
+        elif encoder == "attention":
+            self.positions = tf.keras.layers.Embedding(max(max_length, 1), embedding_dim, name="positions")
+            self.attention = tf.keras.layers.MultiHeadAttention(2, max(embedding_dim // 2, 1), name="attention")
+            self.norm = tf.keras.layers.LayerNormalization(name="norm")
+
+    def call(self, history):
+        history = tf.cast(history, tf.int64)
+        if self.encoder == "mean":
+            return masked_mean_embedding(self.item_embedding, history)
+        valid = history >= 0  # [batch, L]
+        embedded = embed_valid(self.item_embedding, history)  # [batch, L, dim], zeros at padding
+        if self.encoder == "gru":
+            # Most recent first, so go_backwards reads oldest to newest; masked steps keep the state.
+            return self.gru(embedded, mask=valid)
+        length = tf.shape(history)[1]
+        inputs = embedded + self.positions(tf.range(length))[tf.newaxis]
+        mask = tf.logical_and(valid[:, tf.newaxis, :], valid[:, :, tf.newaxis])  # [batch, L, L]
+        outputs = self.norm(inputs + self.attention(inputs, inputs, attention_mask=mask))
+        weights = tf.cast(valid, outputs.dtype)[..., tf.newaxis]
+        return tf.reduce_sum(outputs * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+class QueryTower(Tower):
+    """features {user_id: [batch], history: [batch, L], <context name>: [batch]} -> [batch, embedding_dim].
+
+    query_features: the parts to use, from QUERY_FEATURES (see the module docstring).
+    num_users: rows of the user id table (and of user_feature_tables).
+    user_feature_tables: {name: [num_users, max_values] value ids, -1 padded}: read when query_features has
+      user_features.
+    history: the HistoryEncoder (required when query_features has history).
+    context_vocabularies: {context feature name: number of values} read when query_features has context.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        embedding_dim: int,
+        hidden_dims: Sequence[int] = (),
+        normalize: bool = False,
+        query_features: Sequence[str] = ("user_id",),
+        user_feature_tables: Optional[Mapping[str, np.ndarray]] = None,
+        history: Optional[HistoryEncoder] = None,
+        context_vocabularies: Optional[Mapping[str, int]] = None,
+        name: str = "query_tower",
+    ):
+        unknown = sorted(set(query_features) - set(QUERY_FEATURES))
+        if unknown or not query_features:
+            raise ValueError(f"query_features={','.join(query_features)}; expected some of {', '.join(QUERY_FEATURES)}")
+        if ("history" in query_features) != (history is not None):
+            raise ValueError("a query tower reads a history exactly when query_features has history")
+        context_vocabularies = dict(context_vocabularies or {}) if "context" in query_features else {}
+        self.query_features = tuple(query_features)
+        self.uses_user = "user_id" in query_features or bool(user_feature_tables and "user_features" in query_features)
+        super().__init__(
+            num_users, embedding_dim, hidden_dims, normalize, name=name,
+            feature_tables=user_feature_tables if "user_features" in query_features else None,
+            id_embedding="user_id" in query_features,
+            project=history is not None or bool(context_vocabularies),
+        )
+        self.history_encoder = history
+        self.context_names = sorted(context_vocabularies)
+        self.context_embeddings = [
+            tf.keras.layers.Embedding(context_vocabularies[context_name], embedding_dim, name=f"context_{context_name}")
+            for context_name in self.context_names
+        ]
+
+    def call(self, features):
+        if not isinstance(features, Mapping):
+            features = {"user_id": features}
+        batch_size = tf.shape(next(iter(features.values())))[0]
+        parts = self.id_parts(features["user_id"]) if self.uses_user else []
+        if self.history_encoder is not None:
+            history = features.get("history")
+            if history is None:
+                history = tf.fill([batch_size, 1], tf.constant(PAD, tf.int64))
+            parts.append(self.history_encoder(history))
+        for context_name, embedding in zip(self.context_names, self.context_embeddings):
+            values = features.get(context_name)
+            if values is None:
+                values = tf.fill([batch_size], tf.constant(PAD, tf.int64))
+            values = tf.cast(values, tf.int64)
+            parts.append(masked_mean_embedding(embedding, tf.reshape(values, [batch_size, -1])))
+        return self.head(parts)

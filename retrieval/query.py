@@ -35,6 +35,21 @@ PAD = -1
 TIME_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
 
 
+def check_features(query_features: Sequence[str], context_features: Optional[Sequence[str]] = None) -> None:
+    """ValueError naming the setting unless query_features are some of QUERY_FEATURES (at least one, each once)
+    and context_features (when given) some of TIME_FEATURES, at least one when query_features has context."""
+    unknown = [name for name in query_features if name not in QUERY_FEATURES]
+    if unknown or not query_features or len(set(query_features)) != len(query_features):
+        raise ValueError(
+            f"query_features={','.join(query_features)}; expected one or more of {', '.join(QUERY_FEATURES)}"
+        )
+    if context_features is None:
+        return
+    unknown = [name for name in context_features if name not in TIME_FEATURES]
+    if unknown or ("context" in query_features and not context_features):
+        raise ValueError(f"context_features={','.join(context_features)}; expected some of {', '.join(TIME_FEATURES)}")
+
+
 class HistoryEncoder(tf.keras.layers.Layer):
     """history [batch, L] int item ids, most recent first, PAD (-1) after the earliest -> [batch, dim].
 
@@ -100,9 +115,7 @@ class QueryTower(Tower):
         context_vocabularies: Optional[Mapping[str, int]] = None,
         name: str = "query_tower",
     ):
-        unknown = sorted(set(query_features) - set(QUERY_FEATURES))
-        if unknown or not query_features:
-            raise ValueError(f"query_features={','.join(query_features)}; expected some of {', '.join(QUERY_FEATURES)}")
+        check_features(query_features)
         if ("history" in query_features) != (history is not None):
             raise ValueError("a query tower reads a history exactly when query_features has history")
         context_vocabularies = dict(context_vocabularies or {}) if "context" in query_features else {}

@@ -9,7 +9,9 @@ config.json (format FORMAT):
      "optimization": {...}, "evaluation": {...}, "logging": {...}, "distribution": {...},
      "model_dir": "...", "corpus": "<description of the corpus>"}
 A config.json written before the format existed (one flat object of flag values) still loads: each value goes
-to the section that holds its name, and settings it predates take their defaults.
+to the section that holds its name, and settings it predates take their defaults. A setting added since
+(PREDATED_SETTINGS: the query tower's features, the history, cold users) takes, in any document written before
+it, the value that reproduces the run of that time (query_features=user_id,user_features).
 """
 
 import dataclasses
@@ -35,6 +37,8 @@ class DataConfig:
     num_interactions: int = 1_000_000
     taste_drift: float = 1.0
     session_timestamps: bool = True
+    history_length: int = 50  # the most earlier items of a user per interaction (data.history)
+    cold_users: float = 0.0  # the share of users kept wholly out of training, evaluated apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,10 @@ class ModelConfig:
     embedding_dim: int = 64
     hidden_dims: Tuple[int, ...] = ()
     normalize: bool = False
+    query_features: Tuple[str, ...] = ("user_id", "user_features")  # retrieval.query.QUERY_FEATURES
+    context_features: Tuple[str, ...] = ("hour_of_day", "day_of_week")  # read when query_features has context
+    history_encoder: str = "mean"  # retrieval.query.HISTORY_ENCODERS
+    share_item_embeddings: bool = True  # the history reads the item tower's id table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +118,17 @@ SECTIONS = {
 }
 # The built-in corpus before it had drifting tastes and session timestamps (data.synthetic).
 LEGACY_BUILTIN_CORPUS = {"taste_drift": 0.0, "session_timestamps": False}
+# Settings added after config.json files were first written, and the values that reproduce the runs of before
+# (a query tower of the user id and the corpus's user features): a document without them takes these.
+PREDATED_SETTINGS = {
+    "data": {"history_length": 50, "cold_users": 0.0},
+    "model": {
+        "query_features": ("user_id", "user_features"),
+        "context_features": ("hour_of_day", "day_of_week"),
+        "history_encoder": "mean",
+        "share_item_embeddings": True,
+    },
+}
 # Keys config.json holds beside the sections: written for people and tools, not settings of the run.
 RECORD_KEYS = ("format", "model_dir", "corpus")
 
@@ -139,7 +158,7 @@ def from_dict(document: Dict[str, Any], source: str = "config.json") -> RunConfi
     seed = document["seed"]
     sections = {}
     for name, section_class in SECTIONS.items():
-        values = document[name]
+        values = {**PREDATED_SETTINGS.get(name, {}), **document[name]}
         _check_keys(values, section_fields(section_class), source, f"{name}.")
         if section_class is LossConfig:
             values = {**values, "seed": seed}
@@ -177,7 +196,7 @@ def _from_legacy(flat: Dict[str, Any]) -> Dict[str, Any]:
     flat = {**LEGACY_BUILTIN_CORPUS, **flat}
     document: Dict[str, Any] = {"format": FORMAT, "seed": flat.get("seed", RunConfig.seed)}
     for name, section_class in SECTIONS.items():
-        defaults = dataclasses.asdict(getattr(RunConfig(), name))
+        defaults = {**dataclasses.asdict(getattr(RunConfig(), name)), **PREDATED_SETTINGS.get(name, {})}
         document[name] = {
             field: _legacy_value(field, flat[field]) if field in flat else defaults[field]
             for field in section_fields(section_class)

@@ -11,7 +11,7 @@ from typing import List, Tuple
 from absl import flags
 
 from data import sources
-from retrieval import losses, samplers
+from retrieval import losses, query, samplers
 from retrieval.retrieval_loss import LossConfig
 from trainers import distribute
 from trainers.run_config import (
@@ -51,6 +51,27 @@ def _define_data_and_model_flags():
     flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both towers.", lower_bound=1)
     flags.DEFINE_list("hidden_dims", [], "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only).")
     flags.DEFINE_bool("normalize", False, "L2-normalise tower outputs (use with --temperature below 1).")
+    _define_query_flags()
+
+
+def _define_query_flags():
+    flags.DEFINE_list(
+        "query_features", list(RunConfig().model.query_features),
+        f"What the query tower reads, some of {', '.join(query.QUERY_FEATURES)}: the user id's embedding, the "
+        "user's static features, their previous items (the history), the interaction's context.",
+    )
+    flags.DEFINE_integer("history_length", 50, "The most previous items of a user per query.", lower_bound=1)
+    flags.DEFINE_enum("history_encoder", "mean", list(query.HISTORY_ENCODERS), "How a history is pooled.")
+    flags.DEFINE_bool("share_item_embeddings", True, "The history reads the item tower's id table (else its own).")
+    flags.DEFINE_list(
+        "context_features", list(query.TIME_FEATURES),
+        "The context --query_features=...,context reads: hour_of_day and day_of_week of the interaction's timestamp "
+        "(Unix seconds, UTC).",
+    )
+    flags.DEFINE_float(
+        "cold_users", 0.0, "Share of users kept wholly out of training; evaluated apart by their history.",
+        lower_bound=0.0, upper_bound=0.99,
+    )
 
 
 def _define_optimization_flags():
@@ -205,10 +226,16 @@ def config_from_flags() -> RunConfig:
     if profile_steps and (len(profile_steps) != 2 or profile_steps[0] > profile_steps[1]):
         raise ConfigError(f"--profile_steps={','.join(FLAGS.profile_steps)}: expected START,END with START <= END")
     hidden_dims = positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else ()
+    model = _section_from_flags(ModelConfig, hidden_dims=hidden_dims, query_features=tuple(FLAGS.query_features),
+                                context_features=tuple(FLAGS.context_features))
+    try:
+        query.check_features(model.query_features, model.context_features)
+    except ValueError as error:
+        raise ConfigError(f"--{error}") from None
     return RunConfig(
         seed=FLAGS.seed,
         data=_section_from_flags(DataConfig),
-        model=_section_from_flags(ModelConfig, hidden_dims=hidden_dims),
+        model=model,
         loss=_section_from_flags(LossConfig, seed=FLAGS.seed),
         optimization=_section_from_flags(OptimizationConfig),
         evaluation=_section_from_flags(EvaluationConfig, eval_top_k=positive_ints("eval_top_k", FLAGS.eval_top_k)),

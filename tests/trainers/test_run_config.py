@@ -42,6 +42,17 @@ def test_config_written_before_the_format_still_loads():
     # Settings it predates: the loss's take their defaults, the built-in corpus the values of its time.
     assert config.loss.mixed_corpus_sampler == "log_uniform" and config.loss.unigram_distortion == 0.75
     assert config.data.taste_drift == 0.0 and config.data.session_timestamps is False
+    assert config.model.query_features == ("user_id", "user_features") and config.data.cold_users == 0.0
+
+
+def test_config_written_before_the_query_features_loads_as_the_user_id_model():
+    document = json.loads(run_config.to_json(run_config.RunConfig(), "runs/a", ""))
+    for section, names in run_config.PREDATED_SETTINGS.items():
+        for name in names:
+            del document[section][name]
+    config = run_config.from_dict(document)
+    assert config.model.query_features == ("user_id", "user_features")
+    assert config.data.history_length == 50 and config.model.share_item_embeddings is True
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,8 @@ def main(argv):
     print(f"{restored.checkpoint} (step {restored.step}), {len(queries.user_ids)} held-out users"
           f"{', training items excluded' if FLAGS.exclude_seen else ''}:")
     for name, value in results.items():
-        print(f"{name:<16}{value:.4f}")
+        print(f"{name:<24}{value:.4f}")
+    print("recall, hit_rate, ndcg, mrr: the mean per user; top_k_accuracy: the mean per held-out row (TFRS's)")
 
 
 if __name__ == "__main__":

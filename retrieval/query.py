@@ -4,7 +4,7 @@
 
 Its parts, each chosen by name (QUERY_FEATURES), are concatenated and go through the tower's head (hidden ReLU
 layers, a linear projection to `embedding_dim`, optional L2 normalisation), as in the item tower:
-- user_id: the user's id embedding (retrieval.towers.Tower's); a user the model never trained has none.
+- user_id: the user's id embedding (retrieval.towers.Tower's); a user the model does not know (id -1) gets zeros.
 - user_features: the mean embedding of each of the user's static feature values (looked up by user id).
 - history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder. It reads
   the item tower's id table when shared (YouTube's candidate generation, Yi et al. 2019), so a history of items
@@ -58,16 +58,21 @@ class HistoryEncoder(tf.keras.layers.Layer):
       gru: a GRU over the items from the oldest to the most recent (padding masked), its last state.
       attention: one self-attention block over the items plus learned position embeddings (padding masked as
         keys), then the masked mean of its outputs.
-    item_embedding: the embedding layer to read item ids with: the item tower's (shared) or its own.
+    item_embedding: the embedding layer to read item ids with (the item tower's, shared), or None for a table of
+      its own of num_items rows.
+    max_length: the longest history (positions of the attention encoder).
     """
 
-    def __init__(self, item_embedding: tf.keras.layers.Layer, embedding_dim: int, encoder: str = "mean",
-                 max_length: int = 50, name: str = "history_encoder"):
+    def __init__(self, item_embedding: Optional[tf.keras.layers.Layer], embedding_dim: int, encoder: str = "mean",
+                 max_length: int = 50, num_items: int = 0, name: str = "history_encoder"):
         super().__init__(name=name)
         if encoder not in HISTORY_ENCODERS:
             raise ValueError(f"history_encoder={encoder!r}; expected one of {', '.join(HISTORY_ENCODERS)}")
+        if item_embedding is None:
+            item_embedding = tf.keras.layers.Embedding(num_items, embedding_dim, name="history_items")
         self.item_embedding = item_embedding
         self.encoder = encoder
+        self.max_length = max_length
         if encoder == "gru":
             self.gru = tf.keras.layers.GRU(embedding_dim, go_backwards=True, name="gru")
         elif encoder == "attention":
@@ -138,7 +143,7 @@ class QueryTower(Tower):
         if not isinstance(features, Mapping):
             features = {"user_id": features}
         batch_size = tf.shape(next(iter(features.values())))[0]
-        parts = self.id_parts(features["user_id"]) if self.uses_user else []
+        parts = self._user_parts(features["user_id"]) if self.uses_user else []
         if self.history_encoder is not None:
             history = features.get("history")
             if history is None:
@@ -151,3 +156,10 @@ class QueryTower(Tower):
             values = tf.cast(values, tf.int64)
             parts.append(masked_mean_embedding(embedding, tf.reshape(values, [batch_size, -1])))
         return self.head(parts)
+
+    def _user_parts(self, user_ids):
+        """The user-id part(s) [batch, dim]: zeros for an unknown user (id -1), whom serving_history queries."""
+        user_ids = tf.cast(user_ids, tf.int64)
+        parts = self.id_parts(tf.maximum(user_ids, 0))
+        known = tf.cast(user_ids >= 0, parts[0].dtype)[:, tf.newaxis]
+        return [part * known for part in parts]

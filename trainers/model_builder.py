@@ -4,10 +4,11 @@ from typing import Optional, Sequence
 
 from data import sources, synthetic
 from data.corpus import PreparedCorpus
+from retrieval import query
 from retrieval.model import TwoTowerModel
 from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
-from trainers.run_config import OptimizationConfig, RunConfig
+from trainers.run_config import ModelConfig, OptimizationConfig, RunConfig
 
 
 def load_corpus(config: RunConfig) -> PreparedCorpus:
@@ -21,7 +22,12 @@ def load_corpus(config: RunConfig) -> PreparedCorpus:
         session_timestamps=data.session_timestamps,
         seed=config.seed,
     )
-    return sources.load_corpus(data.data, data.cache_dir, synthetic_config)
+    corpus = sources.load_corpus(data.data, data.cache_dir, synthetic_config)
+    if data.cold_users:
+        from trainers import training_input
+
+        corpus = training_input.without_cold_users(corpus, config)
+    return corpus
 
 
 def build_model(
@@ -31,15 +37,17 @@ def build_model(
     hidden_dims: Sequence[int] = (),
     normalize: bool = False,
     global_batch_size: Optional[int] = None,
+    query_config: Optional[ModelConfig] = None,
+    history_length: int = 50,
 ) -> TwoTowerModel:
-    """The two-tower model; global_batch_size sizes a cross-batch memory (and in-batch Q from corpus counts)."""
+    """The two-tower model; global_batch_size sizes a cross-batch memory (and in-batch Q from corpus counts);
+    query_config: what the query tower reads (default: the user id and the corpus's user features)."""
     # Feature tables of a prepared log (None for the built-in corpus) are looked up by id inside each tower.
-    query_tower = Tower(
-        corpus.num_users, embedding_dim, hidden_dims, normalize, name="query_tower", feature_tables=corpus.user_features
-    )
     item_tower = Tower(
         corpus.num_items, embedding_dim, hidden_dims, normalize, name="item_tower", feature_tables=corpus.item_features
     )
+    query_config = query_config or ModelConfig(embedding_dim, tuple(hidden_dims), normalize, ("user_id", "user_features"))
+    query_tower = build_query_tower(corpus, query_config, item_tower, history_length)
     retrieval_loss = RetrievalLoss(
         loss_config, corpus.num_items, corpus.item_counts, global_batch_size=global_batch_size,
         embedding_dim=embedding_dim,
@@ -47,10 +55,22 @@ def build_model(
     return TwoTowerModel(query_tower, item_tower, retrieval_loss)
 
 
+def build_query_tower(corpus: PreparedCorpus, model: ModelConfig, item_tower: Tower, history_length: int):
+    """The QueryTower of model.query_features; the history reads item_tower's id table when shared."""
+    history = None
+    if "history" in model.query_features:
+        shared_table = item_tower.embedding if model.share_item_embeddings else None
+        history = query.HistoryEncoder(shared_table, model.embedding_dim, model.history_encoder, history_length,
+                                       num_items=corpus.num_items)
+    context = {name: query.TIME_FEATURES[name] for name in model.context_features}
+    return query.QueryTower(corpus.num_users, model.embedding_dim, model.hidden_dims, model.normalize,
+                            model.query_features, corpus.user_features, history, context)
+
+
 def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerModel:
     model = config.model
     return build_model(corpus, config.loss, model.embedding_dim, model.hidden_dims, model.normalize,
-                       config.optimization.batch_size)
+                       config.optimization.batch_size, model, config.data.history_length)
 
 
 def make_optimizer(tf, optimization: OptimizationConfig):
@@ -73,6 +93,6 @@ def build_for_training(tf, strategy, corpus: PreparedCorpus, config: RunConfig, 
         model = model_from_config(corpus, config)
         model.compile(optimizer=make_optimizer(tf, config.optimization),
                       steps_per_execution=config.optimization.steps_per_execution)
-        model.query_tower(first_batch["user_id"])
         model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
+        model.query_embeddings(first_batch)
     return model

@@ -103,8 +103,7 @@ def _train(tf, strategy, config, corpus, task: Task):
     tf.keras.utils.set_random_seed(config.seed)
     if config.optimization.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
-    training_input = TrainingInput(corpus.train_files, config.optimization.batch_size, config.loss.num_true,
-                                   config.seed, parameter_server=task.strategy_name == "parameter_server")
+    training_input = TrainingInput.of_run(corpus, config, parameter_server=task.strategy_name == "parameter_server")
     first_batch = training_input.first_batch()
     model = model_builder.build_for_training(tf, strategy, corpus, config, first_batch)
     placement = fit_loop.item_table_placement(model, task_name)

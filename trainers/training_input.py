@@ -2,37 +2,88 @@
 
 Read into memory once when it fits (data.pipeline.read_in_memory), streamed otherwise; either way the batches
 of a run are a function of (seed, step), so `dataset_creator(start_step)` resumes at the exact data position.
+Each batch also carries what the query tower reads (data.pipeline.QueryInputs): the history of every row, looked
+up in the training split sorted once here, and the time features; cold users' rows never reach it.
 """
 
+import dataclasses
 import functools
 from typing import Dict, Optional
 
 import numpy as np
 
-from data import pipeline
+from data import history, pipeline, records
+from data.corpus import PreparedCorpus
+
+
+def cold_users(corpus: PreparedCorpus, config) -> np.ndarray:
+    """[k] the user ids --cold_users keeps out of training (a seeded choice; empty without it)."""
+    return history.cold_user_ids(corpus.num_users, config.data.cold_users, config.seed)
+
+
+def without_cold_users(corpus: PreparedCorpus, config) -> PreparedCorpus:
+    """The corpus as training sees it under --cold_users: num_train and item_counts (the unigram sampler's and
+    the most-popular baseline's) of the other users' training rows only. Item ids keep their ranking."""
+    columns = records.read_all(corpus.train_files)
+    warm = ~np.isin(columns["user_id"], cold_users(corpus, config))
+    counts = np.bincount(columns["item_id"][warm], minlength=corpus.num_items).astype(np.int64)
+    return dataclasses.replace(corpus, num_train=int(warm.sum()), item_counts=counts)
+
+
+def query_inputs(corpus: PreparedCorpus, config, columns: Optional[Dict[str, np.ndarray]] = None):
+    """The data.pipeline.QueryInputs of a run: the training split sorted for history lookups (read from the
+    files unless `columns` holds it) when the query tower reads a history, time features for its context, and
+    the cold users left out."""
+    features, excluded = config.model.query_features, cold_users(corpus, config)
+    log = None
+    if "history" in features:
+        columns = columns if columns is not None else records.read_all(corpus.train_files)
+        warm = ~np.isin(columns["user_id"], excluded)
+        log = history.history_log(columns["user_id"][warm], columns["item_id"][warm], columns["timestamp"][warm])
+    return pipeline.QueryInputs(log, config.data.history_length, "context" in features, excluded)
+
+
+def latest_histories(corpus: PreparedCorpus, config) -> np.ndarray:
+    """[num_users, history_length] int64: every user's last training items, most recent first (PAD-padded; empty
+    for cold users): the history a history model's export queries for a known user."""
+    log = query_inputs(corpus, config).history_log
+    users = np.arange(corpus.num_users, dtype=np.int64)
+    latest = np.full(corpus.num_users, np.iinfo(np.int64).max)
+    return history.histories_from_log(log, users, latest, config.data.history_length)
 
 
 class TrainingInput:
     """One run's training batches: the first one (step-0 check, variable creation) and every input pipeline's."""
 
-    def __init__(self, files, batch_size: int, num_true: int, seed: int, parameter_server: bool = False):
+    def __init__(self, files, batch_size: int, num_true: int, seed: int, parameter_server: bool = False,
+                 query_inputs: Optional[pipeline.QueryInputs] = None):
         self.files = files
         self.batch_size = batch_size
         self.num_true = num_true
         self.seed = seed
         self.parameter_server = parameter_server
+        self.query_inputs = query_inputs
         # Read here, once and eagerly: under parameter_server the dataset function runs inside a tf.function.
         self.columns: Optional[Dict[str, np.ndarray]] = pipeline.read_in_memory(files, num_true)
+
+    @classmethod
+    def of_run(cls, corpus: PreparedCorpus, config, parameter_server: bool = False) -> "TrainingInput":
+        """The training input of a RunConfig: its batch size, num_true, seed and query inputs."""
+        training_input = cls(corpus.train_files, config.optimization.batch_size, config.loss.num_true, config.seed,
+                             parameter_server)
+        training_input.query_inputs = query_inputs(corpus, config, training_input.columns)
+        return training_input
 
     def batches(self, start_step: int = 0, num_shards: int = 1, shard_index: int = 0, seed: Optional[int] = None):
         """Endless batches of this pipeline's share of each global batch, from global step start_step on."""
         seed = self.seed if seed is None else seed
         if self.columns is not None:
             return pipeline.in_memory_batches(
-                self.columns, self.batch_size, seed, True, start_step, num_shards, shard_index
+                self.columns, self.batch_size, seed, True, start_step, num_shards, shard_index, self.query_inputs
             )
         return pipeline.streaming_batches(
-            self.files, self.batch_size, seed, True, self.num_true, start_step, num_shards, shard_index
+            self.files, self.batch_size, seed, True, self.num_true, start_step, num_shards, shard_index,
+            query_inputs=self.query_inputs,
         )
 
     def first_batch(self):

@@ -70,8 +70,8 @@ def test_the_shared_item_table_gets_sparse_gradients_from_both_towers_once():
 
 def test_own_history_table_when_not_shared():
     item_tower = Tower(NUM_ITEMS, DIM, name="item_tower")
-    own = tf.keras.layers.Embedding(NUM_ITEMS, DIM)
-    tower = QueryTower(NUM_USERS, DIM, query_features=("history",), history=HistoryEncoder(own, DIM))
+    own_table = HistoryEncoder(None, DIM, num_items=NUM_ITEMS)
+    tower = QueryTower(NUM_USERS, DIM, query_features=("history",), history=own_table)
     tower({"history": tf.constant([[1, 2]], tf.int64)})
     item_tower(tf.constant([0], tf.int64))
     assert not any(variable is item_tower.embedding.embeddings for variable in tower.trainable_variables)

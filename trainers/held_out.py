@@ -1,25 +1,58 @@
 """Held-out evaluation of a trained model: the held-out queries, the model's exact full-corpus metrics, the
 most-popular baseline on the same queries, and the report a user reads. The top-K engine itself is the
-library's (retrieval.metrics)."""
+library's (retrieval.metrics).
+
+Queries. Warm users (every user with held-out rows, but the cold ones): one query per user, with the user's
+training history strictly before her first held-out interaction and that interaction's time features, when the
+model reads them. Cold users (--cold_users, kept wholly out of training): one query per held-out interaction,
+each user's last eval_per_user interactions (the corpus's split), with the user's other items before it as its
+history (data.history.cold_user_queries); their metrics are named COLD + name ("cold_users/recall_at_100" in
+TensorBoard), and the most-popular baseline is computed for each group. No ranking holds the `<oov>` bucket.
+"""
 
 import dataclasses
+import json
 import math
-from typing import Dict, Optional, Sequence
+import os
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from data import records
+from data import history, records
 from data.corpus import PreparedCorpus
+from data.pipeline import time_feature_columns
 from retrieval import metrics
+
+COLD = "cold_users/"  # the prefix of the cold users' metrics
+QUERY_CHUNK = 8192  # queries embedded per call of the query tower
 
 
 @dataclasses.dataclass(frozen=True)
 class HeldOut:
-    """Evaluation queries: one row per user with held-out items."""
+    """Evaluation queries: one row per warm user with held-out items (per held-out row for cold users)."""
 
     user_ids: np.ndarray  # [num_queries] int64
     relevant_ids: np.ndarray  # [num_queries, r] int64, -1 padded
     seen_ids: Optional[np.ndarray] = None  # [num_queries, s] int64 training items of each user, -1 padded
+    history: Optional[np.ndarray] = None  # [num_queries, L] int64 items before the query, newest first, -1 padded
+    context: Optional[Dict[str, np.ndarray]] = None  # {hour_of_day, day_of_week: [num_queries]} of its moment
+    oov_item_id: Optional[int] = None  # never ranked
+    cold: Optional["HeldOut"] = None  # the cold users' queries
+
+    def features(self, rows: slice = slice(None)) -> Dict[str, np.ndarray]:
+        """The query tower's inputs of some queries: user_id, and history and context when held."""
+        features = {"user_id": self.user_ids[rows]}
+        if self.history is not None:
+            features["history"] = self.history[rows]
+        features.update({name: values[rows] for name, values in (self.context or {}).items()})
+        return features
+
+    def exclude_ids(self) -> Optional[np.ndarray]:
+        """[num_queries, e] ids no ranking may hold (the user's seen items, the OOV bucket), -1 padded, or None."""
+        if self.oov_item_id is None:
+            return self.seen_ids
+        oov = np.full([len(self.user_ids), 1], self.oov_item_id, np.int64)
+        return oov if self.seen_ids is None else np.concatenate([self.seen_ids, oov], axis=1)
 
 
 def _group_by_user(columns, user_ids: Optional[np.ndarray] = None):
@@ -36,30 +69,114 @@ def _group_by_user(columns, user_ids: Optional[np.ndarray] = None):
     return user_ids, [by_user.get(user, empty) for user in user_ids.tolist()]
 
 
-def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False) -> HeldOut:
+def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False, config=None) -> HeldOut:
     """Groups the eval split by user (the first max_users users by id when max_users > 0).
 
     With exclude_seen, also each user's training items, which evaluation then never ranks (the usual protocol
-    when users do not re-consume items).
+    when users do not re-consume items). config (a RunConfig; None: a user-id model without cold users): the
+    histories and time features its query tower reads, and the cold users, whose queries go to `cold`.
     """
-    unique_users, groups = _group_by_user(records.read_all(corpus.eval_files))
+    features = config.model.query_features if config is not None else ("user_id",)
+    history_length = config.data.history_length if config is not None else 0
+    cold_ids = np.zeros([0], np.int64)
+    if config is not None:
+        cold_ids = history.cold_user_ids(corpus.num_users, config.data.cold_users, config.seed)
+    evaluation = records.read_all(corpus.eval_files)
+    warm = _rows_of(evaluation, ~np.isin(evaluation["user_id"], cold_ids))
+    unique_users, groups = _group_by_user(warm)
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
+    train = records.read_all(corpus.train_files) if exclude_seen or "history" in features or len(cold_ids) else None
     seen_ids = None
     if exclude_seen:
-        _, seen = _group_by_user(records.read_all(corpus.train_files), unique_users)
+        _, seen = _group_by_user(train, unique_users)
         seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
-    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids)
+    moment = _first_times(warm, unique_users)  # [q] each user's first held-out time
+    query_history = None
+    if "history" in features:
+        log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
+        query_history = history.histories_from_log(log, unique_users, moment, history_length)
+    context = _context(moment) if "context" in features else None
+    oov = _oov_item_id(corpus)
+    cold = None
+    if len(cold_ids):
+        cold_rows = {name: np.concatenate([train[name], evaluation[name]]) for name in ("user_id", "item_id", "timestamp")}
+        cold_rows = _rows_of(cold_rows, np.isin(cold_rows["user_id"], cold_ids))
+        cold = _cold_held_out(cold_rows, _eval_per_user(corpus), history_length, "context" in features, exclude_seen,
+                              oov)
+    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold)
+
+
+def _cold_held_out(rows, eval_per_user: int, history_length: int, with_context: bool, exclude_seen: bool,
+                   oov: Optional[int]) -> HeldOut:
+    """One query per held-out interaction of the cold users' rows {user_id, item_id, timestamp: [n]}: the user's
+    last eval_per_user ones, each with the user's other items before it (rows of the OOV bucket left out)."""
+    queries = history.cold_user_queries(rows["user_id"], rows["item_id"], rows["timestamp"], eval_per_user,
+                                        max(history_length, 1))
+    keep = rows["item_id"][queries.rows] != (-1 if oov is None else oov)
+    query_rows, query_history = queries.rows[keep], queries.history[keep][:, :history_length]
+    user_ids, moment = rows["user_id"][query_rows], rows["timestamp"][query_rows]
+    seen_ids = None
+    if exclude_seen:
+        kept = np.ones(len(rows["user_id"]), bool)
+        kept[queries.rows] = False
+        _, seen = _group_by_user(_rows_of(rows, kept), user_ids)
+        seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
+    context = _context(moment) if with_context else None
+    return HeldOut(user_ids, rows["item_id"][query_rows][:, np.newaxis], seen_ids, query_history, context, oov)
+
+
+def _rows_of(columns: Dict[str, np.ndarray], mask: np.ndarray) -> Dict[str, np.ndarray]:
+    return {name: values[mask] for name, values in columns.items()}
+
+
+def _first_times(columns, user_ids: np.ndarray) -> np.ndarray:
+    """[len(user_ids)] int64: each user's earliest timestamp in the columns (user_ids all present)."""
+    order = np.lexsort((columns["timestamp"], columns["user_id"]))
+    users, first = np.unique(columns["user_id"][order], return_index=True)
+    return columns["timestamp"][order][first][np.searchsorted(users, user_ids)]
+
+
+def _context(timestamps: np.ndarray) -> Dict[str, np.ndarray]:
+    return {name: values.numpy() for name, values in time_feature_columns(timestamps).items()}
+
+
+def _oov_item_id(corpus: PreparedCorpus) -> Optional[int]:
+    from data.vocabulary import OOV_KEY
+
+    return corpus.item_keys.index(OOV_KEY) if corpus.item_keys and OOV_KEY in corpus.item_keys else None
+
+
+def _eval_per_user(corpus: PreparedCorpus) -> int:
+    """The held-out interactions per user of the corpus's split (metadata.json; 1 for the built-in corpus)."""
+    with open(os.path.join(corpus.directory, "metadata.json")) as file:
+        return int(json.load(file).get("eval_per_user") or 1)
 
 
 def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
-    """Exact full-corpus metrics of the model's top-max(ks) for every held-out user.
+    """Exact full-corpus metrics of the model's top-max(ks) for every held-out query (and, named COLD + name,
+    for every cold-user query).
 
     Works for a model built under a tf.distribute strategy: the towers are called outside any replica context.
     """
     item_embeddings = model.item_tower.embed_all()
-    query_embeddings = model.query_tower(held_out.user_ids).numpy()
-    _, top_ids = metrics.exact_top_k(query_embeddings, item_embeddings, max(ks), exclude_ids=held_out.seen_ids)
+    results = _evaluate_queries(model, held_out, item_embeddings, ks)
+    if held_out.cold is not None and len(held_out.cold.user_ids):
+        cold = _evaluate_queries(model, held_out.cold, item_embeddings, ks)
+        results.update({COLD + name: value for name, value in cold.items()})
+    return results
+
+
+def _evaluate_queries(model, held_out: HeldOut, item_embeddings, ks: Sequence[int]) -> Dict[str, float]:
+    chunks = []
+    for start in range(0, len(held_out.user_ids), QUERY_CHUNK):
+        features = held_out.features(slice(start, start + QUERY_CHUNK))
+        if hasattr(model, "query_embeddings"):
+            chunks.append(model.query_embeddings(features).numpy())
+        else:
+            chunks.append(model.query_tower(features["user_id"]).numpy())
+    query_embeddings = np.concatenate(chunks).astype(np.float32)
+    _, top_ids = metrics.exact_top_k(query_embeddings, item_embeddings, max(ks), exclude_ids=held_out.exclude_ids())
     return both_protocols(top_ids, held_out.relevant_ids, ks)
 
 
@@ -86,16 +203,50 @@ def both_protocols(top_ids: np.ndarray, relevant_ids: np.ndarray, ks: Sequence[i
 
 def popularity_baseline(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
     """The same metrics for recommending the most frequent training items to everyone (minus the user's own
-    training items when held_out has seen_ids, so both sides of the comparison follow one protocol)."""
-    if held_out.seen_ids is not None:
+    training items when held_out has seen_ids, so both sides of the comparison follow one protocol; never the
+    OOV bucket), for the warm queries and, named COLD + name, the cold ones."""
+    results = _popularity(item_counts, held_out, ks)
+    if held_out.cold is not None and len(held_out.cold.user_ids):
+        results.update({COLD + name: value for name, value in _popularity(item_counts, held_out.cold, ks).items()})
+    return results
+
+
+def _popularity(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
+    exclude_ids = held_out.exclude_ids()
+    if exclude_ids is not None:
         # Counts as one-dimensional "embeddings" scored by a query of 1: the exact top-k with its exclusion.
         counts = np.asarray(item_counts, np.float32)[:, np.newaxis]
         queries = np.ones([len(held_out.user_ids), 1], np.float32)
-        _, top_ids = metrics.exact_top_k(queries, counts, max(ks), exclude_ids=held_out.seen_ids)
+        _, top_ids = metrics.exact_top_k(queries, counts, max(ks), exclude_ids=exclude_ids)
         return both_protocols(top_ids, held_out.relevant_ids, ks)
     top = np.argsort(-np.asarray(item_counts), kind="stable")[: max(ks)]
     top_ids = np.broadcast_to(top, (len(held_out.user_ids), len(top)))
     return both_protocols(top_ids, held_out.relevant_ids, ks)
+
+
+def split_cold(values: Dict[str, float]):
+    """(warm metrics, cold metrics without the COLD prefix; empty without cold users) of evaluate's results."""
+    warm = {name: value for name, value in values.items() if not name.startswith(COLD)}
+    cold = {name[len(COLD):]: value for name, value in values.items() if name.startswith(COLD)}
+    return warm, cold
+
+
+def metrics_document(model_metrics: Dict[str, float], baseline_metrics: Dict[str, float]) -> Dict[str, Any]:
+    """metrics.json: {"model", "most_popular"} of the warm queries, and "cold_users": {"model", "most_popular"}
+    when the run kept users out of training."""
+    (model_warm, model_cold), (baseline_warm, baseline_cold) = split_cold(model_metrics), split_cold(baseline_metrics)
+    document: Dict[str, Any] = {"model": model_warm, "most_popular": baseline_warm}
+    if model_cold:
+        document["cold_users"] = {"model": model_cold, "most_popular": baseline_cold}
+    return document
+
+
+def baseline_scalars(baseline_metrics: Dict[str, float]) -> Dict[str, float]:
+    """The baseline's TensorBoard tags beside the model's: most_popular/<name>, cold_users/most_popular/<name>."""
+    warm, cold = split_cold(baseline_metrics)
+    tags = {f"most_popular/{name}": value for name, value in warm.items()}
+    tags.update({f"{COLD}most_popular/{name}": value for name, value in cold.items()})
+    return tags
 
 
 # The report's rows: (metric name prefix, label); both name their averaging, as users compare them with others'.
@@ -104,12 +255,22 @@ PROTOCOLS = (("recall_at_", "recall@{k} per user"), ("top_k_accuracy_at_", "top-
 
 def report(model_metrics: Dict[str, float], baseline_metrics: Dict[str, float], ks: Sequence[int]) -> str:
     """The table the trainer prints: recall@K (the mean over held-out users) and top-K accuracy (the mean over
-    held-out rows, TFRS's) of the model beside the most-popular baseline, and their ratio."""
-    lines = [f"{'held-out metric':<28}{'model':>10}{'most-popular':>14}{'ratio':>8}"]
-    for prefix, label in PROTOCOLS:
-        for k in ks:
-            name = f"{prefix}{k}"
-            model_value, baseline_value = model_metrics[name], baseline_metrics[name]
-            ratio = model_value / baseline_value if baseline_value else math.inf
-            lines.append(f"{label.format(k=k):<28}{model_value:>10.4f}{baseline_value:>14.4f}{ratio:>7.2f}x")
+    held-out rows, TFRS's) of the model beside the most-popular baseline, and their ratio; with cold users, the
+    same table for them, with NDCG@K and MRR."""
+    (model_warm, model_cold), (baseline_warm, baseline_cold) = split_cold(model_metrics), split_cold(baseline_metrics)
+    lines = _table("held-out metric", model_warm, baseline_warm, ks, with_ranks=bool(model_cold))
+    if model_cold:
+        lines += _table("cold users", model_cold, baseline_cold, ks, with_ranks=True)
     return "\n".join(lines)
+
+
+def _table(title: str, model_metrics, baseline_metrics, ks: Sequence[int], with_ranks: bool):
+    rows = [(f"{prefix}{k}", label.format(k=k)) for prefix, label in PROTOCOLS for k in ks]
+    if with_ranks:
+        rows += [(f"ndcg_at_{k}", f"NDCG@{k}") for k in ks] + [("mrr", "MRR")]
+    lines = [f"{title:<28}{'model':>10}{'most-popular':>14}{'ratio':>8}"]
+    for name, label in rows:
+        model_value, baseline_value = model_metrics[name], baseline_metrics[name]
+        ratio = model_value / baseline_value if baseline_value else math.inf
+        lines.append(f"{label:<28}{model_value:>10.4f}{baseline_value:>14.4f}{ratio:>7.2f}x")
+    return lines

@@ -1,0 +1,125 @@
+"""Held-out queries of warm and cold users: histories before the held-out rows, context, the OOV bucket never
+ranked, and the cold users' metrics beside their own most-popular baseline."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from data import corpus as corpus_lib
+from data import history, records
+from trainers import held_out
+from trainers.run_config import DataConfig, ModelConfig, RunConfig
+
+PAD = history.PAD
+DAY = 86_400
+MONDAY = 1_700_438_400  # 2023-11-20 00:00 UTC, a Monday
+NUM_ITEMS = 8
+
+
+def _write_corpus(directory, train, evaluation, item_keys=None):
+    """train / evaluation: [(user, item, time)]; item_keys: the vocabulary (with `<oov>` for the OOV test)."""
+    for split, rows in (("train", train), ("eval", evaluation)):
+        columns = {name: np.array(column, np.int64) for name, column in zip(("user_id", "item_id", "timestamp"),
+                                                                              zip(*rows))}
+        records.write_interactions(str(directory), split, columns, num_shards=1)
+    counts = np.bincount([item for _, item, _ in train], minlength=NUM_ITEMS)
+    np.save(directory / "item_counts.npy", counts.astype(np.int64))
+    if item_keys:
+        (directory / corpus_lib.ITEM_VOCABULARY).write_text(
+            "key\tid\tcount\n" + "".join(f"{key}\t{i}\t{counts[i]}\n" for i, key in enumerate(item_keys)))
+    num_users = 1 + max(user for user, _, _ in train + evaluation)
+    corpus_lib.write_metadata(str(directory), num_items=NUM_ITEMS, num_users=num_users, num_train=len(train),
+                              num_eval=len(evaluation), eval_per_user=1)
+    return corpus_lib.PreparedCorpus.load(str(directory))
+
+
+def _config(query_features, history_length=3, cold_users=0.0, seed=0):
+    return RunConfig(seed=seed, data=DataConfig(history_length=history_length, cold_users=cold_users),
+                     model=ModelConfig(query_features=query_features))
+
+
+# Users 0 and 1 (warm): training rows at 00:00, 01:00, 02:00 on Monday; user 1 holds out two items on Wednesday
+# from 12:00.
+TRAIN = [(0, 1, MONDAY), (0, 2, MONDAY + 3600), (0, 3, MONDAY + 7200),
+         (1, 4, MONDAY), (1, 5, MONDAY + 3600)]
+EVAL = [(0, 6, MONDAY + 2 * DAY + 12 * 3600), (1, 7, MONDAY + 2 * DAY + 12 * 3600),
+        (1, 3, MONDAY + 2 * DAY + 12 * 3600 + 60)]
+
+
+def test_warm_queries_see_the_training_history_before_the_first_held_out_row_and_its_moment(tmp_path):
+    corpus = _write_corpus(tmp_path, TRAIN, EVAL)
+    queries = held_out.load_held_out(corpus, config=_config(("history", "context"), history_length=2))
+    np.testing.assert_array_equal(queries.user_ids, [0, 1])
+    np.testing.assert_array_equal(queries.history, [[3, 2], [5, 4]])  # newest first, cut at history_length
+    np.testing.assert_array_equal(queries.relevant_ids, [[6, PAD], [7, 3]])
+    np.testing.assert_array_equal(queries.context["hour_of_day"], [12, 12])
+    np.testing.assert_array_equal(queries.context["day_of_week"], [2, 2])  # Wednesday
+    assert queries.cold is None and set(queries.features()) == {"user_id", "history", "hour_of_day", "day_of_week"}
+    user_id_only = held_out.load_held_out(corpus)
+    assert user_id_only.history is None and user_id_only.context is None and set(user_id_only.features()) == {"user_id"}
+
+
+def test_cold_users_are_queried_per_held_out_row_with_their_other_items(tmp_path):
+    rng = np.random.default_rng(0)
+    train = [(user, int(rng.integers(NUM_ITEMS)), MONDAY + 60 * step) for user in range(40) for step in range(4)]
+    evaluation = [(user, int(rng.integers(NUM_ITEMS)), MONDAY + DAY) for user in range(40)]
+    corpus = _write_corpus(tmp_path, train, evaluation)
+    config = _config(("history",), history_length=3, cold_users=0.25)
+    queries = held_out.load_held_out(corpus, exclude_seen=True, config=config)
+    cold_ids = history.cold_user_ids(40, 0.25, 0)
+    assert len(cold_ids) == 10 and not np.isin(queries.user_ids, cold_ids).any()
+    cold = queries.cold
+    np.testing.assert_array_equal(cold.user_ids, cold_ids)  # one held-out row each, the last by time
+    by_user = {user: [item for u, item, _ in train if u == user] for user in cold_ids.tolist()}
+    for row, user in enumerate(cold.user_ids.tolist()):
+        assert cold.relevant_ids[row, 0] == [item for u, item, _ in evaluation if u == user][0]
+        np.testing.assert_array_equal(cold.history[row], by_user[user][::-1][:3])
+        assert set(cold.seen_ids[row][cold.seen_ids[row] >= 0].tolist()) == set(by_user[user])
+
+
+class _LastItem:
+    """A stand-in model: one-hot item embeddings, the query the one-hot of the history's most recent item."""
+
+    class _Items:
+        @staticmethod
+        def embed_all():
+            return np.eye(NUM_ITEMS, dtype=np.float32)
+
+    item_tower = _Items()
+
+    @staticmethod
+    def query_embeddings(features):
+        one_hot = np.eye(NUM_ITEMS, dtype=np.float32)[features["history"][:, 0]]
+        return type("Tensor", (), {"numpy": lambda self: one_hot})()
+
+
+def test_cold_metrics_sit_beside_their_own_baseline_and_oov_is_never_ranked(tmp_path):
+    keys = ["<oov>", "a", "b", "c", "d", "e", "f", "g"]  # id 0, the most frequent, is the OOV bucket
+    train = [(user, item, MONDAY + step) for user in range(8) for step, item in enumerate([0, 0, 0, 1, 1])]
+    train += [(user, user % 4 + 4, MONDAY + 10) for user in range(8)]  # each user's latest item ...
+    evaluation = [(user, user % 4 + 4, MONDAY + DAY) for user in range(8)]  # ... is held out again
+    corpus = _write_corpus(tmp_path, train, evaluation, item_keys=keys)
+    config = _config(("history",), history_length=8, cold_users=0.5, seed=1)
+    queries = held_out.load_held_out(corpus, config=config)
+    assert queries.oov_item_id == 0 and queries.cold.oov_item_id == 0 and len(queries.cold.user_ids) == 4
+    model_metrics = held_out.evaluate(_LastItem(), queries, ks=[1, 3])
+    baseline = held_out.popularity_baseline(corpus.item_counts, queries, ks=[1, 3])
+    assert model_metrics["recall_at_1"] == 1.0 and model_metrics["cold_users/recall_at_1"] == 1.0
+    assert baseline["recall_at_1"] == 0.0 and baseline["cold_users/recall_at_1"] == 0.0
+    document = held_out.metrics_document(model_metrics, baseline)
+    assert set(document) == {"model", "most_popular", "cold_users"}
+    assert document["cold_users"]["model"]["mrr"] == 1.0 and "cold_users/mrr" not in document["model"]
+    assert held_out.baseline_scalars(baseline)["cold_users/most_popular/recall_at_3"] == baseline["cold_users/recall_at_3"]
+    text = held_out.report(model_metrics, baseline, [1, 3])
+    assert "cold users" in text and "NDCG@3" in text and "MRR" in text
+    # The most popular item is the OOV bucket: popularity's first item is the next one.
+    first = held_out._popularity(corpus.item_counts, dataclasses.replace(queries, relevant_ids=np.ones((4, 1))), [1])
+    assert first["recall_at_1"] == 1.0
+
+
+def test_metrics_document_without_cold_users_is_as_before():
+    document = held_out.metrics_document({"recall_at_10": 0.5}, {"recall_at_10": 0.1})
+    assert document == {"model": {"recall_at_10": 0.5}, "most_popular": {"recall_at_10": 0.1}}
+    json.dumps(document)

@@ -41,7 +41,7 @@ def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None
     if first_batch is not None:
         summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
     summaries.write_hparams(write_dir.tensorboard, hparams)
-    queries = held_out.load_held_out(corpus, exclude_seen=config.evaluation.exclude_seen)
+    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen)
     evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"))
     return train_writer, evaluation
 

@@ -67,6 +67,7 @@ class OptimizationConfig:
 class EvaluationConfig:
     eval_top_k: Tuple[int, ...] = (10, 50, 100)
     exclude_seen: bool = False
+    eval_max_users: int = 0  # evaluate only the first N held-out users by id (0: all)
     export: bool = True
     export_top_k: int = 100
 

@@ -159,6 +159,10 @@ def _define_run_flags():
     flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
     flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
     flags.DEFINE_bool("exclude_seen", False, "Held-out evaluation never ranks a user's training items.")
+    flags.DEFINE_integer(
+        "eval_max_users", 0, "Held-out evaluation of the first N users by id only (0: all; trainers.evaluate's "
+        "--max_users).", lower_bound=0,
+    )
     flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint to <model_dir>/export/<n>/.")
     flags.DEFINE_integer("export_top_k", 100, "Items the exported serving signature returns per query.", lower_bound=1)
     flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)

@@ -8,8 +8,15 @@ touches older ones. Signatures:
   item_embedding    item_id [batch] int64 -> embedding [batch, dim]
   serving_keys      (corpora with vocabularies) user_key [batch] string -> item_keys [batch, K] string,
                     item_ids, scores; the vocabularies are SavedModel assets (assets/user_keys.txt, item_keys.txt)
+  serving_history   (models whose query reads a history) history [batch, n] string item keys, most recent first,
+                    "" for padding (the built-in corpus's keys are its ids as text), and the context the model
+                    reads (hour_of_day, day_of_week [batch] int64, -1 for none) -> item_keys, item_ids, scores:
+                    the query of a user the model need not know. Unknown keys are ignored, the first
+                    history_length known ones kept; an empty history is the model's answer for an empty history.
+For a history model, the user-id signatures query each training user's latest history (their last
+history_length training items, stored in the SavedModel). No signature returns the `<oov>` bucket of rare items.
 The loaded object also has user_ids_of_keys (keys [batch] -> ids, -1 when unknown). assets.extra/export.json
-records K, the index, the corpus sizes and the checkpoint the version came from.
+records K, the index, the corpus sizes, the query features and the checkpoint the version came from.
 The default brute-force index loads with plain `tf.saved_model.load`; `--index=scann` needs `import scann` in the
 loading process first (its custom ops).
 """
@@ -18,11 +25,14 @@ import json
 import os
 import sys
 import tempfile
+from typing import Optional
+
+import numpy as np
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
-from data import atomic
+from data import atomic, vocabulary
 from trainers import cli
 
 METADATA = os.path.join("assets.extra", "export.json")
@@ -37,8 +47,41 @@ def _write_lines(path, lines):
             file.write(line + "\n")
 
 
-def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str):
-    """A tf.Module holding the towers, the index over every item and (optionally) the key vocabularies."""
+def oov_item_id(corpus) -> Optional[int]:
+    """The id of the `<oov>` bucket of rare items, or None when the corpus has none."""
+    if corpus.item_keys is None or vocabulary.OOV_KEY not in corpus.item_keys:
+        return None
+    return corpus.item_keys.index(vocabulary.OOV_KEY)
+
+
+def _top_k_without(index, k: int, excluded_id: Optional[int]):
+    """queries [b, dim] -> (scores [b, k], ids [b, k]) of an index built for k + 1 when an id is excluded: that
+    id (at most once in a row) is moved past the end, the order of the others kept."""
+    import tensorflow as tf
+
+    def top_k(queries):
+        scores, ids = index(queries)
+        if excluded_id is None:
+            return scores, ids
+        order = tf.argsort(tf.cast(tf.equal(ids, excluded_id), tf.int32), axis=1, stable=True)[:, :k]
+        return tf.gather(scores, order, batch_dims=1), tf.gather(ids, order, batch_dims=1)
+
+    return top_k
+
+
+def _query_features(module, user_ids):
+    """The query tower's inputs for known users: their id and, for a history model, their latest history."""
+    import tensorflow as tf
+
+    features = {"user_id": user_ids}
+    if getattr(module, "user_histories", None) is not None:
+        features["history"] = tf.gather(module.user_histories, user_ids)
+    return features
+
+
+def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str, user_histories=None):
+    """A tf.Module holding the towers, the index over every item but the OOV bucket, (optionally) the key
+    vocabularies and, for a history model, every training user's latest history [num_users, L]."""
     import tensorflow as tf
 
     from retrieval import index as index_lib
@@ -46,7 +89,12 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
     module = tf.Module()
     module.query_tower = model.query_tower
     module.item_tower = model.item_tower
-    module.index = index_lib.build_index(index_kind, model.item_tower.embed_all(), k)
+    oov_id = oov_item_id(corpus)
+    module.index = index_lib.build_index(index_kind, model.item_tower.embed_all(), k + (oov_id is not None))
+    search = _top_k_without(module.index, k, oov_id)
+    module.user_histories = None
+    if user_histories is not None:
+        module.user_histories = tf.Variable(np.asarray(user_histories, np.int64), trainable=False, name="histories")
     num_users = corpus.num_users
     num_items = corpus.num_items
 
@@ -59,7 +107,7 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
 
     def top_k(user_ids):
         with tf.control_dependencies(check_ids(user_ids, num_users, "user_id")):
-            scores, item_ids = module.index(module.query_tower(user_ids))
+            scores, item_ids = search(module.query_tower(_query_features(module, user_ids)))
         return {"item_ids": tf.cast(item_ids, tf.int64), "scores": tf.cast(scores, tf.float32)}
 
     user_spec = tf.TensorSpec([None], tf.int64, name="user_id")
@@ -68,7 +116,7 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
     @tf.function(input_signature=[user_spec])
     def query_embedding(user_ids):
         with tf.control_dependencies(check_ids(user_ids, num_users, "user_id")):
-            return {"embedding": module.query_tower(user_ids)}
+            return {"embedding": module.query_tower(_query_features(module, user_ids))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="item_id")])
     def item_embedding(item_ids):
@@ -80,7 +128,47 @@ def _serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str)
     signatures = {"serving_default": module.serve, "query_embedding": query_embedding, "item_embedding": item_embedding}
     if corpus.user_keys is not None and corpus.item_keys is not None:
         signatures["serving_keys"] = _add_key_signatures(module, corpus, vocabulary_dir, top_k)
+    if getattr(model.query_tower, "history_encoder", None) is not None:
+        signatures["serving_history"] = _add_history_signature(module, corpus, vocabulary_dir, search)
     return module, signatures
+
+
+def _add_history_signature(module, corpus, vocabulary_dir: str, search):
+    """serving_history: history item keys [batch, n] string (+ the context the model reads) -> item_keys,
+    item_ids, scores [batch, K]. Keys map to ids through the item vocabulary asset (the ids as text for a corpus
+    without one); unknown keys and "" are dropped, the others keep their order (most recent first)."""
+    import tensorflow as tf
+
+    path = os.path.join(vocabulary_dir, "item_keys.txt")
+    if not os.path.exists(path):
+        _write_lines(path, corpus.item_keys or [str(item) for item in range(corpus.num_items)])
+    line = tf.lookup.TextFileIndex
+    module.item_ids_by_key = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(path, tf.string, line.WHOLE_LINE, tf.int64, line.LINE_NUMBER), -1
+    )
+    if getattr(module, "item_keys_by_id", None) is None:
+        module.item_keys_by_id = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(path, tf.int64, line.LINE_NUMBER, tf.string, line.WHOLE_LINE), ""
+        )
+    history_length = module.query_tower.history_encoder.max_length
+    context_names = module.query_tower.context_names
+    specs = [tf.TensorSpec([None, None], tf.string, name="history")]
+    specs += [tf.TensorSpec([None], tf.int64, name=name) for name in context_names]
+
+    def serving_history(history_keys, *context):
+        ids = module.item_ids_by_key.lookup(history_keys)  # [batch, n], -1 for unknown keys and ""
+        unknown_user = tf.fill([tf.shape(ids)[0]], tf.constant(-1, tf.int64))
+        ids = tf.concat([ids, unknown_user[:, tf.newaxis]], axis=1)  # at least one slot, for an empty history
+        known_first = tf.argsort(tf.cast(ids < 0, tf.int32), axis=1, stable=True)
+        ids = tf.gather(ids, known_first, batch_dims=1)[:, :history_length]
+        features = {"user_id": unknown_user, "history": ids, **dict(zip(context_names, context))}
+        scores, item_ids = search(module.query_tower(features))
+        item_ids = tf.cast(item_ids, tf.int64)
+        return {"item_ids": item_ids, "scores": tf.cast(scores, tf.float32),
+                "item_keys": module.item_keys_by_id.lookup(item_ids)}
+
+    module.serving_history = tf.function(serving_history, input_signature=specs)
+    return module.serving_history
 
 
 def _add_key_signatures(module, corpus, vocabulary_dir: str, top_k):
@@ -121,9 +209,10 @@ def _add_key_signatures(module, corpus, vocabulary_dir: str, top_k):
 
 
 def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
-           checkpoint: str = "") -> str:
+           checkpoint: str = "", user_histories=None) -> str:
     """Writes the next version <export_dir>/<n>/ (export_dir defaults to <model_dir>/export); returns its path.
 
+    user_histories: [num_users, L] every training user's latest history, for a model whose query reads one.
     Written whole or not at all (data.atomic.write_new_version); older versions are never touched. Raises
     ValueError for a bad k or index.
     """
@@ -131,8 +220,10 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
 
     if index not in INDEXES:
         raise ValueError(f"index {index!r}: expected one of {', '.join(INDEXES)}")
-    if not 1 <= k <= corpus.num_items:
-        raise ValueError(f"export top-K k={k} must be between 1 and the corpus size {corpus.num_items}")
+    num_retrievable = corpus.num_items - (oov_item_id(corpus) is not None)
+    if not 1 <= k <= num_retrievable:
+        raise ValueError(f"export top-K k={k} must be between 1 and the corpus size {num_retrievable}")
+    query_tower = model.query_tower
     metadata = {
         "k": k,
         "index": index,
@@ -140,16 +231,20 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         "num_users": corpus.num_users,
         "model_dir": os.path.abspath(model_dir),
         "checkpoint": checkpoint,
+        "oov_item_id": oov_item_id(corpus),
+        "query_features": list(getattr(query_tower, "query_features", ("user_id",))),
+        "context_features": list(getattr(query_tower, "context_names", ())),
     }
 
     def write(saved_model_dir: str) -> None:
         # Vocabularies are read at save time and copied into the SavedModel's assets/.
         with tempfile.TemporaryDirectory(prefix="vocabulary-") as vocabulary_dir:
-            module, signatures = _serving_module(model, corpus, k, index, vocabulary_dir)
+            module, signatures = _serving_module(model, corpus, k, index, vocabulary_dir, user_histories)
             tf.saved_model.save(module, saved_model_dir, signatures=signatures)
         os.makedirs(os.path.join(saved_model_dir, "assets.extra"), exist_ok=True)
         with open(os.path.join(saved_model_dir, METADATA), "w") as file:
-            json.dump({**metadata, "has_vocabulary": "serving_keys" in signatures}, file, indent=2)
+            json.dump({**metadata, "has_vocabulary": "serving_keys" in signatures,
+                   "has_history": "serving_history" in signatures}, file, indent=2)
 
     return atomic.write_new_version(export_dir or os.path.join(model_dir, "export"), write)
 
@@ -163,8 +258,13 @@ def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, in
     """
     from trainers import run_dir
 
+    from trainers import training_input
+
     restored = run_dir.restore_model(model_dir)
-    path = export(restored.model, restored.corpus, model_dir, export_dir, k, index, restored.checkpoint)
+    histories = None
+    if "history" in restored.config.model.query_features:
+        histories = training_input.latest_histories(restored.corpus, restored.config)
+    path = export(restored.model, restored.corpus, model_dir, export_dir, k, index, restored.checkpoint, histories)
     return path, restored.step
 
 

@@ -1,8 +1,11 @@
-"""Top-K items for one user from an exported SavedModel: `python -m trainers.retrieve --export_dir ... --user_id 42`.
+"""Top-K items for one user from an exported SavedModel: `python -m trainers.retrieve --export_dir ... --user_id 42`,
+or for anyone from their recent items: `... --history key1,key2,... [--context hour_of_day=20,day_of_week=4]`.
 
 Prints one line per item: rank, item id, the item's own key (when the corpus has a vocabulary) and score. With a
-vocabulary, --user_id is the user's own key; otherwise the dense user id. --export_dir is one version
-(<model_dir>/export/3) or the directory of versions, whose newest is used.
+vocabulary, --user_id is the user's own key; otherwise the dense user id. --history lists item keys (the item ids
+as text for the built-in corpus), most recent first; keys the model does not know are ignored, and an empty
+--history= asks for the model's answer to an empty history (a history model's export only). --export_dir is one
+version (<model_dir>/export/3) or the directory of versions, whose newest is used.
 """
 
 import json
@@ -17,6 +20,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "An exported version, or the export directory (its newest version).")
 flags.DEFINE_string("user_id", None, "The user: its own key when the corpus has a vocabulary, else the dense id.")
 flags.DEFINE_integer("k", 10, "Items to print, at most the exported K.", lower_bound=1)
+flags.DEFINE_string("history", None, "The user's recent item keys, most recent first, comma-separated (instead of "
+                    "--user_id; an export of a history model).")
+flags.DEFINE_list("context", [], "The context the model reads, as name=value: hour_of_day=0..23, day_of_week=0..6 "
+                  "(Monday 0); omitted ones are none.")
 
 
 def resolve_version(export_dir: str) -> str:
@@ -51,12 +58,50 @@ def load_export(version_dir: str):
     return loaded, metadata
 
 
+def _check_k(metadata, k: int) -> None:
+    if k > metadata["k"]:
+        raise ValueError(f"--k={k} exceeds the {metadata['k']} items per query this version was exported with")
+
+
+def _rows(outputs, k: int, keys):
+    ids = outputs["item_ids"].numpy()[0]
+    scores = outputs["scores"].numpy()[0]
+    return [(rank + 1, int(ids[rank]), keys[rank], float(scores[rank])) for rank in range(k)]
+
+
+def parse_context(pairs, names) -> dict:
+    """{name: value} of --context's name=value pairs, for the context features `names` the model reads (-1 for
+    the ones not given); ValueError naming the bad pair."""
+    values = {name: -1 for name in names}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in values or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--context {pair}: expected name=integer with name one of {', '.join(names) or '(none)'}")
+        values[name] = int(value)
+    return values
+
+
+def retrieve_by_history(loaded, metadata, history_keys, context_pairs, k: int):
+    """[(rank, item id, item key or None, score)] of the top k for a history of item keys (most recent first)."""
+    import tensorflow as tf
+
+    _check_k(metadata, k)
+    if not metadata.get("has_history"):
+        raise ValueError(f"--history: this export's model does not read a history (its query features: "
+                         f"{','.join(metadata.get('query_features', ['user_id']))}); use --user_id")
+    context = parse_context(context_pairs, metadata.get("context_features", []))
+    inputs = {name: tf.constant([value], tf.int64) for name, value in context.items()}
+    history = tf.constant([list(history_keys) or [""]], tf.string)  # [1, n]; "" pads
+    outputs = loaded.signatures["serving_history"](history=history, **inputs)
+    keys = [key.decode("utf-8") for key in outputs["item_keys"].numpy()[0]]
+    return _rows(outputs, k, keys if metadata["has_vocabulary"] else [None] * len(keys))
+
+
 def retrieve(loaded, metadata, user: str, k: int):
     """[(rank, item id, item key or None, score)] of the top k for `user` (a key, or a dense id as text)."""
     import tensorflow as tf
 
-    if k > metadata["k"]:
-        raise ValueError(f"--k={k} exceeds the {metadata['k']} items per query this version was exported with")
+    _check_k(metadata, k)
     if metadata["has_vocabulary"]:
         # The vocabulary asset is the user list; check it here for a clear message instead of the graph's assert.
         user_id = loaded.user_ids_of_keys(tf.constant([user])).numpy()[0]
@@ -73,13 +118,13 @@ def retrieve(loaded, metadata, user: str, k: int):
             raise ValueError(f"--user_id={user}: expected a user id in [0, {metadata['num_users']})")
         outputs = loaded.signatures["serving_default"](user_id=tf.constant([user_id], tf.int64))
         keys = [None] * metadata["k"]
-    ids = outputs["item_ids"].numpy()[0]
-    scores = outputs["scores"].numpy()[0]
-    return [(rank + 1, int(ids[rank]), keys[rank], float(scores[rank])) for rank in range(k)]
+    return _rows(outputs, k, keys)
 
 
 def main(argv):
-    cli.check_arguments(argv, "export_dir", "user_id")
+    cli.check_arguments(argv, "export_dir")
+    if (FLAGS.user_id is None) == (FLAGS.history is None):
+        raise app.UsageError("give --user_id or --history (one of them)")
     try:
         loaded, metadata = load_export(resolve_version(FLAGS.export_dir))
     except ValueError as error:
@@ -87,7 +132,11 @@ def main(argv):
     if FLAGS.k > metadata["num_items"]:
         raise app.UsageError(f"--k={FLAGS.k} exceeds the corpus size {metadata['num_items']}")
     try:
-        rows = retrieve(loaded, metadata, FLAGS.user_id, FLAGS.k)
+        if FLAGS.history is not None:
+            history_keys = [key.strip() for key in FLAGS.history.split(",") if key.strip()]
+            rows = retrieve_by_history(loaded, metadata, history_keys, FLAGS.context, FLAGS.k)
+        else:
+            rows = retrieve(loaded, metadata, FLAGS.user_id, FLAGS.k)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     with_keys = metadata["has_vocabulary"]

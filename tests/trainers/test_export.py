@@ -169,3 +169,106 @@ def test_failed_exports_are_one_clear_line_and_leave_no_version(exported, tmp_pa
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no config.json" in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "nothing" / "export")
+
+
+# A history model: users the model never trained are served from their recent items.
+
+HISTORY_TRAIN = [*TRAIN, "--query_features=history", "--cold_users=0.2", "--export_top_k=20"]
+
+
+@pytest.fixture(scope="module")
+def history_export(tmp_path_factory):
+    """The keyed log with rare items folded into `<oov>` (--min_item_count=6), a history model, 20% cold users."""
+    root = tmp_path_factory.mktemp("history_export")
+    _write_keyed_log(root / "log.csv")
+    prepared = run_module("data.prepare", f"--input={root / 'log.csv'}", f"--output_dir={root / 'corpus'}",
+                          "--user_column=user", "--item_column=item", "--timestamp_column=ts", "--min_item_count=6")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    model_dir = root / "model"
+    trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", *HISTORY_TRAIN)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return model_dir
+
+
+def _retrieve_rows(*args):
+    result = run_module("trainers.retrieve", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line.split() for line in result.stdout.strip().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_a_user_not_in_training_gets_the_in_memory_top_k_from_the_export_by_history(history_export):
+    import tensorflow as tf
+
+    from retrieval import metrics
+    from trainers import held_out, run_dir
+
+    model_dir = history_export
+    restored = run_dir.restore_model(str(model_dir))
+    corpus, oov = restored.corpus, held_out._oov_item_id(restored.corpus)
+    assert oov is not None, "the corpus has an <oov> bucket to leave out"
+    cold = held_out.load_held_out(corpus, config=restored.config).cold
+    assert len(cold.user_ids) >= 50
+    items = restored.model.item_tower.embed_all().numpy()
+    for row in range(3):
+        history = cold.history[row][cold.history[row] >= 0]
+        queries = restored.model.query_embeddings({"history": tf.constant([history], tf.int64)}).numpy()
+        _, expected = metrics.exact_top_k(queries, items, 20, exclude_ids=np.array([[oov]]))
+        keys = [corpus.item_keys[item] for item in history]
+        rows = _retrieve_rows(f"--export_dir={model_dir / 'export'}", f"--history={','.join(keys)}", "--k=20")
+        assert [int(fields[1]) for fields in rows] == expected[0].tolist()
+        assert [fields[2] for fields in rows] == [corpus.item_keys[item] for item in expected[0]]
+    # Unknown keys are ignored; an empty history is an answer too; the <oov> bucket is never returned.
+    keys = [corpus.item_keys[item] for item in cold.history[0][cold.history[0] >= 0]]
+    unknown = ["nope", keys[0], "song:9999", *keys[1:]]
+    with_unknown = _retrieve_rows(f"--export_dir={model_dir / 'export'}", f"--history={','.join(unknown)}", "--k=20")
+    plain = _retrieve_rows(f"--export_dir={model_dir / 'export'}", f"--history={','.join(keys)}", "--k=20")
+    assert with_unknown == plain
+    empty = _retrieve_rows(f"--export_dir={model_dir / 'export'}", "--history=", "--k=20")
+    assert len(empty) == 20
+    for rows in (plain, empty):
+        assert "<oov>" not in [fields[2] for fields in rows]
+
+
+@pytest.mark.slow
+def test_history_exports_answer_known_users_from_their_latest_history(history_export):
+    import tensorflow as tf
+
+    from retrieval import metrics
+    from trainers import run_dir, training_input
+
+    model_dir = history_export
+    restored = run_dir.restore_model(str(model_dir))
+    latest = training_input.latest_histories(restored.corpus, restored.config)
+    warm_user = int(np.flatnonzero((latest >= 0).any(axis=1))[0])
+    queries = restored.model.query_embeddings({"history": tf.constant(latest[[warm_user]])}).numpy()
+    oov = restored.corpus.item_keys.index("<oov>")
+    _, expected = metrics.exact_top_k(queries, restored.model.item_tower.embed_all().numpy(), 5,
+                                      exclude_ids=np.array([[oov]]))
+    rows = _retrieve_rows(f"--export_dir={model_dir / 'export'}", f"--user_id={restored.corpus.user_keys[warm_user]}",
+                          "--k=5")
+    assert [int(fields[1]) for fields in rows] == expected[0].tolist()
+    export_json = json.loads((model_dir / "export" / "1" / "assets.extra" / "export.json").read_text())
+    assert export_json["has_history"] and export_json["query_features"] == ["history"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--history=song:0001", "--user_id=user-0001"], "give --user_id or --history (one of them)"),
+        (["--history=song:0001", "--context=hour=3"], "--context hour=3: expected name=integer"),
+    ],
+)
+def test_history_retrieval_errors_are_one_line(history_export, args, expected):
+    result = run_module("trainers.retrieve", f"--export_dir={history_export / 'export'}", *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_history_needs_a_history_model(exported):
+    model_dir, version_dir = exported
+    result = run_module("trainers.retrieve", f"--export_dir={version_dir}", "--history=song:0001")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "does not read a history" in result.stderr.strip().splitlines()[-1]

@@ -122,6 +122,8 @@ flags.DEFINE_list("drift_only", [], f"Drift settings to run, by key (default all
 flags.DEFINE_integer("drift_items", 10_000, "Drift corpus: items.")
 flags.DEFINE_integer("drift_users", 10_000, "Drift corpus: users.")
 flags.DEFINE_integer("drift_interactions", 200_000, "Drift corpus: interactions per phase.")
+flags.DEFINE_string("code_version", "", "The commit the runs used, for the outputs (default: git's HEAD here, "
+                    "+uncommitted when retrieval/, trainers/ or data/ differ from it).")
 flags.DEFINE_bool("reuse_runs", False, "Keep finished runs found in --work_dir (those with a run_summary.json).")
 FLAGS = flags.FLAGS
 
@@ -432,7 +434,7 @@ def markdown(outputs: Dict) -> str:
     lines = [
         "# Losses, samplers and switches compared for the same budget",
         "",
-        f"Command: `{outputs['command']}`",
+        f"Command: `{outputs['command']}` (code: {outputs['code_version']})",
         "",
         f"Every run is `python -m trainers.train` in a subprocess, read back from its metrics.json, "
         f"run_summary.json and TensorBoard events (`scripts/compare_losses.py`; the figures are also in "
@@ -583,6 +585,21 @@ def plot(outputs: Dict, path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
+def code_version() -> str:
+    if FLAGS.code_version:
+        return FLAGS.code_version
+
+    def git(*arguments):
+        result = subprocess.run(["git", *arguments], cwd=REPO_ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "retrieval", "trainers", "data")
+    return head + ("+uncommitted" if changed else "")
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorBoard's event reader logs every file it opens
     if len(argv) > 1:
@@ -600,6 +617,7 @@ def main(argv):
     outputs = {
         "command": "python scripts/compare_losses.py " + " ".join(sys.argv[1:]),
         "work_dir": work_dir,
+        "code_version": code_version(),
         **{name: getattr(FLAGS, name) for name in ("num_items", "num_users", "num_interactions", "num_sampled",
                                                    "batch_size", "epochs", "steps_per_epoch")},
         "datasets": {data: run_part_one(data, settings, work_dir) for data in FLAGS.data},

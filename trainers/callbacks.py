@@ -125,6 +125,10 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             self.manager.save(checkpoint_number=step)
             self.last_saved_step = step
 
+    def on_train_begin(self, logs=None):
+        if self.last_saved_step < 0:  # a resumed run starts at its restored checkpoint's step: nothing new to save
+            self.last_saved_step = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         # Saved on crossing a multiple of every_steps: with steps_per_execution > 1, or asynchronous
         # parameter_server steps, the step counter need not land on the multiple itself.

@@ -41,7 +41,7 @@ def main(argv):
     writer.close()
     run_dir.write_json(run_dir.RunDir(FLAGS.model_dir).evaluation(restored.step), {
         "checkpoint": restored.checkpoint, "step": restored.step, "num_users": len(queries.user_ids),
-        "exclude_seen": FLAGS.exclude_seen, "metrics": results,
+        "exclude_seen": FLAGS.exclude_seen, "metrics": results, "warnings": list(restored.warnings),
     })
     print(f"{restored.checkpoint} (step {restored.step}), {len(queries.user_ids)} held-out users"
           f"{', training items excluded' if FLAGS.exclude_seen else ''}:")

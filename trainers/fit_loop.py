@@ -108,6 +108,8 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas) -> Di
         "final_step": final_step,
         "restored_from_step": resume.step,
         "restored_from": "backup" if resume.from_backup else resume.checkpoint,
+        "removed_partial_saves": list(resume.removed_partial_saves),
+        "warnings": list(resume.warnings),
         "item_table": placement,
         "weights_fingerprint": fingerprint,
     }

@@ -107,9 +107,10 @@ def _train(tf, strategy, config, corpus, task: Task):
     first_batch = training_input.first_batch()
     model = model_builder.build_for_training(tf, strategy, corpus, config, first_batch)
     placement = fit_loop.item_table_placement(model, task_name)
-    checkpoint, manager = run_dir.checkpoint_manager(tf, model, task.write_dir.checkpoints)
+    checkpoint = run_dir.training_checkpoint(tf, model)
     resume = run_dir.restore_for_training(tf, checkpoint, task.job_dir, task.strategy_name == "multi_worker",
-                                          config.optimization.learning_rate)
+                                          config.optimization.learning_rate, repair=is_chief)
+    manager = run_dir.checkpoint_manager(tf, checkpoint, task.write_dir.checkpoints)
     schedule = fit_loop.Schedule.of(config, corpus)
     schedule.log_resume(task_name, resume.step)
     train_writer, evaluation = None, None
@@ -171,7 +172,7 @@ def main(argv):
         print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
     try:
         outcome = train(config, model_dir, cluster, strategy_name)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, run_dir.CheckpointError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")
     if outcome is not None:  # the chief: other tasks leave the run's files to it
         _report_and_export(config, run_dir.RunDir(model_dir), outcome)

@@ -118,3 +118,108 @@ def test_stopped_multi_worker_job_continues_from_its_backup(tmp_path):
     assert 30 <= chief["restored_from_step"] < 120
     assert chief["final_step"] == other["final_step"] == 120
     assert chief["weights_fingerprint"] == other["weights_fingerprint"]
+
+
+# A damaged newest checkpoint. The run of `damaged_run` leaves ckpt-10, ckpt-20 and ckpt-30; each test damages a
+# copy of it the way a failing disk or a full one would.
+DAMAGE_RUN = [*TINY, "--steps_per_epoch=30", "--checkpoint_every_steps=10", "--noexport"]
+
+
+@pytest.fixture(scope="module")
+def damaged_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damage")
+    trained = run_module("trainers.train", f"--model_dir={root / 'model'}", f"--cache_dir={root / 'cache'}",
+                         *DAMAGE_RUN, "--epochs=1")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert _checkpoint_steps(root / "model") == [10, 20, 30]
+    return root
+
+
+def _copy_of(damaged_run, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(damaged_run / "model", model_dir)
+    return model_dir, [f"--model_dir={model_dir}", f"--cache_dir={damaged_run / 'cache'}"]
+
+
+def _data_file(model_dir, step):
+    return model_dir / "checkpoints" / f"ckpt-{step}.data-00000-of-00001"
+
+
+def _registered_steps(model_dir):
+    state = tf.train.get_checkpoint_state(str(model_dir / "checkpoints"))
+    return [int(path.rsplit("ckpt-", 1)[1]) for path in state.all_model_checkpoint_paths]
+
+
+@pytest.mark.slow
+def test_restart_sets_a_truncated_newest_checkpoint_aside_and_resumes_from_the_newest_intact_one(damaged_run, tmp_path):
+    model_dir, where = _copy_of(damaged_run, tmp_path)
+    half = _data_file(model_dir, 30).stat().st_size // 2
+    os.truncate(_data_file(model_dir, 30), half)
+    partial = model_dir / "checkpoints" / "ckpt-40_temp"  # what a kill during the save of step 40 leaves
+    partial.mkdir()
+    (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 100)
+
+    restarted = run_module("trainers.train", *where, *DAMAGE_RUN, "--epochs=2")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "Traceback" not in restarted.stderr
+    summary = json.loads((model_dir / "run_summary.json").read_text())
+    assert summary["restored_from_step"] == 20 and summary["restored_from"].endswith("ckpt-20")
+    assert summary["final_step"] == 60
+    [warning] = summary["warnings"]
+    assert warning["kind"] == "damaged_checkpoint" and warning["checkpoint"].endswith("ckpt-30")
+    assert "ckpt-30" in warning["message"] and "ckpt-20" in warning["message"]
+    set_aside = model_dir / "checkpoints" / "damaged"
+    assert sorted(path.name for path in set_aside.iterdir()) == ["ckpt-30.data-00000-of-00001", "ckpt-30.index"]
+    assert (set_aside / "ckpt-30.data-00000-of-00001").stat().st_size == half, "moved as it was, not deleted"
+    assert summary["removed_partial_saves"] == ["ckpt-40_temp"] and not partial.exists()
+    # The manager still keeps the 3 newest: the restored checkpoints were registered anew with their timestamps.
+    assert _registered_steps(model_dir) == [40, 50, 60] == _checkpoint_steps(model_dir)
+
+
+@pytest.mark.slow
+def test_evaluate_sets_a_zeroed_newest_checkpoint_aside_once_and_reports_the_newest_intact_one(damaged_run, tmp_path):
+    model_dir, where = _copy_of(damaged_run, tmp_path)
+    _data_file(model_dir, 30).write_bytes(b"\0" * _data_file(model_dir, 30).stat().st_size)
+
+    evaluated = run_module("trainers.evaluate", where[0])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "Traceback" not in evaluated.stderr
+    report = json.loads((model_dir / "evaluation" / "step-20.json").read_text())
+    assert report["step"] == 20 and report["checkpoint"].endswith("ckpt-20")
+    assert [warning["kind"] for warning in report["warnings"]] == ["damaged_checkpoint"]
+    assert "ckpt-30" in report["warnings"][0]["message"]
+    assert not (model_dir / "evaluation" / "step-30.json").exists()
+    assert _registered_steps(model_dir) == [10, 20], "dropped from the checkpoint state"
+    assert (model_dir / "checkpoints" / "damaged" / "ckpt-30.index").exists()
+
+    again = run_module("trainers.evaluate", where[0])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((model_dir / "evaluation" / "step-20.json").read_text())["warnings"] == [], "not picked again"
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_is_a_one_line_error_that_leaves_every_file_in_place(damaged_run, tmp_path):
+    model_dir, where = _copy_of(damaged_run, tmp_path)
+    for step in (10, 20, 30):
+        os.truncate(_data_file(model_dir, step), 64)
+    before = sorted(path.name for path in (model_dir / "checkpoints").iterdir())
+
+    for command in (["trainers.evaluate", where[0]], ["trainers.train", *where, *DAMAGE_RUN, "--epochs=2"]):
+        result = run_module(*command)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert "no intact checkpoint" in last_line and all(f"ckpt-{step}" in last_line for step in (10, 20, 30))
+    assert sorted(path.name for path in (model_dir / "checkpoints").iterdir()) == before
+    assert json.loads((model_dir / "run_summary.json").read_text())["final_step"] == 30, "the first run's summary"
+
+
+@pytest.mark.slow
+def test_restart_with_another_model_shape_is_a_one_line_error(damaged_run, tmp_path):
+    model_dir, where = _copy_of(damaged_run, tmp_path)
+    result = run_module("trainers.train", *where, *DAMAGE_RUN, "--epochs=2", "--embedding_dim=32")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "ckpt-30 does not fit this run's model" in last_line and "--model_dir" in last_line
+    assert _checkpoint_steps(model_dir) == [10, 20, 30] and not (model_dir / "checkpoints" / "damaged").exists()

@@ -126,12 +126,15 @@ def candidate_logits(
     dim = tf.shape(query_embeddings)[-1]
 
     flat_true = tf.reshape(true_ids, [-1])
-    embeddings = item_tower(tf.concat([flat_true, sampled_ids], axis=0))
-    embeddings = tf.cast(embeddings, tf.float32)
     query = tf.cast(query_embeddings, tf.float32)
-    num_flat_true = tf.shape(flat_true)[0]
-    true_embeddings = tf.reshape(embeddings[:num_flat_true], [batch_size, num_true, dim])
-    sampled_embeddings = embeddings[num_flat_true:]
+    if candidates.ids_are_true_ids:  # in-batch on one replica: the sampled block is the true column, embedded once
+        true_embeddings = tf.reshape(tf.cast(item_tower(flat_true), tf.float32), [batch_size, num_true, dim])
+        sampled_embeddings = true_embeddings[:, 0]  # [batch, dim]
+    else:
+        embeddings = tf.cast(item_tower(tf.concat([flat_true, sampled_ids], axis=0)), tf.float32)
+        num_flat_true = tf.shape(flat_true)[0]
+        true_embeddings = tf.reshape(embeddings[:num_flat_true], [batch_size, num_true, dim])
+        sampled_embeddings = embeddings[num_flat_true:]  # [num_sampled, dim]
 
     true_logits = tf.einsum("bd,btd->bt", query, true_embeddings)  # [batch, num_true]
     sampled_logits = tf.matmul(query, sampled_embeddings, transpose_b=True)  # [batch, num_sampled]

@@ -33,6 +33,9 @@ class SampledCandidates(NamedTuple):
     true_expected_count: tf.Tensor
     sampled_expected_count: tf.Tensor
     own_positive: Optional[tf.Tensor] = None
+    # True when ids are exactly the batch's first true ids (in-batch sampling on one replica): the losses then
+    # embed them once, for the true and the sampled block alike (half the gathers and gradient rows).
+    ids_are_true_ids: bool = False
 
 
 def log_uniform_probability(class_ids, range_max: int):
@@ -131,7 +134,8 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None, expected_co
     ids = true_classes[:, 0]
     own_rows = tf.range(tf.shape(ids)[0])
     replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1:
+    gathered = replica is not None and replica.num_replicas_in_sync > 1
+    if gathered:
         own_rows += tf.cast(replica.replica_id_in_sync_group, tf.int32) * tf.shape(ids)[0]
         ids = replica.all_gather(ids, axis=0)  # [global batch]: replicas in order, like the global batch
     batch_size = tf.shape(ids)[0]
@@ -149,7 +153,7 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None, expected_co
         true_same = tf.equal(true_classes[:, :, tf.newaxis], ids[tf.newaxis, tf.newaxis, :])
         true_expected = tf.maximum(tf.reduce_sum(tf.cast(true_same, tf.float32), axis=-1), 1.0)
     own_positive = tf.one_hot(own_rows, batch_size, on_value=True, off_value=False)  # [rows, batch]
-    return SampledCandidates(ids, true_expected, sampled_expected, own_positive)
+    return SampledCandidates(ids, true_expected, sampled_expected, own_positive, ids_are_true_ids=not gathered)
 
 
 def mixed(in_batch_candidates: SampledCandidates, corpus_candidates: SampledCandidates):

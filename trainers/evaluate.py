@@ -34,7 +34,7 @@ def main(argv):
         raise app.UsageError(f"--model_dir={FLAGS.model_dir}: {error}") from None
     if max(ks) > restored.corpus.num_items:
         raise app.UsageError(f"--eval_top_k={max(ks)} exceeds the corpus size {restored.corpus.num_items}")
-    queries = held_out.load_held_out(restored.corpus, FLAGS.max_users, FLAGS.exclude_seen)
+    queries = held_out.load_held_out(restored.corpus, FLAGS.max_users, FLAGS.exclude_seen, restored.config)
     results = held_out.evaluate(restored.model, queries, ks)
     writer = tf.summary.create_file_writer(run_dir.RunDir(FLAGS.model_dir).events("eval"))
     summaries.write_scalars(writer, restored.step, results)

@@ -41,7 +41,7 @@ def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None
     if first_batch is not None:
         summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
     summaries.write_hparams(write_dir.tensorboard, hparams)
-    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen)
+    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen, config)
     evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"))
     return train_writer, evaluation
 
@@ -117,7 +117,7 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas) -> Di
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
     """The final held-out metrics (the last epoch's, when an epoch ran), the most-popular baseline on the same
-    queries, and the embedding projector of the most frequent items."""
+    queries (also in TensorBoard), and the embedding projector of the most frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
     model_metrics = evaluation.last_metrics or held_out.evaluate(model, evaluation.held_out, ks)
     if config.logging.projector_items:
@@ -125,4 +125,7 @@ def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCall
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
         summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys)
     baseline = held_out.popularity_baseline(corpus.item_counts, evaluation.held_out, ks)
+    step = int(model.optimizer.iterations.numpy())
+    for at_step in sorted({0, step}):  # a flat line beside the model's curves (eval/most_popular/...)
+        summaries.write_scalars(evaluation.writer, at_step, held_out.baseline_scalars(baseline), flush=True)
     return {"metrics": model_metrics, "most_popular": baseline}

@@ -11,10 +11,19 @@
 TF_CONFIG is checked before any TensorFlow runtime starts: a bad one is a one-line `DistributeError`.
 """
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import select
+import socket
+import time
 from typing import Dict, List, Optional
+
+from absl import logging
+
+from trainers import cli
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server")
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
@@ -189,6 +198,7 @@ def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_p
         return tf.distribute.MirroredStrategy(devices=devices)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if name == "multi_worker":
+        wait_for_peers(spec)
         # RING collectives over gRPC: the only implementation on CPUs, and NCCL picks itself on GPUs via AUTO.
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     num_ps = len(spec.cluster["ps"])
@@ -199,15 +209,98 @@ def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_p
 
 
 def run_server(tf, spec: ClusterSpec) -> None:
-    """Runs this ps (or parameter_server worker) task's gRPC server until the process is stopped."""
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec(spec.cluster),
-        job_name=spec.task_type,
-        task_index=spec.task_id,
-        protocol="grpc",
+    """Runs this ps (or parameter_server worker) task's gRPC server until the process is stopped: SIGTERM or
+    SIGINT stop it with one line (cli.Stopped). The server runs on TensorFlow's threads while this one waits in
+    Python, where the signals are handled (Server.join would wait inside TensorFlow)."""
+    tf.distribute.Server(
+        tf.train.ClusterSpec(spec.cluster), job_name=spec.task_type, task_index=spec.task_id, protocol="grpc",
         start=True,
     )
-    server.join()
+    with cli.stop_on_signals(lambda name: f"{spec.task_name}: stopped by {name} while serving the parameter_server "
+                                          "job"):
+        logging.info("%s: serving the parameter_server job (the chief drives training)", spec.task_name)
+        while True:  # short sleeps: a signal the kernel hands to one of TensorFlow's threads does not end a sleep
+            time.sleep(0.5)  # of this one, and Python runs the handler only when this thread next runs Python
+
+
+# A multi_worker task's wait for the others: how often it looks, and how often it says whom it waits for.
+PEER_POLL_SECONDS = 0.25
+PEER_REPORT_SECONDS = 30.0
+
+
+def host_and_port(address: str):
+    """("host", port) of a checked TF_CONFIG address ("[v6]:port" gives the bare v6 address)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_peers(spec: ClusterSpec) -> None:
+    """Waits, in Python, until every other training task of a multi_worker job accepts connections on its TF_CONFIG
+    address, while this task listens on its own port so that the others see it too; logs whom it waits for.
+
+    MultiWorkerMirroredStrategy waits for its peers inside TensorFlow, holding the interpreter, with TensorFlow's
+    own SIGTERM handler installed (it only records the signal): a task whose peer never comes could then only be
+    killed with SIGKILL. Waiting here first, SIGTERM or Ctrl-C stops it with one line naming the missing tasks
+    (cli.Stopped). A peer that dies later, once all have met, still blocks TensorFlow's set-up. DistributeError when
+    this task's port is taken.
+    """
+    peers = {f"{task_type} {index}": address for task_type in ("chief", "worker")
+             for index, address in enumerate(spec.cluster.get(task_type, []))
+             if (task_type, index) != (spec.task_type, spec.task_id)}
+    missing = dict(peers)
+    with _listening(spec) as listener, cli.stop_on_signals(
+        lambda name: f"{spec.task_name}: stopped by {name} while waiting for {_named(missing)} of the multi_worker "
+                     "job to start; nothing was trained"
+    ):
+        reported = -math.inf
+        while True:
+            missing = {name: address for name, address in missing.items() if not _accepts(address)}
+            if not missing:
+                return
+            if time.monotonic() - reported >= PEER_REPORT_SECONDS:
+                logging.info("%s: waiting for %s to start (TF_CONFIG)", spec.task_name, _named(missing))
+                reported = time.monotonic()
+            _answer(listener, PEER_POLL_SECONDS)
+
+
+def _named(tasks: Dict[str, str]) -> str:
+    return ", ".join(f"{name} at {address}" for name, address in tasks.items())
+
+
+@contextlib.contextmanager
+def _listening(spec: ClusterSpec):
+    """A socket listening on this task's TF_CONFIG port (every interface), closed after the block."""
+    task_address = spec.cluster[spec.task_type][spec.task_id]
+    port = host_and_port(task_address)[1]
+    dual = socket.has_dualstack_ipv6()
+    try:
+        listener = socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                        dualstack_ipv6=dual)
+    except OSError as error:
+        raise DistributeError(f"TF_CONFIG cluster[{spec.task_type!r}][{spec.task_id}] = {task_address!r}: this task "
+                              f"cannot listen on port {port} ({error.strerror}); is another process using it?") from None
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def _accepts(address: str) -> bool:
+    """Whether a TCP connection to address succeeds now."""
+    try:
+        socket.create_connection(host_and_port(address), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def _answer(listener, seconds: float) -> None:
+    """Accepts (and closes) the other tasks' probes for up to `seconds`, so they find this task listening."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([listener], [], [], left)[0]:
+            connection, _ = listener.accept()
+            connection.close()
 
 
 def tf_config_from_environment() -> ClusterSpec:

@@ -162,7 +162,6 @@ def main(argv):
 
     cluster, strategy_name = _resolve_strategy(tf, config)
     if strategy_name == "parameter_server" and cluster.task_type in ("ps", "worker"):
-        logging.info("%s: serving the parameter_server job (the chief drives training)", cluster.task_name)
         distribute.run_server(tf, cluster)
         return
     if cluster.task_type is not None and not FLAGS.model_dir:

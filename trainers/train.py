@@ -181,8 +181,8 @@ def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
     """metrics.json, the report, the export, and last run_summary.json (which names the export)."""
     from trainers import export, held_out
 
-    run_dir.write_json(model_dir.join(run_dir.METRICS),
-                       {"model": summary["metrics"], "most_popular": summary["most_popular"]})
+    run_dir.write_json(model_dir.join(run_dir.METRICS), held_out.metrics_document(summary["metrics"],
+                                                                                   summary["most_popular"]))
     print(held_out.report(summary["metrics"], summary["most_popular"], config.evaluation.eval_top_k), flush=True)
     if config.evaluation.export:
         path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k)

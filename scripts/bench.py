@@ -1,23 +1,30 @@
-"""Training throughput and peak memory of each loss at 100K, 1M and 10M items, next to a plain tf.nn loop.
+"""Training throughput against what users pick instead, and peak memory, at 100K, 1M and 10M items.
 
-    .venv/bin/python scripts/bench.py                 # prints the table, writes docs/benchmarks.md
-    .venv/bin/python scripts/bench.py --sizes=100000  # one size only
+    .venv/bin/python scripts/bench.py                    # the table, written to docs/benchmarks.md
+    .venv/bin/python scripts/bench.py --sizes=1000000    # one size
 
-Every measurement runs in a child process of its own, so its peak resident memory (ru_maxrss) is its own.
-"trainer" rows train the trainer's own pieces: the built-in corpus as TFRecord shards through
-data.pipeline.training_dataset (read into memory, one seeded permutation per epoch), trainers.model_builder's
-TwoTowerModel, the trainer's optimizer (lazy Adam), and Keras fit with the TensorBoard callback writing every 50
-steps. "trainer, streaming input" is the same with the pipeline forced to stream (record shuffle buffer and
-batched parsing), to show what the in-memory input is worth. "plain" rows are what one writes by hand: the same
-tables (item and user embeddings, dim 64) fed by the usual tf.data chain (TFRecordDataset, shuffle(100,000),
-repeat, batch, parse_example, prefetch), a tf.function step on tf.nn.sampled_softmax_loss, and either stock
-tf.keras Adam or the same lazy Adam. Ratios are taken between rows of the same run; the machine is shared, so
-absolute figures move between runs and ratios less so.
+Rows, each measured in a process of its own (so its peak resident memory is its own), repeats interleaved so a
+burst of load from other processes hurts every row alike; a row shows the median and the min-max of its repeats:
+  trainer: <flags>            `python -m trainers.train` on the built-in corpus, the command users run, with the
+                              flags shown; examples/s is the trainer's own TensorBoard `examples_per_second`
+                              (median of its windows after the warm-up steps)
+  tf.nn + Adagrad, cached     the loop the TFRS tutorials teach, written by hand: the split read into memory,
+                              `shuffle(100_000).batch(B).cache()`, embedding tables, a tf.function step on
+                              tf.nn.sampled_softmax_loss, Keras Adagrad(0.1)
+  TFRS in-batch Retrieval     tfrs.Model + tfrs.tasks.Retrieval (in-batch softmax) over Embedding towers,
+                              Keras Adagrad(0.1), `fit` on the same cached batches
+  matmul limit                the step's three matrix products (forward [B, D] x [D, C] logits, and the two
+                              backward products), C = num_sampled + 1, at this machine's measured rate: no
+                              sampled-softmax step can be faster
+Ratios are taken between rows of the same run: each trainer row against the hand-written loop, the in-batch
+rows against TFRS, and every sampled-softmax row as its share of the matmul limit. --breakdown adds where the
+CPU time of one trainer step goes (scripts/profile_step.py).
 """
 
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from data import sources  # noqa: E402
 
 flags.DEFINE_list("sizes", ["100000", "1000000", "10000000"], "Item counts to measure.")
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
@@ -36,28 +44,20 @@ flags.DEFINE_integer("num_sampled", 1000, "Sampled negatives per step.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
 flags.DEFINE_integer("num_users", 100_000, "Users in the benchmark corpus.")
 flags.DEFINE_integer("num_interactions", 1_000_000, "Interactions in the benchmark corpus.")
-flags.DEFINE_integer("steps", 60, "Measured steps per sampled configuration (after warm-up).")
-flags.DEFINE_integer("warmup_steps", 15, "Steps run before timing (tracing, first allocations).")
-flags.DEFINE_integer(
-    "dense_steps", 5, "Measured steps for the configurations whose step is O(items): full softmax and stock Adam."
-)
+flags.DEFINE_integer("steps", 200, "Measured steps per configuration (after warm-up).")
+flags.DEFINE_integer("warmup_steps", 40, "Steps run before timing (tracing, first allocations).")
+flags.DEFINE_integer("dense_steps", 4, "Measured steps for full softmax, whose step is O(items).")
 flags.DEFINE_integer("full_softmax_max_items", 1_000_000, "Largest corpus where full softmax is measured.")
-flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "retrieval-trainer"), "Corpus cache.")
-flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report path ('' to skip).")
-flags.DEFINE_integer("repeats", 2, "Measurements per configuration, interleaved; the fastest counts (noise).")
-flags.DEFINE_integer("steps_per_execution", 1, "Trainer steps per tf.function call (Keras compile).")
+flags.DEFINE_string("cache_dir", sources.DEFAULT_CACHE_DIR, "Corpus cache (the trainer's --cache_dir).")
+flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report path ('' to skip); a .json beside it.")
+flags.DEFINE_integer("repeats", 3, "Interleaved measurements per row.")
+flags.DEFINE_list("trainer_variants", ["", "--optimizer=adagrad", "--loss=in_batch", "--loss=in_batch --optimizer=adagrad",
+                                       "--loss=full_softmax"], "Trainer flag sets, one row each ('' = defaults).")
+flags.DEFINE_bool("breakdown", True, "Also measure where a trainer step's CPU time goes (scripts/profile_step.py).")
 flags.DEFINE_string("child", "", "Internal: run one measurement described by this JSON and print its result.")
 FLAGS = flags.FLAGS
 
-CONFIGURATIONS = [
-    ("trainer", "sampled_softmax"),
-    ("trainer", "sampled_softmax, streaming input"),
-    ("trainer", "nce"),
-    ("trainer", "in_batch"),
-    ("trainer", "full_softmax"),
-    ("plain", "lazy_adam"),
-    ("plain", "adam"),
-]
+TIMED_WINDOW = 10  # steps per examples_per_second window of the trainer rows (its --log_every_steps)
 
 
 def _corpus(num_items):
@@ -69,40 +69,117 @@ def _corpus(num_items):
     return builtin.prepare(config, FLAGS.cache_dir)
 
 
-def _measure_trainer(corpus, loss, steps):
+def _trainer_flags(spec):
+    """The trainer command line of a row: the benchmark corpus (the cache the bench made), its step budget."""
+    steps = spec["warmup"] + spec["steps"]
+    return [
+        f"--cache_dir={FLAGS.cache_dir}", f"--num_items={spec['num_items']}", f"--num_users={FLAGS.num_users}",
+        f"--num_interactions={FLAGS.num_interactions}", "--seed=42", f"--batch_size={FLAGS.batch_size}",
+        f"--num_sampled={FLAGS.num_sampled}", f"--embedding_dim={FLAGS.embedding_dim}", "--epochs=1",
+        f"--steps_per_epoch={steps}", f"--log_every_steps={min(TIMED_WINDOW, spec['steps'])}",
+        "--checkpoint_every_steps=0",
+        "--noexport", "--projector_items=0", "--eval_max_users=200", *spec["variant"].split(),
+    ]
+
+
+def _measure_trainer(spec):
+    """Runs trainers.train as the only child of this process, so the children's peak resident memory is its own,
+    and reads its throughput from the run's own TensorBoard events. Returns (examples/s, peak bytes)."""
+    from trainers.event_reader import read_scalars
+
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as model_dir:
+        command = [sys.executable, "-m", "trainers.train", f"--model_dir={model_dir}", *_trainer_flags(spec)]
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError((result.stderr.strip().splitlines() or ["no output"])[-1])
+        windows = read_scalars(os.path.join(model_dir, "tensorboard", "train"))["examples_per_second"]
+    timed = [value for step, value in windows if step > spec["warmup"]] or [value for _, value in windows]
+    return statistics.median(timed), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def _cached_batches(corpus):
+    """The TFRS tutorials' input: the split in memory, shuffled, batched and cached."""
     import tensorflow as tf
 
-    from data import pipeline
-    from retrieval.optimizers import LazyAdam
-    from retrieval.retrieval_loss import LossConfig
-    from trainers import model_builder
+    from data import records
 
+    columns = records.read_all(corpus.train_files)
+    features = {"user_id": columns["user_id"], "item_id": columns["item_id"]}
+    dataset = tf.data.Dataset.from_tensor_slices(features).shuffle(100_000, seed=42)
+    return dataset.batch(FLAGS.batch_size, drop_remainder=True).cache().repeat()
+
+
+def _timed_loop(step, batches, warmup, steps):
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(next(iterator))
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step(next(iterator))
+    float(loss)  # wait for the last step
+    return steps * FLAGS.batch_size / (time.perf_counter() - started)
+
+
+def _measure_tf_nn(spec):
+    """The hand-written loop: tf.nn.sampled_softmax_loss and Keras Adagrad over cached batches."""
+    import tensorflow as tf
+
+    corpus = _corpus(spec["num_items"])
     tf.keras.utils.set_random_seed(42)
-    streaming = loss.endswith(", streaming input")
-    loss = loss.split(",")[0]
-    config = LossConfig(loss=loss, num_sampled=FLAGS.num_sampled, seed=42)
-    model = model_builder.build_model(corpus, config, FLAGS.embedding_dim)
-    model.compile(optimizer=LazyAdam(0.005), steps_per_execution=FLAGS.steps_per_execution)
-    dataset = pipeline.training_dataset(
-        corpus.train_files, FLAGS.batch_size, seed=42, repeat=True, max_in_memory_bytes=0 if streaming else 1 << 40
-    )
-    timer = _StepTimer(FLAGS.warmup_steps)
-    with tempfile.TemporaryDirectory(prefix="bench-tb-") as log_dir:
-        tensorboard = tf.keras.callbacks.TensorBoard(log_dir, update_freq=50, profile_batch=0)
-        # One fit call: a second would build a new iterator and refill the shuffle buffer inside the timing.
-        model.fit(
-            dataset, epochs=1, steps_per_epoch=FLAGS.warmup_steps + steps, verbose=0, callbacks=[tensorboard, timer]
-        )
-    return timer.seconds
+    initializer = tf.keras.initializers.RandomUniform(-0.05, 0.05)
+    item_table = tf.Variable(initializer([corpus.num_items, FLAGS.embedding_dim]), name="items")
+    user_table = tf.Variable(initializer([corpus.num_users, FLAGS.embedding_dim]), name="users")
+    biases = tf.zeros([corpus.num_items])
+    optimizer = tf.keras.optimizers.Adagrad(0.1)
+    variables = [item_table, user_table]
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            queries = tf.nn.embedding_lookup(user_table, batch["user_id"])
+            labels = batch["item_id"][:, tf.newaxis]
+            loss = tf.reduce_mean(tf.nn.sampled_softmax_loss(
+                item_table, biases, labels, queries, FLAGS.num_sampled, corpus.num_items, seed=42
+            ))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return _timed_loop(step, _cached_batches(corpus), spec["warmup"], spec["steps"])
 
 
-class _StepTimer:
+def _measure_tfrs(spec):
+    """TFRS's in-batch Retrieval task under Keras fit, as its tutorials build it (no top-K metrics in training)."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    corpus = _corpus(spec["num_items"])
+    tf.keras.utils.set_random_seed(42)
+
+    class TutorialModel(tfrs.Model):
+        def __init__(self):
+            super().__init__()
+            self.user_model = tf.keras.layers.Embedding(corpus.num_users, FLAGS.embedding_dim)
+            self.item_model = tf.keras.layers.Embedding(corpus.num_items, FLAGS.embedding_dim)
+            self.task = tfrs.tasks.Retrieval()
+
+        def compute_loss(self, features, training=False):
+            return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]))
+
+    model = TutorialModel()
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    timer = _WindowTimer(spec["warmup"])
+    model.fit(_cached_batches(corpus), epochs=1, steps_per_epoch=spec["warmup"] + spec["steps"], verbose=0,
+              callbacks=[timer])
+    return spec["steps"] * FLAGS.batch_size / timer.seconds
+
+
+class _WindowTimer:
     """Keras callback: wall time from the end of the warm-up steps to the end of training."""
 
     def __new__(cls, warmup_steps):
         import tensorflow as tf
 
-        class StepTimer(tf.keras.callbacks.Callback):
+        class WindowTimer(tf.keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if batch >= warmup_steps - 1 and not hasattr(self, "started"):
                     self.started = time.perf_counter()
@@ -110,156 +187,81 @@ class _StepTimer:
             def on_train_end(self, logs=None):
                 self.seconds = time.perf_counter() - self.started
 
-        return StepTimer()
+        return WindowTimer()
 
 
-def _measure_plain(corpus, optimizer_name, steps):
-    """The hand-written baseline: same tables, the usual tf.data chain, tf.nn.sampled_softmax_loss."""
+def _measure_matmul_limit(spec):
+    """Examples/s if a step did nothing but its three [B, D] x [D, C]-sized products, C = num_sampled + 1."""
     import tensorflow as tf
 
-    from data import records
-    from retrieval.optimizers import LazyAdam
-
-    tf.keras.utils.set_random_seed(42)
-    initializer = tf.keras.initializers.RandomUniform(-0.05, 0.05)
-    item_table = tf.Variable(initializer([corpus.num_items, FLAGS.embedding_dim]), name="items")
-    user_table = tf.Variable(initializer([corpus.num_users, FLAGS.embedding_dim]), name="users")
-    biases = tf.zeros([corpus.num_items])
-    optimizer = LazyAdam(0.005) if optimizer_name == "lazy_adam" else tf.keras.optimizers.Adam(0.005)
-    variables = [item_table, user_table]
+    batch, dim, candidates = FLAGS.batch_size, FLAGS.embedding_dim, FLAGS.num_sampled + 1
+    queries = tf.random.normal([batch, dim])
+    items = tf.random.normal([candidates, dim])
+    upstream = tf.random.normal([batch, candidates])
 
     @tf.function
-    def step(batch):
-        with tf.GradientTape() as tape:
-            queries = tf.nn.embedding_lookup(user_table, batch["user_id"])
-            loss = tf.reduce_mean(
-                tf.nn.sampled_softmax_loss(
-                    item_table,
-                    biases,
-                    batch["item_id"][:, tf.newaxis],
-                    queries,
-                    FLAGS.num_sampled,
-                    corpus.num_items,
-                    seed=42,
-                )
-            )
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+    def products(queries, items, upstream):
+        logits = tf.matmul(queries, items, transpose_b=True)  # forward [B, C]
+        query_gradient = tf.matmul(upstream, items)  # [B, D]
+        item_gradient = tf.matmul(upstream, queries, transpose_a=True)  # [C, D]
+        return logits[0, 0] + query_gradient[0, 0] + item_gradient[0, 0]
 
-    dataset = (
-        tf.data.TFRecordDataset(corpus.train_files)
-        .shuffle(100_000, seed=42)
-        .repeat()
-        .batch(FLAGS.batch_size, drop_remainder=True)
-        .map(records.parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    iterator = iter(dataset)
-    for _ in range(FLAGS.warmup_steps):
-        step(next(iterator))
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss = step(next(iterator))
-    float(loss)  # wait for the last step
-    return time.perf_counter() - started
+    step = lambda _: products(queries, items, upstream)  # noqa: E731
+    return _timed_loop(step, iter(int, 1), spec["warmup"], 20 * spec["steps"])
+
+
+MEASURES = {"trainer": _measure_trainer, "tf_nn": _measure_tf_nn, "tfrs": _measure_tfrs, "matmul": _measure_matmul_limit}
 
 
 def run_child(spec):
-    corpus = _corpus(spec["num_items"])
-    steps = spec["steps"]
-    if spec["kind"] == "trainer":
-        seconds = _measure_trainer(corpus, spec["variant"], steps)
+    measured = MEASURES[spec["kind"]](spec)
+    if isinstance(measured, tuple):  # a row that ran its own process
+        examples_per_second, peak_bytes = measured
     else:
-        seconds = _measure_plain(corpus, spec["variant"], steps)
-    peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"examples_per_second": steps * FLAGS.batch_size / seconds, "peak_bytes": peak_bytes}
-
-
-def _child_command(spec):
-    passthrough = [
-        f"--batch_size={FLAGS.batch_size}",
-        f"--num_sampled={FLAGS.num_sampled}",
-        f"--embedding_dim={FLAGS.embedding_dim}",
-        f"--num_users={FLAGS.num_users}",
-        f"--num_interactions={FLAGS.num_interactions}",
-        f"--warmup_steps={FLAGS.warmup_steps}",
-        f"--steps_per_execution={FLAGS.steps_per_execution}",
-        f"--cache_dir={FLAGS.cache_dir}",
-    ]
-    return [sys.executable, os.path.abspath(__file__), *passthrough, f"--child={json.dumps(spec)}"]
+        examples_per_second, peak_bytes = measured, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"examples_per_second": examples_per_second, "peak_bytes": peak_bytes}
 
 
 def measure(spec):
-    result = subprocess.run(
-        _child_command(spec), cwd=REPO_ROOT, capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    command = [sys.executable, os.path.abspath(__file__), f"--cache_dir={FLAGS.cache_dir}",
+               f"--batch_size={FLAGS.batch_size}", f"--num_sampled={FLAGS.num_sampled}",
+               f"--embedding_dim={FLAGS.embedding_dim}", f"--num_users={FLAGS.num_users}",
+               f"--num_interactions={FLAGS.num_interactions}", f"--child={json.dumps(spec)}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:200]}
     return json.loads(lines[-1])
 
 
-def table_bytes(num_items):
-    """Item table plus its two Adam slots, float32."""
-    return 3 * num_items * FLAGS.embedding_dim * 4
+def rows_of(num_items):
+    """(row name, spec) of every row at one corpus size."""
+    rows = []
+    for variant in FLAGS.trainer_variants:
+        if "full_softmax" in variant and num_items > FLAGS.full_softmax_max_items:
+            continue
+        steps = FLAGS.dense_steps if "full_softmax" in variant else FLAGS.steps
+        warmup = 2 if "full_softmax" in variant else FLAGS.warmup_steps
+        name = f"trainer: {variant or 'defaults (sampled_softmax, lazy_adam)'}"
+        rows.append((name, {"kind": "trainer", "variant": variant, "steps": steps, "warmup": warmup}))
+    for name, kind in (("tf.nn + Adagrad, cached", "tf_nn"), ("TFRS in-batch Retrieval", "tfrs"),
+                       ("matmul limit", "matmul")):
+        rows.append((name, {"kind": kind, "steps": FLAGS.steps, "warmup": FLAGS.warmup_steps}))
+    for _, spec in rows:
+        spec["num_items"] = num_items
+    return rows
 
 
-def report(rows, command):
-    header = (
-        "| items | configuration | examples/s | vs plain tf.nn + lazy Adam | vs plain tf.nn + stock Adam | "
-        "peak memory | peak / (item table + slots) |"
-    )
-    lines = [header, "|---:|---|---:|---:|---:|---:|---:|"]
-    for num_items, results in rows:
-        plain_lazy = results.get(("plain", "lazy_adam"), {}).get("examples_per_second")
-        plain_adam = results.get(("plain", "adam"), {}).get("examples_per_second")
-        for (kind, variant), result in results.items():
-            name = f"{kind}: {variant}" if kind == "trainer" else f"plain tf.nn.sampled_softmax_loss + {variant}"
-            if "error" in result:
-                lines.append(f"| {num_items:,} | {name} | failed: {result['error']} | | | | |")
-                continue
-            if result.get("skipped"):
-                lines.append(f"| {num_items:,} | {name} | not run: {result['skipped']} | | | | |")
-                continue
-            speed = result["examples_per_second"]
-            versus_lazy = f"{speed / plain_lazy:.2f}x" if plain_lazy else ""
-            versus_adam = f"{speed / plain_adam:.2f}x" if plain_adam else ""
-            peak = result["peak_bytes"]
-            lines.append(
-                f"| {num_items:,} | {name} | {speed:,.0f} | {versus_lazy} | {versus_adam} | "
-                f"{peak / 2**30:.2f} GiB | {peak / table_bytes(num_items):.2f} |"
-            )
-    sampled_vs_full = []
-    for num_items, results in rows:
-        speed = {key: result.get("examples_per_second") for key, result in results.items()}
-        sampled, full = speed.get(("trainer", "sampled_softmax")), speed.get(("trainer", "full_softmax"))
-        streaming = speed.get(("trainer", "sampled_softmax, streaming input"))
-        plain = speed.get(("plain", "lazy_adam"))
-        if sampled and full:
-            sampled_vs_full.append(f"{num_items:,} items: sampled softmax is {sampled / full:,.0f}x full softmax")
-        if sampled and streaming and plain:
-            sampled_vs_full.append(
-                f"{num_items:,} items: trainer sampled softmax is {sampled / plain:.2f}x the plain tf.nn loop "
-                f"({streaming / plain:.2f}x with streaming input)"
-            )
-    return "\n".join(
-        [
-            "# Training throughput and memory",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"dim {FLAGS.embedding_dim}, batch {FLAGS.batch_size}, num_sampled {FLAGS.num_sampled}, "
-            f"{FLAGS.num_users:,} users; 2 CPU cores, shared machine; best of {FLAGS.repeats} interleaved runs per "
-            f"row; trainer steps_per_execution={FLAGS.steps_per_execution}. See the docstring of scripts/bench.py for "
-            "what each row runs.",
-            "",
-            *lines,
-            "",
-            *[f"- {line}" for line in sampled_vs_full],
-            "",
-        ]
-    )
+def summarise(results):
+    """{examples_per_second: median, low, high, peak_bytes: max} of a row's repeats (or its first error)."""
+    good = [result for result in results if "error" not in result]
+    if not good:
+        return results[0]
+    speeds = sorted(result["examples_per_second"] for result in good)
+    in_order = [result.get("examples_per_second") for result in results]  # repeat i of every row ran together
+    return {"examples_per_second": statistics.median(speeds), "low": speeds[0], "high": speeds[-1], "all": in_order,
+            "peak_bytes": max(result["peak_bytes"] for result in good), "repeats": len(good)}
 
 
 def main(argv):
@@ -267,30 +269,33 @@ def main(argv):
     if FLAGS.child:
         print(json.dumps(run_child(json.loads(FLAGS.child))), flush=True)
         return
-    rows = []
+    import bench_report  # scripts/, beside this file
+
+    sizes = {}
     for num_items in [int(size) for size in FLAGS.sizes]:
-        _corpus(num_items)  # generate once, outside any timing
-        results = {}
-        # Interleaved repeats: a burst of load from other processes then hurts every configuration alike.
+        _corpus(num_items)  # generated once, outside any timing
+        rows = rows_of(num_items)
+        results = {name: [] for name, _ in rows}
         for _ in range(FLAGS.repeats):
-            for kind, variant in CONFIGURATIONS:
-                if variant == "full_softmax" and num_items > FLAGS.full_softmax_max_items:
-                    results[(kind, variant)] = {"skipped": f"over --full_softmax_max_items={FLAGS.full_softmax_max_items:,}"}
-                    continue
-                steps = FLAGS.dense_steps if variant in ("full_softmax", "adam") else FLAGS.steps
-                spec = {"kind": kind, "variant": variant, "num_items": num_items, "steps": steps}
+            for name, spec in rows:
                 result = measure(spec)
-                print(num_items, kind, variant, result, flush=True)
-                best = results.get((kind, variant))
-                if best is None or "error" in best or result.get("examples_per_second", 0) > best["examples_per_second"]:
-                    results[(kind, variant)] = result
-        rows.append((num_items, results))
-    text = report(rows, "python scripts/bench.py " + " ".join(sys.argv[1:]))
+                print(f"{num_items:,} {name}: {result}", flush=True)
+                results[name].append(result)
+        sizes[num_items] = {name: summarise(values) for name, values in results.items()}
+    breakdown = None
+    if FLAGS.breakdown:
+        import profile_step
+
+        breakdown = {num_items: profile_step.measure(num_items, FLAGS) for num_items in sizes if num_items <= 1_000_000}
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    text = bench_report.markdown(sizes, breakdown, command, FLAGS)
     print(text)
     if FLAGS.output:
         os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
         with open(FLAGS.output, "w") as file:
             file.write(text)
+        with open(os.path.splitext(FLAGS.output)[0] + ".json", "w") as file:
+            json.dump({"command": command, "sizes": sizes, "breakdown": breakdown}, file, indent=2)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ class CallbackSettings:
     profile_steps: Sequence[int] = ()
     backup_dir: Optional[str] = None  # multi_worker: BackupAndRestore's directory
     parameter_server: bool = False
+    steps_per_execution: int = 1
 
 
 def make_callbacks(
@@ -179,7 +180,9 @@ def make_callbacks(
             )
     ordered.append(NanGuard())
     if settings.backup_dir:
-        save_freq = settings.checkpoint_every_steps or "epoch"
+        every = settings.checkpoint_every_steps
+        # BackupAndRestore counts its batch hooks, which Keras calls once per execution of steps_per_execution.
+        save_freq = max(1, every // settings.steps_per_execution) if every else "epoch"
         ordered.append(tf.keras.callbacks.BackupAndRestore(settings.backup_dir, save_freq=save_freq))
     ordered.append(CheckpointCallback(manager, settings.checkpoint_every_steps))
     if evaluation is not None:

@@ -86,13 +86,16 @@ def make_optimizer(tf, optimization: OptimizationConfig):
     return optimizers[optimization.optimizer](optimization.learning_rate)
 
 
-def build_for_training(tf, strategy, corpus: PreparedCorpus, config: RunConfig, first_batch) -> TwoTowerModel:
-    """The compiled model in the strategy's scope, both towers' variables created (mirrored, or sharded over the
-    ps tasks) from the first batch, ready for a restore."""
+def build_for_training(
+    tf, strategy, corpus: PreparedCorpus, config: RunConfig, first_batch, steps_per_execution: int = 1
+) -> TwoTowerModel:
+    """The compiled model in the strategy's scope (steps_per_execution: the resolved one, see
+    fit_loop.steps_per_execution), both towers' variables created (mirrored, or sharded over the ps tasks) from
+    the first batch, ready for a restore."""
     with strategy.scope():
         model = model_from_config(corpus, config)
         model.compile(optimizer=make_optimizer(tf, config.optimization),
-                      steps_per_execution=config.optimization.steps_per_execution)
+                      steps_per_execution=steps_per_execution)
         model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
         model.query_embeddings(first_batch)
     return model

@@ -59,7 +59,7 @@ class OptimizationConfig:
     batch_size: int = 1024
     epochs: int = 3
     steps_per_epoch: int = 0  # a cap; 0: one full pass
-    steps_per_execution: int = 1
+    steps_per_execution: int = 0  # 0: auto (fit_loop.steps_per_execution)
     mixed_precision: bool = False
 
 

@@ -105,7 +105,10 @@ def _train(tf, strategy, config, corpus, task: Task):
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
     training_input = TrainingInput.of_run(corpus, config, parameter_server=task.strategy_name == "parameter_server")
     first_batch = training_input.first_batch()
-    model = model_builder.build_for_training(tf, strategy, corpus, config, first_batch)
+    model = model_builder.build_for_training(
+        tf, strategy, corpus, config, first_batch,
+        fit_loop.steps_per_execution(config, task.strategy_name == "parameter_server"),
+    )
     placement = fit_loop.item_table_placement(model, task_name)
     checkpoint = run_dir.training_checkpoint(tf, model)
     resume = run_dir.restore_for_training(tf, checkpoint, task.job_dir, task.strategy_name == "multi_worker",

@@ -87,10 +87,12 @@ def _define_optimization_flags():
     )
     flags.DEFINE_integer(
         "steps_per_execution",
-        1,
+        0,
         "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
-        "checkpoints, the NaN guard) then act every this many steps.",
-        lower_bound=1,
+        "checkpoints, the NaN guard) then act once per call. 0: auto, the largest that keeps logging and "
+        "checkpoints on their step (min of --log_every_steps, --checkpoint_every_steps and 100; 1 under "
+        "parameter_server or --profile_steps).",
+        lower_bound=0,
     )
     flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
 

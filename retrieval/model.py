@@ -7,6 +7,10 @@ from retrieval.query import QueryTower
 from retrieval.retrieval_loss import DIAGNOSTICS, RetrievalLoss
 from retrieval.towers import Tower
 
+# How a step's per-example losses become its loss: "mean" over the global batch (this project's default) or "sum"
+# (TensorFlow Recommenders'; the gradients are batch-size times larger, which TFRS's learning rates assume).
+LOSS_REDUCTIONS = ("mean", "sum")
+
 
 class TwoTowerModel(tfrs.Model):
     """features {user_id: [batch], item_id: [batch] or [batch, num_true]} -> scalar loss for the step.
@@ -14,17 +18,21 @@ class TwoTowerModel(tfrs.Model):
     The query tower is a QueryTower, which reads what it needs of the features (user_id, history [batch, L],
     context), or a plain Tower of user ids.
 
-    compute_loss returns the per-replica share of the global-batch mean (`tf.nn.compute_average_loss`), which is
-    what tf.distribute's gradient all-reduce (a sum over replicas) expects. Step outputs are summed across
-    replicas (`distribute_reduction_method = "sum"`) so the logged loss is the global-batch mean, not the first
-    replica's share.
+    compute_loss returns the per-replica share of the global-batch loss (`reduce_loss`: its mean by default, its
+    sum with loss_reduction="sum"), which is what tf.distribute's gradient all-reduce (a sum over replicas)
+    expects. Step outputs are summed across replicas (`distribute_reduction_method = "sum"`) so the logged loss is
+    the global batch's, not the first replica's share.
     """
 
-    def __init__(self, query_tower: Tower, item_tower: Tower, retrieval_loss: RetrievalLoss):
+    def __init__(self, query_tower: Tower, item_tower: Tower, retrieval_loss: RetrievalLoss,
+                 loss_reduction: str = "mean"):
         super().__init__()
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={loss_reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}")
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.retrieval_loss = retrieval_loss
+        self.loss_reduction = loss_reduction
         self.distribute_reduction_method = "sum"
         self._create_diagnostic_metrics()
 
@@ -68,8 +76,17 @@ class TwoTowerModel(tfrs.Model):
             weight = tf.reduce_mean(weight, axis=1)
         return loss * weight, diagnostics
 
+    def reduce_loss(self, per_example):
+        """The step's loss [] from this replica's per-example losses [local batch]: its share of the global batch's
+        mean ("mean": tf.nn.compute_average_loss divides by the global batch size) or of its sum ("sum": TFRS's
+        Retrieval task reduces its Keras loss with SUM). Either way the replicas' shares add up to the global
+        batch's loss, as the gradient all-reduce and the logged loss add them."""
+        if self.loss_reduction == "sum":
+            return tf.reduce_sum(per_example)
+        return tf.nn.compute_average_loss(per_example)
+
     def compute_loss(self, features, training=False):
-        return tf.nn.compute_average_loss(self.per_example_loss(features, training=training))
+        return self.reduce_loss(self.per_example_loss(features, training=training))
 
     def train_step(self, features):
         """tfrs.Model.train_step, plus the sampler diagnostics, and loss scaling under mixed precision.
@@ -80,7 +97,7 @@ class TwoTowerModel(tfrs.Model):
         """
         with tf.GradientTape() as tape:
             per_example, diagnostics = self._loss_and_diagnostics(features, training=True)
-            loss = tf.nn.compute_average_loss(per_example)
+            loss = self.reduce_loss(per_example)
             regularization_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
             total_loss = loss + regularization_loss
         self.optimizer.minimize(total_loss, self.trainable_variables, tape=tape)

@@ -3,13 +3,13 @@ evaluation) and `make_callbacks`, the one place that fixes their order."""
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
+from trainers import health, summaries
 from trainers import held_out as held_out_lib
-from trainers import summaries
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +79,51 @@ def non_finite_variables(variables) -> list:
         if variable.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
             names.append(variable.name)
     return names
+
+
+class LossProgressCheck(tf.keras.callbacks.Callback):
+    """trainers.health's checks that a run learns: before training, a setting that leaves rows without negatives;
+    in a run from step 0, the loss of its first batch (probe_batch) at step 0 (exactly 0: no negatives) and again
+    after health.CHECK_STEP steps (not moved). Each warning is logged and kept in `warnings` (the run summary's)."""
+
+    def __init__(self, config, probe_batch=None):
+        super().__init__()
+        self.config = config
+        self.probe_batch = probe_batch
+        self.warnings: List[dict] = []
+        self.initial_loss: Optional[float] = None  # the probe's loss at step 0, until the check is done
+        self.started = False
+        self._supports_tf_logs = True  # its batch hook is allowed under parameter_server too
+
+    def _probe_loss(self) -> float:
+        """The mean per-example loss of the probe batch (whatever --loss_reduction the steps use)."""
+        return float(tf.reduce_mean(self.model.per_example_loss(self.probe_batch)))
+
+    def _warn(self, warning) -> None:
+        if warning is not None:
+            logging.warning("%s", warning["message"])
+            self.warnings.append(warning)
+
+    def on_train_begin(self, logs=None):
+        if self.started:  # fit runs twice after a mid-epoch resume
+            return
+        self.started = True
+        self._warn(health.rows_without_negatives(self.config))
+        if self.probe_batch is not None and not self.warnings and int(self.model.optimizer.iterations.numpy()) == 0:
+            self.initial_loss = self._probe_loss()
+            self._warn(health.zero_loss(self.initial_loss, self.config))
+            if self.warnings:
+                self.initial_loss = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.initial_loss is not None and int(self.model.optimizer.iterations.numpy()) >= health.CHECK_STEP:
+            self._warn(health.loss_not_moved(self.initial_loss, self._probe_loss(), self.config))
+            self.initial_loss = None
+
+
+def reported_warnings(fit_callbacks) -> List[dict]:
+    """The warnings the callbacks kept (LossProgressCheck's), for the run summary."""
+    return [warning for callback in fit_callbacks for warning in getattr(callback, "warnings", [])]
 
 
 class ProgressLogger(tf.keras.callbacks.Callback):
@@ -153,6 +198,7 @@ class CallbackSettings:
     profile_steps: Sequence[int] = ()
     backup_dir: Optional[str] = None  # multi_worker: BackupAndRestore's directory
     parameter_server: bool = False
+    run_config: Any = None  # the RunConfig, for LossProgressCheck (None: no such check)
     steps_per_execution: int = 1
 
 
@@ -161,12 +207,14 @@ def make_callbacks(
     manager: tf.train.CheckpointManager,
     train_writer=None,
     evaluation: Optional[EvaluationCallback] = None,
+    probe_batch=None,
 ) -> List[tf.keras.callbacks.Callback]:
     """The trainer's callbacks in the order Keras must run them.
 
-    The order is the contract: progress and TensorBoard see every step's logs first; the NaN guard stops a
-    non-finite step before BackupAndRestore or the checkpoint callback can save its weights; held-out
-    evaluation runs last, on the weights the epoch's checkpoint holds.
+    The order is the contract: progress, TensorBoard and the loss-progress check see every step first; the NaN
+    guard stops a non-finite step before BackupAndRestore or the checkpoint callback can save its weights;
+    held-out evaluation runs last, on the weights the epoch's checkpoint holds. probe_batch: the run's first
+    batch, for the loss-progress check (settings.run_config).
     """
     ordered = [ProgressLogger(settings.task_name, settings.log_every_steps, settings.total_steps)]
     if settings.tensorboard_dir:
@@ -178,6 +226,8 @@ def make_callbacks(
             ordered.append(
                 summaries.ThroughputCallback(train_writer, settings.examples_per_step, settings.log_every_steps)
             )
+    if settings.run_config is not None:
+        ordered.append(LossProgressCheck(settings.run_config, probe_batch))
     ordered.append(NanGuard())
     if settings.backup_dir:
         every = settings.checkpoint_every_steps

@@ -75,6 +75,7 @@ def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSet
         profile_steps=config.logging.profile_steps,
         backup_dir=task.job_dir.backup if task.strategy_name == "multi_worker" else None,
         parameter_server=task.strategy_name == "parameter_server",
+        run_config=config,
         steps_per_execution=steps_per_execution(config, task.strategy_name == "parameter_server"),
     )
 
@@ -113,9 +114,9 @@ def weights_fingerprint(model) -> float:
     return sum(float(tf.reduce_sum(tf.cast(variable, tf.float64))) for variable in model.trainable_variables)
 
 
-def task_summary(model, task, resume: run_dir.Resume, placement, replicas) -> Dict[str, Any]:
+def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_callbacks=()) -> Dict[str, Any]:
     """What this task did, for run_summary.json / task_summaries/ (and logged for people). replicas:
-    {"num_replicas", "devices"} of the strategy."""
+    {"num_replicas", "devices"} of the strategy; "warnings": the restore's and the callbacks' (trainers.health)."""
     final_step, fingerprint = int(model.optimizer.iterations.numpy()), weights_fingerprint(model)
     logging.info("%s: finished at step %d; weights fingerprint %.10e", task.cluster.task_name, final_step, fingerprint)
     return {
@@ -127,7 +128,7 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas) -> Di
         "restored_from_step": resume.step,
         "restored_from": "backup" if resume.from_backup else resume.checkpoint,
         "removed_partial_saves": list(resume.removed_partial_saves),
-        "warnings": list(resume.warnings),
+        "warnings": [*resume.warnings, *callbacks.reported_warnings(fit_callbacks)],
         "item_table": placement,
         "weights_fingerprint": fingerprint,
     }

@@ -39,6 +39,7 @@ def build_model(
     global_batch_size: Optional[int] = None,
     query_config: Optional[ModelConfig] = None,
     history_length: int = 50,
+    loss_reduction: str = "mean",
 ) -> TwoTowerModel:
     """The two-tower model; global_batch_size sizes a cross-batch memory (and in-batch Q from corpus counts);
     query_config: what the query tower reads (default: the user id and the corpus's user features)."""
@@ -52,7 +53,7 @@ def build_model(
         loss_config, corpus.num_items, corpus.item_counts, global_batch_size=global_batch_size,
         embedding_dim=embedding_dim,
     )
-    return TwoTowerModel(query_tower, item_tower, retrieval_loss)
+    return TwoTowerModel(query_tower, item_tower, retrieval_loss, loss_reduction)
 
 
 def build_query_tower(corpus: PreparedCorpus, model: ModelConfig, item_tower: Tower, history_length: int):
@@ -70,7 +71,8 @@ def build_query_tower(corpus: PreparedCorpus, model: ModelConfig, item_tower: To
 def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerModel:
     model = config.model
     return build_model(corpus, config.loss, model.embedding_dim, model.hidden_dims, model.normalize,
-                       config.optimization.batch_size, model, config.data.history_length)
+                       config.optimization.batch_size, model, config.data.history_length,
+                       config.optimization.loss_reduction)
 
 
 def make_optimizer(tf, optimization: OptimizationConfig):

@@ -10,8 +10,9 @@ config.json (format FORMAT):
      "model_dir": "...", "corpus": "<description of the corpus>"}
 A config.json written before the format existed (one flat object of flag values) still loads: each value goes
 to the section that holds its name, and settings it predates take their defaults. A setting added since
-(PREDATED_SETTINGS: the query tower's features, the history, cold users) takes, in any document written before
-it, the value that reproduces the run of that time (query_features=user_id,user_features).
+(PREDATED_SETTINGS: the query tower's features, the history, cold users, the loss reduction) takes, in any
+document written before it, the value that reproduces the run of that time (query_features=user_id,user_features,
+loss_reduction=mean).
 """
 
 import dataclasses
@@ -61,6 +62,7 @@ class OptimizationConfig:
     steps_per_epoch: int = 0  # a cap; 0: one full pass
     steps_per_execution: int = 0  # 0: auto (fit_loop.steps_per_execution)
     mixed_precision: bool = False
+    loss_reduction: str = "mean"  # of a step's per-example losses: "mean" or "sum" (TFRS's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +131,7 @@ PREDATED_SETTINGS = {
         "history_encoder": "mean",
         "share_item_embeddings": True,
     },
+    "optimization": {"loss_reduction": "mean"},
 }
 # Keys config.json holds beside the sections: written for people and tools, not settings of the run.
 RECORD_KEYS = ("format", "model_dir", "corpus")

@@ -101,7 +101,7 @@ def check_initial_loss(model, first_batch, expected: Optional[float], writer) ->
     initial_loss_zero_scores and, where it applies (`expected`), initial_loss_expected = ln(candidate count) to
     TensorBoard; warns when the first loss is more than 25% away from the reference.
     """
-    initial_loss = float(model.compute_loss(first_batch))
+    initial_loss = float(tf.reduce_mean(model.per_example_loss(first_batch)))  # per example, whatever the reduction
     query_embeddings = model.query_tower(first_batch["user_id"])
     zero_scores = model.retrieval_loss(tf.zeros_like(query_embeddings), first_batch["item_id"], model.item_tower)
     reference = float(tf.reduce_mean(zero_scores))

@@ -122,10 +122,10 @@ def _train(tf, strategy, config, corpus, task: Task):
         train_writer, evaluation = fit_loop.start_chief_logs(model, config, corpus, task.write_dir, hparams,
                                                              first_batch if not resume.step else None)
     settings = fit_loop.callback_settings(config, task, schedule)
-    fit_callbacks = callbacks.make_callbacks(settings, manager, train_writer, evaluation)
+    fit_callbacks = callbacks.make_callbacks(settings, manager, train_writer, evaluation, first_batch)
     fit_loop.fit(tf, model, training_input, resume, schedule, fit_callbacks, verbose=_verbosity(is_chief))
     replicas = {"num_replicas": strategy.num_replicas_in_sync, "devices": distribute.replica_devices(strategy)}
-    summary = fit_loop.task_summary(model, task, resume, placement, replicas)
+    summary = fit_loop.task_summary(model, task, resume, placement, replicas, fit_callbacks)
     if not is_chief:
         run_dir.write_summary(task.job_dir, task_name, False, summary)
         return None

@@ -95,6 +95,11 @@ def _define_optimization_flags():
         lower_bound=0,
     )
     flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
+    flags.DEFINE_enum(
+        "loss_reduction", "mean", ["mean", "sum"],
+        "A step's loss from its per-example losses: their mean over the global batch, or their sum, as TensorFlow "
+        "Recommenders' Retrieval task (gradients batch_size times larger: what TFRS's learning rates assume).",
+    )
 
 
 def _define_loss_flags():

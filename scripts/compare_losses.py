@@ -44,6 +44,7 @@ sys.path.insert(0, REPO_ROOT)
 
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from data import sources  # noqa: E402
+from retrieval.retrieval_loss import MIN_EXPECTED_COUNT  # noqa: E402
 from trainers.event_reader import read_scalars  # noqa: E402
 
 
@@ -87,7 +88,8 @@ SETTINGS = [
 SETTING_KEYS = [setting.key for setting in SETTINGS]
 
 # The drift experiment: (key, name, flags, which item counts the corpus directories carry). "log" = the whole
-# log's counts in both phases (stale); "phase" = each phase's own counts (an oracle no real system has).
+# log's counts in both phases (stale); "phase" = each phase's own counts (an oracle no real system has); "old" =
+# phase A's counts in both phases (a count table made before the drift and never refreshed).
 # The mixed rows draw their corpus half uniformly, whose Q does not depend on counts, so only the in-batch half's
 # Q differs between them.
 MIXED_UNIFORM = ["--sampler=mixed", "--mixed_corpus_sampler=uniform"]
@@ -95,6 +97,8 @@ DRIFT_SETTINGS = [
     ("in_batch_streaming", "in-batch, streaming Q", ["--loss=in_batch", "--frequency_estimation=streaming"], "log"),
     ("in_batch_corpus", "in-batch, corpus Q (whole-log counts)", ["--loss=in_batch"], "log"),
     ("in_batch_phase_counts", "in-batch, corpus Q from each phase's counts (oracle)", ["--loss=in_batch"], "phase"),
+    ("in_batch_old_counts", "in-batch, corpus Q from phase A's counts (counted before the drift)", ["--loss=in_batch"],
+     "old"),
     ("in_batch_no_log_q", "in-batch, no log-Q", ["--loss=in_batch", "--nosubtract_log_q"], "log"),
     ("mixed_streaming", "mixed (uniform), streaming Q", [*MIXED_UNIFORM, "--frequency_estimation=streaming"], "log"),
     ("mixed_corpus", "mixed (uniform), corpus Q (whole-log counts)", MIXED_UNIFORM, "log"),
@@ -283,6 +287,7 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
 
         a/, b/              phase A / B training rows; item_counts.npy = the whole log's counts (A + B train)
         a_own/, b_own/      the same rows; item_counts.npy = that phase's own counts (the oracle)
+        b_old/              phase B's rows; item_counts.npy = phase A's counts (a table made before the drift)
     """
     from data import corpus, records
 
@@ -316,7 +321,7 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
     counts_a, counts_b = counts_a[order], counts_b[order]
     whole = counts_a + counts_b
     layout = {"a": (phases["a"], whole), "b": (train_b, whole), "a_own": (phases["a"], counts_a),
-              "b_own": (train_b, counts_b)}
+              "b_own": (train_b, counts_b), "b_old": (train_b, counts_a)}
     for name, (train_rows, item_counts) in layout.items():
         path = os.path.join(directory, name)
         if os.path.isfile(os.path.join(path, "metadata.json")):
@@ -328,8 +333,9 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
         corpus.write_metadata(
             path, num_items=num_items, num_users=num_users, num_train=len(train_rows["item_id"]),
             num_eval=len(eval_b["item_id"]),
-            description=f"compare_losses drift corpus, phase {name[0].upper()} "
-                        f"({'whole-log' if name in ('a', 'b') else 'own-phase'} item counts), seed {seed}",
+            description=f"compare_losses drift corpus, phase {name[0].upper()} ("
+                        f"{ {'a': 'whole-log', 'b': 'whole-log', 'b_old': 'phase A'}.get(name, 'own-phase')} item "
+                        f"counts), seed {seed}",
         )
     top_b = np.argsort(-counts_b, kind="stable")[:100]
     return {
@@ -360,7 +366,8 @@ def q_error(model_dir: str, counts_b: np.ndarray, counts_whole: np.ndarray, batc
         used = np.where(gap > 0, weight / np.where(gap > 0, gap, 1.0), 0.0)
     else:
         used = batch_size * counts_whole / counts_whole.sum()
-    return float(np.median(np.abs(np.log(np.maximum(used[top], 1e-9) / true_q[top]))))
+    used = np.maximum(used, MIN_EXPECTED_COUNT)  # the floor the loss applies to Q
+    return float(np.median(np.abs(np.log(used[top] / true_q[top]))))
 
 
 def run_drift(work_dir: str) -> Dict:
@@ -375,8 +382,8 @@ def run_drift(work_dir: str) -> Dict:
     rows = []
     for key, name, extra, counts in settings:
         model_dir = os.path.join(work_dir, "drift", key)
-        a_dir, b_dir = (directories["a"], directories["b"]) if counts == "log" else (directories["a_own"],
-                                                                                     directories["b_own"])
+        a_dir, b_dir = {"log": ("a", "b"), "phase": ("a_own", "b_own"), "old": ("a_own", "b_old")}[counts]
+        a_dir, b_dir = directories[a_dir], directories[b_dir]
         phase_a_file, phase_b_file = os.path.join(model_dir, "phase_a.json"), os.path.join(model_dir, "phase_b.json")
         if FLAGS.reuse_runs and os.path.isfile(phase_b_file):
             with open(phase_a_file) as file_a, open(phase_b_file) as file_b:
@@ -395,7 +402,8 @@ def run_drift(work_dir: str) -> Dict:
         with open(os.path.join(model_dir, "config.json")) as file:
             config_data = json.load(file)["data"]["data"]
         streaming = "--frequency_estimation=streaming" in extra
-        counts_read = corpora["counts_a"] + corpora["counts_b"] if counts == "log" else corpora["counts_b"]
+        counts_read = {"log": corpora["counts_a"] + corpora["counts_b"], "phase": corpora["counts_b"],
+                       "old": corpora["counts_a"]}[counts]
         subtracts = "--nosubtract_log_q" not in extra
         row = {
             "key": key, "name": name, "flags": " ".join(extra), "item_counts": counts,
@@ -512,7 +520,8 @@ def _drift_markdown(drift: Optional[Dict]) -> List[str]:
         f"same command with `--data=<phase B dir> --epochs={2 * drift['phase_epochs']}` and the same `M`. The "
         "second run restores A's newest checkpoint (weights, optimizer, streaming estimates) and trains "
         f"{phase_steps} more steps on B, starting at A's step (its run_summary.json `restored_from_step`); it "
-        "rewrites config.json with phase B's directory. The oracle row carries each phase's own counts instead. "
+        "rewrites config.json with phase B's directory. The oracle row carries each phase's own counts instead, "
+        "and the phase-A-counts row phase A's counts in both phases (a count table made before the drift). "
         "The mixed rows draw their corpus half uniformly, whose Q needs no counts, so only the in-batch half's "
         "Q differs between them. Q error: median |ln(Q used / Q true)| over phase B's 100 most frequent items at "
         "the end, Q true = batch size x the item's phase-B training frequency; for streaming, the estimate in "

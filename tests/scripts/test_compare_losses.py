@@ -87,7 +87,7 @@ def test_drift_phase_b_continues_phase_a_on_the_same_model_dir(outputs):
         assert a["restored_from_step"] == 0 and a["final_step"] == phase_steps
         assert b["restored_from_step"] == a["final_step"] > 0, row["key"]  # B restored A's checkpoint
         assert b["final_step"] == 2 * phase_steps
-        phase_b_dir = directories["b" if row["item_counts"] == "log" else "b_own"]
+        phase_b_dir = directories[{"log": "b", "phase": "b_own", "old": "b_old"}[row["item_counts"]]]
         assert row["config_data_after_b"] == phase_b_dir  # config.json rewritten by the second run
         assert all(_finite_share(run[name]) for run in (a, b) for name in ("recall_at_10", "recall_at_100"))
         assert {step for step, _ in b["curve"]} == {phase_steps, 2 * phase_steps}  # one eval event log, both phases
@@ -115,9 +115,10 @@ def test_drift_corpora_share_ids_and_the_whole_log_counts(outputs):
     np.testing.assert_array_equal(corpora["b"].item_counts, counts["a"] + counts["b"])
     np.testing.assert_array_equal(corpora["a_own"].item_counts, counts["a"])
     np.testing.assert_array_equal(corpora["b_own"].item_counts, counts["b"])
+    np.testing.assert_array_equal(corpora["b_old"].item_counts, counts["a"])
     assert np.all(np.diff(corpora["a"].item_counts) <= 0)  # ids ranked by the whole log's counts
     held_out = {name: read_all(corpus.eval_files) for name, corpus in corpora.items()}
-    for name in ("b", "a_own", "b_own"):  # every phase evaluates on phase B's held-out rows
+    for name in ("b", "a_own", "b_own", "b_old"):  # every phase evaluates on phase B's held-out rows
         for column in ("user_id", "item_id", "timestamp"):
             np.testing.assert_array_equal(held_out[name][column], held_out["a"][column])
     assert len(np.unique(held_out["a"]["user_id"])) == corpora["a"].num_users  # one row per user

@@ -1,14 +1,17 @@
-"""Keras callbacks of the trainer (progress, TensorBoard, throughput, NaN guard, backup, checkpoints, held-out
-evaluation) and `make_callbacks`, the one place that fixes their order."""
+"""Keras callbacks of the trainer (progress, TensorBoard, throughput, loss progress, NaN guard, backup,
+checkpoints, held-out evaluation with the best checkpoint and early stopping) and `make_callbacks`, the one place
+that fixes their order."""
 
 import dataclasses
+import json
 import math
-from typing import Any, List, Optional, Sequence
+import os
+from typing import Any, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
-from trainers import health, summaries
+from trainers import health, run_dir, summaries
 from trainers import held_out as held_out_lib
 
 
@@ -16,14 +19,67 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class EvaluationCallback(tf.keras.callbacks.Callback):
-    """Exact full-corpus metrics on held-out users after every epoch, written to TensorBoard (eval/...)."""
+class BestKeeper:
+    """--keep_best: the checkpoint of the epoch with the best held-out `metric` (higher is better), saved (the model
+    only) in its own directory with BEST_STATE beside it ({metric, value, epoch, step, checkpoint, metrics}), which a
+    restarted run reads back; with patience, stops training after that many epochs without a better value."""
 
-    def __init__(self, held_out: held_out_lib.HeldOut, ks: Sequence[int], summary_dir: str):
+    def __init__(self, metric: str, patience: int, directory: str):
+        self.metric, self.patience, self.directory = metric, patience, directory
+        self.manager = None  # made on the first save, of the model being trained
+        self.best = self._load()
+        self.stopped_early_at: Optional[dict] = None
+
+    def _load(self) -> Optional[dict]:
+        path = os.path.join(self.directory, BEST_STATE)
+        if not os.path.exists(path):
+            return None
+        with open(path) as file:
+            state = json.load(file)
+        return state if state.get("metric") == self.metric else None  # another metric's best is no best of this one
+
+    def offer(self, model, epoch: int, metrics: dict) -> bool:
+        """Records epoch (1-based, of the whole run)'s held-out metrics; True when training should stop early."""
+        step, value = int(model.optimizer.iterations.numpy()), metrics.get(self.metric)
+        if value is None:
+            logging.warning("--keep_best=%s: the evaluation has no such metric at step %d", self.metric, step)
+            return False
+        if self.best is None or value > self.best["value"]:
+            if self.manager is None:
+                self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.directory, 1)
+            path = self.manager.save(checkpoint_number=step)
+            self.best = {"metric": self.metric, "value": value, "epoch": epoch, "step": step, "checkpoint": path,
+                         "metrics": dict(metrics)}
+            run_dir.write_json(os.path.join(self.directory, BEST_STATE), self.best)
+            logging.info("epoch %d step %d: best %s so far (%.4f), kept as %s", epoch, step, self.metric, value, path)
+            return False
+        if self.patience and epoch - self.best["epoch"] >= self.patience:
+            self.stopped_early_at = {"epoch": epoch, "step": step}
+            logging.info("early stopping at epoch %d step %d: no better %s for %d epochs (best %.4f at epoch %d)",
+                         epoch, step, self.metric, self.patience, self.best["value"], self.best["epoch"])
+            return True
+        return False
+
+    def report(self) -> dict:
+        """For the run summary: the best epoch, and whether (and where) training stopped early."""
+        return {"best": self.best, "stopped_early": self.stopped_early_at is not None,
+                "stopped_early_at": self.stopped_early_at}
+
+
+BEST_STATE = "best.json"
+
+
+class EvaluationCallback(tf.keras.callbacks.Callback):
+    """Exact full-corpus metrics on held-out users after every epoch, written to TensorBoard (eval/...), offered
+    to the BestKeeper when --keep_best is set (which may stop training early)."""
+
+    def __init__(self, held_out: held_out_lib.HeldOut, ks: Sequence[int], summary_dir: str,
+                 keeper: Optional[BestKeeper] = None):
         super().__init__()
         self.held_out = held_out
         self.ks = ks
         self.writer = tf.summary.create_file_writer(summary_dir)
+        self.keeper = keeper
         self.last_metrics = {}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -34,6 +90,18 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
         logging.info("epoch %d step %d held-out %s", epoch + 1, step, summary)
         if logs is not None:
             logs.update({f"eval_{name}": value for name, value in self.last_metrics.items()})
+        if self.keeper is not None and self.keeper.offer(self.model, epoch + 1, self.last_metrics):
+            self.model.stop_training = True
+
+    def final_metrics(self) -> dict:
+        """The metrics of the model the run exports: the best epoch's with --keep_best, else the last epoch's
+        (empty when no epoch ran)."""
+        if self.keeper is not None and self.keeper.best is not None:
+            return self.keeper.best["metrics"]
+        return self.last_metrics
+
+    def report(self) -> dict:
+        return self.keeper.report() if self.keeper is not None else {}
 
 
 def _logged_float(logs, name):
@@ -104,6 +172,9 @@ class LossProgressCheck(tf.keras.callbacks.Callback):
             logging.warning("%s", warning["message"])
             self.warnings.append(warning)
 
+    def report(self) -> dict:
+        return {"warnings": self.warnings}
+
     def on_train_begin(self, logs=None):
         if self.started:  # fit runs twice after a mid-epoch resume
             return
@@ -121,9 +192,14 @@ class LossProgressCheck(tf.keras.callbacks.Callback):
             self.initial_loss = None
 
 
-def reported_warnings(fit_callbacks) -> List[dict]:
-    """The warnings the callbacks kept (LossProgressCheck's), for the run summary."""
-    return [warning for callback in fit_callbacks for warning in getattr(callback, "warnings", [])]
+def reports(fit_callbacks) -> Dict[str, Any]:
+    """What the callbacks report for the run summary: their report() entries, "warnings" lists joined."""
+    merged: Dict[str, Any] = {"warnings": []}
+    for callback in fit_callbacks:
+        entries = dict(callback.report()) if hasattr(callback, "report") else {}
+        merged["warnings"] += entries.pop("warnings", [])
+        merged.update(entries)
+    return merged
 
 
 class ProgressLogger(tf.keras.callbacks.Callback):

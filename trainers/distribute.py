@@ -173,6 +173,19 @@ def resolve_strategy_name(name: str, spec: ClusterSpec, num_local_devices: int) 
     return name
 
 
+def check_settings(name: str, config) -> None:
+    """DistributeError for a RunConfig setting the resolved strategy cannot honour: --cpu_replicas beyond 1 outside
+    mirrored; --keep_best under multi_worker (only the chief evaluates, and its workers could not stop early
+    together)."""
+    if config.distribution.cpu_replicas > 1 and name != "mirrored":
+        raise DistributeError(f"--cpu_replicas={config.distribution.cpu_replicas} applies to --strategy=mirrored, "
+                              f"not {name}")
+    if config.evaluation.keep_best and name == "multi_worker":
+        raise DistributeError(f"--keep_best={config.evaluation.keep_best} does not run under --strategy=multi_worker "
+                              "(only the chief evaluates, and the workers cannot stop early together); use mirrored, "
+                              "parameter_server, or trainers.evaluate on the run's checkpoints")
+
+
 def configure_local_devices(tf, cpu_replicas: int) -> None:
     """Splits the CPU into cpu_replicas logical devices (before the runtime starts), so `mirrored` runs its real
     code path on a machine without GPUs."""
@@ -277,8 +290,9 @@ def _listening(spec: ClusterSpec):
         listener = socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
                                         dualstack_ipv6=dual)
     except OSError as error:
-        raise DistributeError(f"TF_CONFIG cluster[{spec.task_type!r}][{spec.task_id}] = {task_address!r}: this task "
-                              f"cannot listen on port {port} ({error.strerror}); is another process using it?") from None
+        where = f"TF_CONFIG cluster[{spec.task_type!r}][{spec.task_id}] = {task_address!r}"
+        raise DistributeError(f"{where}: this task cannot listen on port {port} ({error.strerror}); is another "
+                              "process using it?") from None
     try:
         yield listener
     finally:

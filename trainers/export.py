@@ -249,8 +249,10 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
     return atomic.write_new_version(export_dir or os.path.join(model_dir, "export"), write)
 
 
-def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force"):
-    """Exports the newest checkpoint of a run: what the trainer calls at the end, whatever its strategy.
+def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
+                          best: bool = False):
+    """Exports the newest checkpoint of a run (best: its --keep_best checkpoint): what the trainer calls at the end,
+    whatever its strategy.
 
     The model is rebuilt on one device from config.json, so mirrored or parameter-server-sharded training
     exports the same plain SavedModel. Returns (version path, checkpoint step). Raises FileNotFoundError /
@@ -260,7 +262,7 @@ def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, in
 
     from trainers import training_input
 
-    restored = run_dir.restore_model(model_dir)
+    restored = run_dir.restore_model(model_dir, best)
     histories = None
     if "history" in restored.config.model.query_features:
         histories = training_input.latest_histories(restored.corpus, restored.config)
@@ -268,17 +270,18 @@ def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, in
     return path, restored.step
 
 
-def export_after_training(model_dir: str, k: int):
-    """The trainer's --export: prints and returns (version path, step), or exits with the command that retries
-    it (the run's checkpoints are kept either way)."""
+def export_after_training(model_dir: str, k: int, best: bool = False):
+    """The trainer's --export (best: of the --keep_best checkpoint): prints and returns (version path, step), or
+    exits with the command that retries it (the run's checkpoints are kept either way)."""
     import tensorflow as tf
 
     try:
-        path, step = export_from_model_dir(model_dir, k=k)
+        path, step = export_from_model_dir(model_dir, k=k, best=best)
     except (OSError, ValueError, tf.errors.OpError) as error:
         sys.exit(f"training finished and its checkpoints are kept, but the export failed: {error}. Retry with "
-                 f"`python -m trainers.export --model_dir={model_dir} --k={k}`.")
-    print(f"exported step {step} to {path}  (python -m trainers.retrieve --export_dir {path} --user_id ...)",
+                 f"`python -m trainers.export --model_dir={model_dir} --k={k}{' --best' if best else ''}`.")
+    which = " (the best checkpoint, --keep_best)" if best else ""
+    print(f"exported step {step}{which} to {path}  (python -m trainers.retrieve --export_dir {path} --user_id ...)",
           flush=True)
     return path, step
 
@@ -292,12 +295,13 @@ def _define_flags():
     flags.DEFINE_string("export_dir", "", "Where versions go; default <model_dir>/export.")
     flags.DEFINE_integer("k", 100, "Items the serving signature returns per query.", lower_bound=1)
     flags.DEFINE_enum("index", "brute_force", list(INDEXES), "Top-K index inside the SavedModel.")
+    flags.DEFINE_bool("best", False, "Export the run's --keep_best checkpoint (checkpoints/best/), not the newest.")
 
 
 def main(argv):
     cli.check_arguments(argv, "model_dir")
     try:
-        path, step = export_from_model_dir(FLAGS.model_dir, FLAGS.export_dir, FLAGS.k, FLAGS.index)
+        path, step = export_from_model_dir(FLAGS.model_dir, FLAGS.export_dir, FLAGS.k, FLAGS.index, FLAGS.best)
     except (OSError, ValueError) as error:
         raise app.UsageError(f"--model_dir={FLAGS.model_dir} --k={FLAGS.k}: {error}") from None
     print(f"exported step {step} to {path}", flush=True)

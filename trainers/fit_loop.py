@@ -36,13 +36,16 @@ class Schedule:
 
 def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None):
     """The chief's TensorBoard set-up before fit: the train writer, the step-0 check on first_batch (None for a
-    resumed run, which does not start over), the hparams, and the held-out evaluation callback."""
+    resumed run, which does not start over), the hparams, and the held-out evaluation callback (keeping the best
+    checkpoint with --keep_best)."""
     train_writer = tf.summary.create_file_writer(write_dir.events("train"))
     if first_batch is not None:
         summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
     summaries.write_hparams(write_dir.tensorboard, hparams)
     queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen, config)
-    evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"))
+    keep_best, patience = config.evaluation.keep_best, config.evaluation.early_stopping_patience
+    keeper = callbacks.BestKeeper(keep_best, patience, write_dir.best_checkpoints) if keep_best else None
+    evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"), keeper)
     return train_writer, evaluation
 
 
@@ -83,7 +86,8 @@ def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSet
 def fit(tf_module, model, training_input, resume: run_dir.Resume, schedule: Schedule, fit_callbacks, verbose: int):
     """Keras fit from the resumed step to the last one. A run stopped mid-epoch finishes that epoch first, so
     every epoch ends on a multiple of steps_per_epoch. Under a BackupAndRestore resume Keras itself skips the
-    steps the backup had done, and the data starts at the backup's step."""
+    steps the backup had done, and the data starts at the backup's step. Early stopping (--keep_best with a
+    patience) ends it after the epoch that set model.stop_training."""
 
     def fit_epochs(end_epoch, initial_epoch, steps):
         start_step = resume.step if resume.from_backup else int(model.optimizer.iterations.numpy())
@@ -96,7 +100,7 @@ def fit(tf_module, model, training_input, resume: run_dir.Resume, schedule: Sche
         epoch = step // steps_per_epoch
         fit_epochs(epoch + 1, epoch, steps_per_epoch - step % steps_per_epoch)
         step = (epoch + 1) * steps_per_epoch
-    if step < schedule.total_steps:
+    if step < schedule.total_steps and not model.stop_training:  # stop_training: stopped early in that epoch
         fit_epochs(schedule.epochs, step // steps_per_epoch, steps_per_epoch)
 
 
@@ -116,8 +120,10 @@ def weights_fingerprint(model) -> float:
 
 def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_callbacks=()) -> Dict[str, Any]:
     """What this task did, for run_summary.json / task_summaries/ (and logged for people). replicas:
-    {"num_replicas", "devices"} of the strategy; "warnings": the restore's and the callbacks' (trainers.health)."""
+    {"num_replicas", "devices"} of the strategy. The callbacks' reports join it (--keep_best: "best",
+    "stopped_early"), and "warnings" holds the restore's and the callbacks' (trainers.health)."""
     final_step, fingerprint = int(model.optimizer.iterations.numpy()), weights_fingerprint(model)
+    reports = callbacks.reports(fit_callbacks)
     logging.info("%s: finished at step %d; weights fingerprint %.10e", task.cluster.task_name, final_step, fingerprint)
     return {
         "task": task.cluster.task_name,
@@ -128,17 +134,19 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_c
         "restored_from_step": resume.step,
         "restored_from": "backup" if resume.from_backup else resume.checkpoint,
         "removed_partial_saves": list(resume.removed_partial_saves),
-        "warnings": [*resume.warnings, *callbacks.reported_warnings(fit_callbacks)],
+        **reports,
+        "warnings": [*resume.warnings, *reports["warnings"]],
         "item_table": placement,
         "weights_fingerprint": fingerprint,
     }
 
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
-    """The final held-out metrics (the last epoch's, when an epoch ran), the most-popular baseline on the same
+    """The final held-out metrics (the best epoch's with --keep_best, else the last epoch's, when an epoch ran),
+    the most-popular baseline on the same
     queries (also in TensorBoard), and the embedding projector of the most frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
-    model_metrics = evaluation.last_metrics or held_out.evaluate(model, evaluation.held_out, ks)
+    model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
     if config.logging.projector_items:
         num_shown = min(config.logging.projector_items, corpus.num_items)
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")

@@ -10,9 +10,9 @@ config.json (format FORMAT):
      "model_dir": "...", "corpus": "<description of the corpus>"}
 A config.json written before the format existed (one flat object of flag values) still loads: each value goes
 to the section that holds its name, and settings it predates take their defaults. A setting added since
-(PREDATED_SETTINGS: the query tower's features, the history, cold users, the loss reduction) takes, in any
-document written before it, the value that reproduces the run of that time (query_features=user_id,user_features,
-loss_reduction=mean).
+(PREDATED_SETTINGS: the query tower's features, the history, cold users, the loss reduction, the best-checkpoint
+settings) takes, in any document written before it, the value that reproduces the run of that time
+(query_features=user_id,user_features, loss_reduction=mean, no keep_best).
 """
 
 import dataclasses
@@ -72,6 +72,8 @@ class EvaluationConfig:
     eval_max_users: int = 0  # evaluate only the first N held-out users by id (0: all)
     export: bool = True
     export_top_k: int = 100
+    keep_best: str = ""  # a held-out metric: keep (and export) the checkpoint of the epoch that maximises it
+    early_stopping_patience: int = 0  # with keep_best: stop after this many epochs without a better one (0: never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,7 @@ PREDATED_SETTINGS = {
         "share_item_embeddings": True,
     },
     "optimization": {"loss_reduction": "mean"},
+    "evaluation": {"keep_best": "", "early_stopping_patience": 0},
 }
 # Keys config.json holds beside the sections: written for people and tools, not settings of the run.
 RECORD_KEYS = ("format", "model_dir", "corpus")

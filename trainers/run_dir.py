@@ -3,6 +3,8 @@
     <model_dir>/config.json         the RunConfig (trainers.run_config), written once by the chief
                flags.txt           the same as an absl flagfile (`--flagfile=` reproduces the run)
                checkpoints/        tf.train.CheckpointManager checkpoints ckpt-<step>
+                          damaged/    damaged checkpoints the restore policy set aside (never deleted)
+                          best/       --keep_best: the best epoch's checkpoint and best.json
                backup/             BackupAndRestore's state of an interrupted multi_worker job
                tensorboard/        train/, eval/ events, hparams, projector/, the profiler's plugins/
                metrics.json        final held-out metrics of the model and the most-popular baseline
@@ -44,6 +46,11 @@ class RunDir:
     @property
     def checkpoints(self) -> str:
         return self.join("checkpoints")
+
+    @property
+    def best_checkpoints(self) -> str:
+        """--keep_best: the checkpoint of the best epoch so far, and best.json describing it."""
+        return self.join("checkpoints", "best")
 
     @property
     def backup(self) -> str:
@@ -327,10 +334,10 @@ class RestoredRun:
     warnings: Tuple[Dict[str, Any], ...] = ()
 
 
-def restore_model(model_dir: str) -> RestoredRun:
-    """Rebuilds a run's model from <model_dir>/config.json and restores its newest intact checkpoint, damaged newer
-    ones set aside (newest_intact_checkpoint), whatever strategy trained it: a sharded or mirrored model restores
-    into a plain one.
+def restore_model(model_dir: str, best: bool = False) -> RestoredRun:
+    """Rebuilds a run's model from <model_dir>/config.json and restores its newest intact checkpoint (best: the
+    --keep_best one), damaged newer ones set aside (newest_intact_checkpoint), whatever strategy trained it: a
+    sharded or mirrored model restores into a plain one.
 
     Raises FileNotFoundError (no config.json or no checkpoint), ConfigError, CheckpointError, and the corpus
     loaders' errors (ValueError subclasses) when the corpus is gone.
@@ -340,9 +347,10 @@ def restore_model(model_dir: str) -> RestoredRun:
     from trainers import model_builder
 
     config, _ = load_config(model_dir)
-    choice = newest_intact_checkpoint(tf, RunDir(model_dir).checkpoints, repair=True)
+    directory = RunDir(model_dir).best_checkpoints if best else RunDir(model_dir).checkpoints
+    choice = newest_intact_checkpoint(tf, directory, repair=True)
     if choice.path is None:
-        raise FileNotFoundError(f"{model_dir}/checkpoints: no checkpoint to restore; train first")
+        raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first")
     corpus = model_builder.load_corpus(config)
     model = model_builder.model_from_config(corpus, config)
     ids = tf.zeros([1], tf.int64)

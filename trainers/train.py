@@ -143,12 +143,9 @@ def _resolve_strategy(tf, config):
         # --cpu_replicas asks for that many local devices, so auto takes mirrored for it as for GPUs.
         num_local_devices = max(len(tf.config.list_physical_devices("GPU")), config.distribution.cpu_replicas)
         strategy_name = distribute.resolve_strategy_name(config.distribution.strategy, cluster, num_local_devices)
+        distribute.check_settings(strategy_name, config)
     except distribute.DistributeError as error:
         raise app.UsageError(str(error)) from None
-    if config.distribution.cpu_replicas > 1 and strategy_name != "mirrored":
-        raise app.UsageError(
-            f"--cpu_replicas={config.distribution.cpu_replicas} applies to --strategy=mirrored, not {strategy_name}"
-        )
     return cluster, strategy_name
 
 
@@ -188,7 +185,8 @@ def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
                                                                                    summary["most_popular"]))
     print(held_out.report(summary["metrics"], summary["most_popular"], config.evaluation.eval_top_k), flush=True)
     if config.evaluation.export:
-        path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k)
+        path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k,
+                                                  best=bool(config.evaluation.keep_best))
         summary = {**summary, "export": {"path": path, "step": step}}
     run_dir.write_summary(model_dir, summary["task"], True, summary)
 

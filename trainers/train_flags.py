@@ -170,7 +170,17 @@ def _define_run_flags():
         "eval_max_users", 0, "Held-out evaluation of the first N users by id only (0: all; trainers.evaluate's "
         "--max_users).", lower_bound=0,
     )
-    flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint to <model_dir>/export/<n>/.")
+    flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint (--keep_best: the best) to "
+                      "<model_dir>/export/<n>/.")
+    flags.DEFINE_string(
+        "keep_best", "", "A held-out metric (recall_at_10, ndcg_at_50, top_k_accuracy_at_100, mrr, ...): after each "
+        "epoch's evaluation, keep the checkpoint that maximises it (<model_dir>/checkpoints/best/) and export that "
+        "one. Empty: the last.",
+    )
+    flags.DEFINE_integer(
+        "early_stopping_patience", 0, "With --keep_best: stop training after this many epochs without a better "
+        "value (0: never).", lower_bound=0,
+    )
     flags.DEFINE_integer("export_top_k", 100, "Items the exported serving signature returns per query.", lower_bound=1)
     flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
     flags.DEFINE_integer(
@@ -243,7 +253,7 @@ def config_from_flags() -> RunConfig:
         query.check_features(model.query_features, model.context_features)
     except ValueError as error:
         raise ConfigError(f"--{error}") from None
-    return RunConfig(
+    config = RunConfig(
         seed=FLAGS.seed,
         data=_section_from_flags(DataConfig),
         model=model,
@@ -253,6 +263,28 @@ def config_from_flags() -> RunConfig:
         logging=_section_from_flags(LoggingConfig, profile_steps=profile_steps),
         distribution=_section_from_flags(DistributionConfig),
     )
+    _check_keep_best(config)
+    return config
+
+
+# The held-out metrics of every cut-off K (trainers.held_out), and the one without: what --keep_best can name.
+METRICS_AT_K = ("recall_at_", "hit_rate_at_", "ndcg_at_", "top_k_accuracy_at_")
+
+
+def _check_keep_best(config: RunConfig) -> None:
+    """ConfigError unless --keep_best names a metric the run's evaluation computes (cold_users/...: with
+    --cold_users), and --early_stopping_patience comes with it."""
+    evaluation = config.evaluation
+    if evaluation.early_stopping_patience and not evaluation.keep_best:
+        raise ConfigError(f"--early_stopping_patience={evaluation.early_stopping_patience} needs --keep_best=METRIC, "
+                          "the held-out metric it watches (e.g. --keep_best=recall_at_10)")
+    names = [f"{prefix}{k}" for prefix in METRICS_AT_K for k in evaluation.eval_top_k] + ["mrr"]
+    names += [f"cold_users/{name}" for name in names] if config.data.cold_users else []
+    if evaluation.keep_best and evaluation.keep_best not in names:
+        ks = ",".join(map(str, evaluation.eval_top_k))
+        raise ConfigError(f"--keep_best={evaluation.keep_best}: not a held-out metric of this run; expected "
+                          f"{', '.join(prefix + 'K' for prefix in METRICS_AT_K)} with K in --eval_top_k={ks}, or mrr"
+                          f"{' (cold_users/ before any, with --cold_users)' if config.data.cold_users else ''}")
 
 
 def flagfile_text(config: RunConfig, model_dir: str) -> str:

@@ -75,7 +75,8 @@ def likely_causes(config) -> str:
             f"{optimization.batch_size}x smaller than the summed loss of TensorFlow Recommenders, which such settings "
             "are tuned for; use --loss_reduction=sum (TFRS's) or a learning rate that much higher"
         )
-    causes.append(f"a --learning_rate ({optimization.learning_rate:g}) too low for --optimizer={optimization.optimizer}")
+    causes.append(f"a --learning_rate ({optimization.learning_rate:g}) too low for "
+                  f"--optimizer={optimization.optimizer}")
     if config.loss.effective_sampler() == "in_batch":
         causes.append(f"too few in-batch negatives (--batch_size={optimization.batch_size})")
     return "; ".join(causes) + "."

@@ -291,7 +291,8 @@ def _listening(spec: ClusterSpec):
                                         dualstack_ipv6=dual)
     except OSError as error:
         where = f"TF_CONFIG cluster[{spec.task_type!r}][{spec.task_id}] = {task_address!r}"
-        raise DistributeError(f"{where}: this task cannot listen on port {port} ({error.strerror}); is another "
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise DistributeError(f"{where}: this task cannot listen on port {port} ({reason}); is another "
                               "process using it?") from None
     try:
         yield listener

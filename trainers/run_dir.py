@@ -138,12 +138,14 @@ def checkpoint_damage(tf, path: str) -> Optional[str]:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError) as error:
-        return _one_line(error)
+        return _one_line(error, os.path.dirname(path) + os.sep)
     return None
 
 
-def _one_line(error: Exception, limit: int = 120) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+def _one_line(error: Exception, directory: str = "", limit: int = 120) -> str:
+    """The error's message on one line, cut to limit characters, without the directory the caller names."""
+    text = " ".join(str(error).replace(directory, "").split()) if directory else " ".join(str(error).split())
+    text = text or type(error).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 
 

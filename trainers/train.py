@@ -171,7 +171,7 @@ def main(argv):
         print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
     try:
         outcome = train(config, model_dir, cluster, strategy_name)
-    except (NonFiniteLossError, run_dir.CheckpointError) as error:
+    except (NonFiniteLossError, run_dir.CheckpointError, distribute.DistributeError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")
     if outcome is not None:  # the chief: other tasks leave the run's files to it
         _report_and_export(config, run_dir.RunDir(model_dir), outcome)

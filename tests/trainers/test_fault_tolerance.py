@@ -223,3 +223,31 @@ def test_restart_with_another_model_shape_is_a_one_line_error(damaged_run, tmp_p
     last_line = result.stderr.strip().splitlines()[-1]
     assert "ckpt-30 does not fit this run's model" in last_line and "--model_dir" in last_line
     assert _checkpoint_steps(model_dir) == [10, 20, 30] and not (model_dir / "checkpoints" / "damaged").exists()
+
+
+def test_restore_policy_sets_aside_a_bit_flip_and_an_unreadable_state_and_rebuilds_the_state(tmp_path):
+    """run_dir.newest_intact_checkpoint on checkpoints written here: a flipped bit (which a plain restore reads
+    without a word) makes the newest damaged, a garbled state file (which TensorFlow ignores, so a run would start
+    over) is set aside and rebuilt from the files on disk, and a partial save is removed."""
+    from trainers import run_dir
+
+    directory = str(tmp_path / "checkpoints")
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(table=tf.Variable(tf.ones([1000, 8]))), directory, 3)
+    for step in (10, 20, 30):
+        manager.save(checkpoint_number=step)
+    data = tmp_path / "checkpoints" / "ckpt-30.data-00000-of-00001"
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 1
+    data.write_bytes(bytes(content))
+    (tmp_path / "checkpoints" / "checkpoint").write_text("garbled {")
+    (tmp_path / "checkpoints" / "ckpt-40_temp").mkdir()
+
+    choice = run_dir.newest_intact_checkpoint(tf, directory, repair=True)
+    assert choice.path.endswith("ckpt-20") and choice.removed_partial_saves == ("ckpt-40_temp",)
+    assert [warning["kind"] for warning in choice.warnings] == ["damaged_checkpoint_state", "damaged_checkpoint"]
+    assert "Checksum" in choice.warnings[1]["message"]
+    damaged = sorted(path.name for path in (tmp_path / "checkpoints" / "damaged").iterdir())
+    assert damaged == ["checkpoint", "ckpt-30.data-00000-of-00001", "ckpt-30.index"]
+    state = tf.train.get_checkpoint_state(directory)
+    assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == ["ckpt-10", "ckpt-20"]
+    assert run_dir.newest_intact_checkpoint(tf, directory, repair=True).warnings == (), "set aside once"

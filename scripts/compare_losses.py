@@ -89,7 +89,11 @@ SETTING_KEYS = [setting.key for setting in SETTINGS]
 
 # The drift experiment: (key, name, flags, which item counts the corpus directories carry). "log" = the whole
 # log's counts in both phases (stale); "phase" = each phase's own counts (an oracle no real system has); "old" =
-# phase A's counts in both phases (a count table made before the drift and never refreshed).
+# phase A's counts in both phases (a count table made before the drift and never refreshed; items it never saw have
+# count 0); "old_plus_one" = the same + 1 (add-one smoothing, so that no count is 0).
+COUNT_TABLES = {  # item_counts kind -> (phase A directory, phase B directory)
+    "log": ("a", "b"), "phase": ("a_own", "b_own"), "old": ("a_own", "b_old"), "old_plus_one": ("a_own", "b_old_plus_one"),
+}
 # The mixed rows draw their corpus half uniformly, whose Q does not depend on counts, so only the in-batch half's
 # Q differs between them.
 MIXED_UNIFORM = ["--sampler=mixed", "--mixed_corpus_sampler=uniform"]
@@ -99,6 +103,8 @@ DRIFT_SETTINGS = [
     ("in_batch_phase_counts", "in-batch, corpus Q from each phase's counts (oracle)", ["--loss=in_batch"], "phase"),
     ("in_batch_old_counts", "in-batch, corpus Q from phase A's counts (counted before the drift)", ["--loss=in_batch"],
      "old"),
+    ("in_batch_old_counts_plus_one", "in-batch, corpus Q from phase A's counts + 1", ["--loss=in_batch"],
+     "old_plus_one"),
     ("in_batch_no_log_q", "in-batch, no log-Q", ["--loss=in_batch", "--nosubtract_log_q"], "log"),
     ("mixed_streaming", "mixed (uniform), streaming Q", [*MIXED_UNIFORM, "--frequency_estimation=streaming"], "log"),
     ("mixed_corpus", "mixed (uniform), corpus Q (whole-log counts)", MIXED_UNIFORM, "log"),
@@ -135,7 +141,9 @@ SEED = 42  # the trainer's default seed; --repeat_seeds add others
 
 
 class RunFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, last_line: str):
+        super().__init__(message)
+        self.last_line = last_line  # the trainer's own one-line reason
 
 
 def train(model_dir: str, trainer_flags: Sequence[str], reuse: bool = True) -> float:
@@ -148,7 +156,8 @@ def train(model_dir: str, trainer_flags: Sequence[str], reuse: bool = True) -> f
         cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     if result.returncode != 0:
-        raise RunFailed(f"trainers.train {' '.join(trainer_flags)} failed:\n{result.stderr[-3000:]}")
+        last_line = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise RunFailed(f"trainers.train {' '.join(trainer_flags)} failed:\n{result.stderr[-3000:]}", last_line)
     return time.time() - started
 
 
@@ -179,6 +188,7 @@ def read_run(model_dir: str, wall_seconds: float, examples_per_step: int) -> Dic
         "restored_from_step": summary["restored_from_step"],
         "final_loss": train_scalars["batch_loss"][-1][1] if "batch_loss" in train_scalars else None,
         "curve": [[step, value] for step, value in eval_scalars.get("recall_at_100", [])],
+        "curve_at_10": [[step, value] for step, value in eval_scalars.get("recall_at_10", [])],
         "wall_seconds": wall_seconds,
         "model_dir": model_dir,
     }
@@ -288,6 +298,7 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
         a/, b/              phase A / B training rows; item_counts.npy = the whole log's counts (A + B train)
         a_own/, b_own/      the same rows; item_counts.npy = that phase's own counts (the oracle)
         b_old/              phase B's rows; item_counts.npy = phase A's counts (a table made before the drift)
+        b_old_plus_one/     phase B's rows; item_counts.npy = phase A's counts + 1
     """
     from data import corpus, records
 
@@ -321,7 +332,7 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
     counts_a, counts_b = counts_a[order], counts_b[order]
     whole = counts_a + counts_b
     layout = {"a": (phases["a"], whole), "b": (train_b, whole), "a_own": (phases["a"], counts_a),
-              "b_own": (train_b, counts_b), "b_old": (train_b, counts_a)}
+              "b_own": (train_b, counts_b), "b_old": (train_b, counts_a), "b_old_plus_one": (train_b, counts_a + 1)}
     for name, (train_rows, item_counts) in layout.items():
         path = os.path.join(directory, name)
         if os.path.isfile(os.path.join(path, "metadata.json")):
@@ -334,7 +345,7 @@ def write_drift_corpora(directory: str, num_items: int, num_users: int, interact
             path, num_items=num_items, num_users=num_users, num_train=len(train_rows["item_id"]),
             num_eval=len(eval_b["item_id"]),
             description=f"compare_losses drift corpus, phase {name[0].upper()} ("
-                        f"{ {'a': 'whole-log', 'b': 'whole-log', 'b_old': 'phase A'}.get(name, 'own-phase')} item "
+                        f"{ {'a': 'whole-log', 'b': 'whole-log', 'b_old': 'phase A', 'b_old_plus_one': 'phase A + 1'}.get(name, 'own-phase')} item "
                         f"counts), seed {seed}",
         )
     top_b = np.argsort(-counts_b, kind="stable")[:100]
@@ -366,7 +377,7 @@ def q_error(model_dir: str, counts_b: np.ndarray, counts_whole: np.ndarray, batc
         used = np.where(gap > 0, weight / np.where(gap > 0, gap, 1.0), 0.0)
     else:
         used = batch_size * counts_whole / counts_whole.sum()
-    used = np.maximum(used, MIN_EXPECTED_COUNT)  # the floor the loss applies to Q
+    used = np.maximum(used, MIN_EXPECTED_COUNT)  # a count of 0 counts as the floor the streaming Q has
     return float(np.median(np.abs(np.log(used[top] / true_q[top]))))
 
 
@@ -382,12 +393,13 @@ def run_drift(work_dir: str) -> Dict:
     rows = []
     for key, name, extra, counts in settings:
         model_dir = os.path.join(work_dir, "drift", key)
-        a_dir, b_dir = {"log": ("a", "b"), "phase": ("a_own", "b_own"), "old": ("a_own", "b_old")}[counts]
-        a_dir, b_dir = directories[a_dir], directories[b_dir]
+        a_dir, b_dir = (directories[name] for name in COUNT_TABLES[counts])
         phase_a_file, phase_b_file = os.path.join(model_dir, "phase_a.json"), os.path.join(model_dir, "phase_b.json")
         if FLAGS.reuse_runs and os.path.isfile(phase_b_file):
             with open(phase_a_file) as file_a, open(phase_b_file) as file_b:
                 phase_a, phase_b = json.load(file_a), json.load(file_b)
+            if "failed" not in phase_b:
+                phase_b = read_run(model_dir, 0.0, FLAGS.batch_size)  # the run's own files, read again
         else:
             if os.path.isdir(model_dir):
                 raise app.UsageError(f"{model_dir} exists: the drift protocol needs a new model_dir per setting")
@@ -395,26 +407,32 @@ def run_drift(work_dir: str) -> Dict:
             phase_a = read_run(model_dir, wall, FLAGS.batch_size)
             with open(phase_a_file, "w") as file:  # phase B rewrites metrics.json and run_summary.json
                 json.dump(phase_a, file)
-            wall = train(model_dir, [f"--data={b_dir}", f"--epochs={2 * phase_epochs}", *budget, *extra], reuse=False)
-            phase_b = read_run(model_dir, wall, FLAGS.batch_size)
+            try:
+                wall = train(model_dir, [f"--data={b_dir}", f"--epochs={2 * phase_epochs}", *budget, *extra],
+                             reuse=False)
+                phase_b = read_run(model_dir, wall, FLAGS.batch_size)
+            except RunFailed as error:  # a setting the trainer refuses or stops (e.g. a non-finite loss) is a result
+                phase_b = {"failed": error.last_line}
             with open(phase_b_file, "w") as file:
                 json.dump(phase_b, file)
         with open(os.path.join(model_dir, "config.json")) as file:
             config_data = json.load(file)["data"]["data"]
         streaming = "--frequency_estimation=streaming" in extra
         counts_read = {"log": corpora["counts_a"] + corpora["counts_b"], "phase": corpora["counts_b"],
-                       "old": corpora["counts_a"]}[counts]
+                       "old": corpora["counts_a"], "old_plus_one": corpora["counts_a"] + 1}[counts]
         subtracts = "--nosubtract_log_q" not in extra
         row = {
             "key": key, "name": name, "flags": " ".join(extra), "item_counts": counts,
             "phase_a": phase_a, "phase_b": phase_b,
             "switch_step": phase_a["final_step"],
+            "failed": phase_b.get("failed"),
             "config_data_after_b": config_data,
             "q_error_top100": q_error(model_dir, corpora["counts_b"], counts_read, FLAGS.batch_size, streaming)
             if subtracts else None,
         }
-        print(f"drift     {name:<48} A recall@100={phase_a['recall_at_100']:.4f} -> B {phase_b['recall_at_100']:.4f}"
-              f" (restored from step {phase_b['restored_from_step']})", flush=True)
+        outcome = (f"stopped: {phase_b['failed']}" if "failed" in phase_b else
+                   f"{phase_b['recall_at_100']:.4f} (restored from step {phase_b['restored_from_step']})")
+        print(f"drift     {name:<48} A recall@100={phase_a['recall_at_100']:.4f} -> B {outcome}", flush=True)
         rows.append(row)
     description = {name: value for name, value in corpora.items() if name not in ("counts_a", "counts_b")}
     return {"corpus": description, "phase_epochs": phase_epochs, "steps_per_epoch": FLAGS.steps_per_epoch,
@@ -521,11 +539,12 @@ def _drift_markdown(drift: Optional[Dict]) -> List[str]:
         "second run restores A's newest checkpoint (weights, optimizer, streaming estimates) and trains "
         f"{phase_steps} more steps on B, starting at A's step (its run_summary.json `restored_from_step`); it "
         "rewrites config.json with phase B's directory. The oracle row carries each phase's own counts instead, "
-        "and the phase-A-counts row phase A's counts in both phases (a count table made before the drift). "
+        "and the phase-A-counts rows phase A's counts in both phases (a count table made before the drift, in "
+        "which items new in phase B have count 0; the + 1 row adds one to every count). "
         "The mixed rows draw their corpus half uniformly, whose Q needs no counts, so only the in-batch half's "
         "Q differs between them. Q error: median |ln(Q used / Q true)| over phase B's 100 most frequent items at "
         "the end, Q true = batch size x the item's phase-B training frequency; for streaming, the estimate in "
-        "the final checkpoint.",
+        "the final checkpoint (Q floored at 1e-6 where it is 0).",
         "",
         "| # | setting | recall@100 after A | restored from step | recall@10 after B | recall@50 after B | "
         "recall@100 after B | Q error after B |",
@@ -533,12 +552,18 @@ def _drift_markdown(drift: Optional[Dict]) -> List[str]:
     ]
     for index, row in enumerate(drift["rows"], start=1):
         a, b = row["phase_a"], row["phase_b"]
+        if row.get("failed"):
+            lines.append(
+                f"| D{index} | {row['name']} | {a['recall_at_100']:.4f} | - | phase B stopped: {row['failed']} | | | "
+                f"{_format_number(row['q_error_top100'], '.2f')} |"
+            )
+            continue
         lines.append(
             f"| D{index} | {row['name']} | {a['recall_at_100']:.4f} | {b['restored_from_step']} | "
             f"{b['recall_at_10']:.4f} | {b['recall_at_50']:.4f} | {b['recall_at_100']:.4f} | "
             f"{_format_number(row['q_error_top100'], '.2f')} |"
         )
-    first = drift["rows"][0]["phase_b"] if drift["rows"] else None
+    first = next((row["phase_b"] for row in drift["rows"] if not row.get("failed")), None)
     if first:
         lines += ["", f"Most-popular baseline on the phase-B held-out rows, ranking by the whole log's counts: "
                       f"recall@10 {first['baseline_recall_at_10']:.4f}, recall@100 "
@@ -573,23 +598,28 @@ def plot(outputs: Dict, path: str) -> None:
         axes.set_xlabel("training examples/s (median of TensorBoard windows, shared 2-core machine)")
         axes.set_ylabel("held-out recall@100")
         axes.set_title(f"{data}: recall@100 vs training speed\n(labels: rows of compare_losses.md; red: streaming, "
-                       "cross-batch, hard negatives; dotted: most popular)", fontsize=9)
+                       "cross-batch, hard negatives; dotted: most popular)", fontsize=8)
         axes.grid(alpha=0.3)
     if drift and drift["rows"]:
-        axes = figure.add_subplot(rows, 1, rows)
         colors = plt.cm.tab10.colors
-        for index, row in enumerate(drift["rows"]):
-            curve = sorted({step: value for step, value in row["phase_b"]["curve"]}.items())
-            steps, values = zip(*curve) if curve else ((), ())
-            axes.plot(steps, values, marker="o", markersize=3, color=colors[index % len(colors)],
-                      linestyle="-" if row["key"].startswith("in_batch") else "--", label=f"D{index + 1} {row['name']}")
-        axes.axvline(drift["rows"][0]["switch_step"], color="gray", linestyle=":", linewidth=1)
-        axes.text(drift["rows"][0]["switch_step"], axes.get_ylim()[0], " phase A -> B", fontsize=8, va="bottom")
-        axes.set_xlabel("training step")
-        axes.set_ylabel("recall@100 on phase-B held-out rows")
-        axes.set_title("Drift: item popularity permuted at the phase switch", fontsize=9)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, loc="lower right")
+        for panel, (curve_key, label) in enumerate((("curve_at_10", "recall@10"), ("curve", "recall@100"))):
+            axes = figure.add_subplot(rows, 2, 2 * rows - 1 + panel)
+            for index, row in enumerate(drift["rows"]):
+                if row.get("failed"):
+                    continue
+                curve = sorted({step: value for step, value in row["phase_b"].get(curve_key, [])}.items())
+                steps, values = zip(*curve) if curve else ((), ())
+                axes.plot(steps, values, marker="o", markersize=3, color=colors[index % len(colors)],
+                          linestyle="-" if row["key"].startswith("in_batch") else "--",
+                          label=f"D{index + 1} {row['name']}")
+            axes.axvline(drift["rows"][0]["switch_step"], color="gray", linestyle=":", linewidth=1)
+            axes.text(drift["rows"][0]["switch_step"], axes.get_ylim()[1], " phase A -> B", fontsize=8, va="top")
+            axes.set_xlabel("training step")
+            axes.set_ylabel(f"{label} on phase-B held-out rows")
+            axes.set_title(f"Drift: item popularity permuted at the phase switch ({label})", fontsize=9)
+            axes.grid(alpha=0.3)
+            if panel == 0:
+                axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

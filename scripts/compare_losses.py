@@ -654,7 +654,8 @@ def main(argv):
         # A trainer run into an existing model_dir restores it and trains no further: its figures would be old.
         raise app.UsageError(f"--work_dir={work_dir} holds earlier runs; pass --reuse_runs or a new directory")
     outputs = {
-        "command": "python scripts/compare_losses.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/compare_losses.py " + " ".join(
+            argument for argument in sys.argv[1:] if not argument.startswith("--code_version")),
         "work_dir": work_dir,
         "code_version": code_version(),
         **{name: getattr(FLAGS, name) for name in ("num_items", "num_users", "num_interactions", "num_sampled",

@@ -17,9 +17,7 @@ from retrieval import cross_batch, frequency, losses, mining, samplers
 # Samplers that draw from the corpus (and need num_sampled < num_items when unique).
 CORPUS_SAMPLERS = (*samplers.CORPUS_SAMPLERS, "mixed")
 FREQUENCY_ESTIMATIONS = ("corpus", "streaming")
-# A floor on estimated expected counts: a streaming estimate is 0 for an item not seen yet (outside training,
-# where nothing updates it), and log Q must stay finite.
-MIN_EXPECTED_COUNT = 1e-6
+MIN_EXPECTED_COUNT = samplers.MIN_EXPECTED_COUNT  # a streaming estimate is 0 for an item not seen yet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +88,13 @@ class LossConfig:
             )
         if not 0.0 < self.frequency_learning_rate <= 1.0:
             raise ValueError(f"frequency_learning_rate={self.frequency_learning_rate}; expected a value in (0, 1]")
+        if self.frequency_estimation == "streaming" and not (
+            self.effective_sampler() in ("in_batch", "mixed") or self.cross_batch_batches
+        ):
+            raise ValueError(
+                "frequency_estimation=streaming gives Q to in-batch, mixed and cross-batch negatives; with "
+                f"sampler={self.effective_sampler()} and no cross_batch_batches it would change nothing"
+            )
         if not self.logged_negative_weight > 0.0:
             raise ValueError(f"logged_negative_weight={self.logged_negative_weight}; expected a value > 0")
         if self.focal_gamma and self.loss != "nce":

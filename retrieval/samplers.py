@@ -24,6 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 
+# A floor on estimated expected counts (from counts or a stream): an item never counted has Q = 0, and log Q must
+# stay finite.
+MIN_EXPECTED_COUNT = 1e-6
+
 # item ids (any shape) -> their expected count Q per global batch (same shape, float32)
 ExpectedCount = Callable[[tf.Tensor], tf.Tensor]
 
@@ -145,8 +149,9 @@ def in_batch(true_ids, item_probability: Optional[tf.Tensor] = None, expected_co
     elif item_probability is not None:
         probability = tf.cast(item_probability, tf.float32)
         scale = tf.cast(batch_size, tf.float32)
-        sampled_expected = tf.gather(probability, ids) * scale
-        true_expected = tf.gather(probability, true_classes) * scale
+        # Floored: an item with no training count (counts made before it appeared) would get log Q = -inf.
+        sampled_expected = tf.maximum(tf.gather(probability, ids) * scale, MIN_EXPECTED_COUNT)
+        true_expected = tf.maximum(tf.gather(probability, true_classes) * scale, MIN_EXPECTED_COUNT)
     else:
         same = tf.cast(tf.equal(ids[:, tf.newaxis], ids[tf.newaxis, :]), tf.float32)  # [batch, batch]
         sampled_expected = tf.reduce_sum(same, axis=0)

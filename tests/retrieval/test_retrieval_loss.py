@@ -120,3 +120,20 @@ def test_bad_settings_name_the_flag():
             config.validate(NUM_ITEMS)
     with pytest.raises(ValueError, match="global batch size"):
         RetrievalLoss(LossConfig(cross_batch_batches=1, num_sampled=5), NUM_ITEMS)
+
+
+def test_in_batch_q_of_an_item_never_counted_is_floored_not_zero():
+    """Counts made before an item appeared give it probability 0: its log Q must stay finite (it was -inf)."""
+    items, queries = _tables(4)
+    counts = np.arange(NUM_ITEMS, 0, -1).astype(np.float64)
+    counts[7] = 0.0
+    layer = RetrievalLoss(LossConfig(loss="in_batch"), NUM_ITEMS, counts, global_batch_size=BATCH, embedding_dim=DIM)
+    loss = layer(queries, np.array([7, 1, 2, 3, 4, 5]), lambda ids: tf.gather(items, ids)).numpy()
+    assert np.all(np.isfinite(loss)), loss
+
+
+def test_streaming_q_with_a_corpus_sampler_alone_is_refused():
+    with pytest.raises(ValueError, match="frequency_estimation=streaming gives Q to in-batch"):
+        LossConfig(frequency_estimation="streaming").validate(NUM_ITEMS)
+    LossConfig(frequency_estimation="streaming", cross_batch_batches=2, num_sampled=5).validate(NUM_ITEMS)
+    LossConfig(frequency_estimation="streaming", sampler="mixed", num_sampled=5).validate(NUM_ITEMS)

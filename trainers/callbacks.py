@@ -261,6 +261,18 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         self._save()
 
 
+class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+    """tf.keras.callbacks.BackupAndRestore that records, with its backup, the last step of the execution it backs
+    up after. Keras records the first (in on_train_batch_begin), so with steps_per_execution > 1 a job restored
+    from the backup would run all but one of that execution's steps again (129 steps of a 120-step job at 10 steps
+    per execution)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not isinstance(self.model.distribute_strategy, tf.distribute.ParameterServerStrategy):  # as Keras
+            self._training_state._ckpt_saved_batch.assign(batch)  # batch: the execution's last step in the epoch
+        super().on_train_batch_end(batch, logs)
+
+
 @dataclasses.dataclass
 class CallbackSettings:
     """What make_callbacks needs of the run: its task, its files, and the run config's logging cadence."""
@@ -309,7 +321,7 @@ def make_callbacks(
         every = settings.checkpoint_every_steps
         # BackupAndRestore counts its batch hooks, which Keras calls once per execution of steps_per_execution.
         save_freq = max(1, every // settings.steps_per_execution) if every else "epoch"
-        ordered.append(tf.keras.callbacks.BackupAndRestore(settings.backup_dir, save_freq=save_freq))
+        ordered.append(BackupAndRestore(settings.backup_dir, save_freq=save_freq))
     ordered.append(CheckpointCallback(manager, settings.checkpoint_every_steps))
     if evaluation is not None:
         ordered.append(evaluation)

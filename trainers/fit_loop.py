@@ -53,14 +53,16 @@ def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None
 MAX_AUTO_STEPS_PER_EXECUTION = 100
 
 
-def steps_per_execution(config, parameter_server: bool) -> int:
+def steps_per_execution(config, strategy_name: str) -> int:
     """--steps_per_execution, with 0 (auto) resolved: the largest that keeps every callback on its step (TensorBoard
     logs inside the compiled steps; the other callbacks act on crossing a multiple of their cadence), so
     min(log_every_steps, checkpoint_every_steps, 100). 1 under parameter_server (whose Keras batch hooks see
-    asynchronous steps) and with --profile_steps (the profiler's range is in steps)."""
+    asynchronous steps), under multi_worker (a BackupAndRestore resume mid-epoch overshoots the epoch's steps when
+    Keras runs several per call: measured 129 of 120) and with --profile_steps (the profiler's range is in
+    steps)."""
     if config.optimization.steps_per_execution:
         return config.optimization.steps_per_execution
-    if parameter_server or config.logging.profile_steps:
+    if strategy_name in ("parameter_server", "multi_worker") or config.logging.profile_steps:
         return 1
     cadences = [config.logging.log_every_steps, config.logging.checkpoint_every_steps, MAX_AUTO_STEPS_PER_EXECUTION]
     return min(cadence for cadence in cadences if cadence)
@@ -79,7 +81,7 @@ def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSet
         backup_dir=task.job_dir.backup if task.strategy_name == "multi_worker" else None,
         parameter_server=task.strategy_name == "parameter_server",
         run_config=config,
-        steps_per_execution=steps_per_execution(config, task.strategy_name == "parameter_server"),
+        steps_per_execution=steps_per_execution(config, task.strategy_name),
     )
 
 

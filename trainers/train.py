@@ -107,7 +107,7 @@ def _train(tf, strategy, config, corpus, task: Task):
     first_batch = training_input.first_batch()
     model = model_builder.build_for_training(
         tf, strategy, corpus, config, first_batch,
-        fit_loop.steps_per_execution(config, task.strategy_name == "parameter_server"),
+        fit_loop.steps_per_execution(config, task.strategy_name),
     )
     placement = fit_loop.item_table_placement(model, task_name)
     checkpoint = run_dir.training_checkpoint(tf, model)

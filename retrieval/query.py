@@ -6,7 +6,8 @@ Its parts, each chosen by name (QUERY_FEATURES), are concatenated and go through
 layers, a linear projection to `embedding_dim`, optional L2 normalisation), as in the item tower:
 - user_id: the user's id embedding (retrieval.towers.Tower's); a user the model does not know (id -1) gets zeros.
 - user_features: the mean embedding of each of the user's static feature values (looked up by user id).
-- history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder. It reads
+- history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder (a mean
+  by default; a learned position-weighted mean, a GRU or a self-attention block as options). It reads
   the item tower's id table when shared (YouTube's candidate generation, Yi et al. 2019), so a history of items
   a new user just met is a query the model has already learned; under ParameterServerStrategy that table is the
   sharded one. An empty history pools to zeros: the query is then the head's bias, "the model's answer for an
@@ -29,7 +30,7 @@ import tensorflow as tf
 from retrieval.towers import Tower, embed_valid, masked_mean_embedding
 
 QUERY_FEATURES = ("user_id", "user_features", "history", "context")
-HISTORY_ENCODERS = ("mean", "gru", "attention")
+HISTORY_ENCODERS = ("mean", "weighted_mean", "gru", "attention")
 PAD = -1
 # Context features derived from the interaction's timestamp, and their number of values.
 TIME_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
@@ -55,6 +56,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
     encoder:
       mean: the mean of the valid items' embeddings (padding masked out).
+      weighted_mean: the mean weighted by a learned weight of each position (exp of a logit, all 0 at the start:
+        the plain mean), normalised over the valid positions: recency at about the cost of the mean.
       gru: a GRU over the items from the oldest to the most recent (padding masked), its last state.
       attention: one self-attention block over the items plus learned position embeddings (padding masked as
         keys), then the masked mean of its outputs.
@@ -73,7 +76,11 @@ class HistoryEncoder(tf.keras.layers.Layer):
         self.item_embedding = item_embedding
         self.encoder = encoder
         self.max_length = max_length
-        if encoder == "gru":
+        if encoder == "weighted_mean":
+            self.position_logits = self.add_weight(
+                name="position_logits", shape=[max(max_length, 1)], initializer="zeros", trainable=True
+            )
+        elif encoder == "gru":
             self.gru = tf.keras.layers.GRU(embedding_dim, go_backwards=True, name="gru")
         elif encoder == "attention":
             self.positions = tf.keras.layers.Embedding(max(max_length, 1), embedding_dim, name="positions")
@@ -82,8 +89,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
     def call(self, history):
         history = tf.cast(history, tf.int64)
-        if self.encoder == "mean":
-            return masked_mean_embedding(self.item_embedding, history)
+        if self.encoder in ("mean", "weighted_mean"):
+            return self._mean(history)
         valid = history >= 0  # [batch, L]
         embedded = embed_valid(self.item_embedding, history)  # [batch, L, dim], zeros at padding
         if self.encoder == "gru":
@@ -95,6 +102,26 @@ class HistoryEncoder(tf.keras.layers.Layer):
         outputs = self.norm(inputs + self.attention(inputs, inputs, attention_mask=mask))
         weights = tf.cast(valid, outputs.dtype)[..., tf.newaxis]
         return tf.reduce_sum(outputs * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+    def build(self, input_shape):
+        if not self.item_embedding.built:  # a shared table the item tower has not built yet
+            self.item_embedding.build(None)
+        super().build(input_shape)
+
+    def _mean(self, history):
+        """The (position-weighted) mean as one sparse lookup of the valid ids: the table's gradient then holds each
+        distinct item of the batch once, which the optimizer's update costs far less than one row per slot."""
+        positions = tf.where(history >= 0)  # [v, 2] (row, position) of the valid items
+        shape = tf.shape(history, out_type=tf.int64)
+        ids = tf.SparseTensor(positions, tf.gather_nd(history, positions), shape)
+        weights = None
+        if self.encoder == "weighted_mean":
+            logits = tf.gather(self.position_logits, tf.minimum(positions[:, 1], self.max_length - 1))
+            weights = tf.SparseTensor(positions, tf.exp(tf.cast(logits, tf.float32)), shape)  # the table's dtype
+        table = self.item_embedding.embeddings  # a ShardedVariable under ParameterServerStrategy
+        pooled = tf.nn.safe_embedding_lookup_sparse(table, ids, weights, combiner="mean")  # zeros for no item
+        return tf.cast(pooled, self.compute_dtype)
 
 
 class QueryTower(Tower):

@@ -167,8 +167,8 @@ class Registered:
 def registered_checkpoints(tf, directory: str) -> Registered:
     state = tf.train.get_checkpoint_state(directory)
     if state is not None:
+        # get_checkpoint_state has already joined relative entries to `directory` (which may itself be relative).
         paths = [path for path in list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path] if path]
-        paths = [path if os.path.isabs(path) else os.path.join(directory, path) for path in paths]
         timestamps = list(state.all_model_checkpoint_timestamps)
         return Registered(paths, timestamps if len(timestamps) == len(paths) else [], state.last_preserved_timestamp)
     if not os.path.exists(os.path.join(directory, STATE)):

@@ -93,6 +93,8 @@ class RawLog:
     user_features: FeatureRows  # from the first row of each user (when declared in the log)
     files: List[str]
     bad_records: BadRecords
+    # [n] the item keys of each row's negative column, in its order (empty: none); None without the column
+    negative_keys: Optional[List[List[str]]] = None
 
     def __len__(self):
         return len(self.user_keys)
@@ -145,11 +147,13 @@ def read_log(
     item_features = schema.item_feature_columns if item_features_in_log else ()
     user_features = schema.user_feature_columns if user_features_in_log else ()
     columns = schema.interaction_columns() + item_features + user_features
+    negative_column = schema.negative_column
+    columns += (negative_column,) if negative_column else ()  # last: the other columns keep their positions
     multi_valued = set(schema.multi_valued_columns)
     has_timestamp, has_weight = schema.timestamp_column is not None, schema.weight_column is not None
     weight_index = 3 if has_timestamp else 2
     first_feature = len(schema.interaction_columns())
-    user_keys, item_keys, timestamps, weights = [], [], [], []
+    user_keys, item_keys, timestamps, weights, negative_keys = [], [], [], [], []
     item_rows, user_rows = {}, {}
     bad = BadRecords()
 
@@ -170,6 +174,12 @@ def read_log(
                 weight = _weight(values[weight_index], columns[weight_index], location, bad, skip_bad_records)
                 if weight is None:
                     continue
+            if negative_column:
+                negatives = _keys(values[-1], negative_column, schema.value_separator, location, bad, skip_bad_records)
+                if negatives is None:
+                    continue
+                negative_keys.append(negatives)
+            if has_weight:
                 weights.append(weight)
             user_keys.append(user)
             item_keys.append(item)
@@ -195,6 +205,7 @@ def read_log(
         user_features=user_rows,
         files=files,
         bad_records=bad,
+        negative_keys=negative_keys if negative_column else None,
     )
 
 
@@ -420,7 +431,7 @@ def _shorten(value) -> str:
 
 def _tfrecord_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, List]]:
     """(location, [raw value per column]) for each tf.train.Example; list values for multi-valued columns."""
-    multi_valued = set(schema.multi_valued_columns)
+    multi_valued = set(schema.multi_valued_columns) | {schema.negative_column}
     numeric = {schema.timestamp_column: ("int64_list",), schema.weight_column: ("float_list", "int64_list")}
     for index, serialized in _tfrecords(path, bad, skip):
         location = f"{path}: record {index}"
@@ -520,6 +531,19 @@ def _key(value: str, column: str, location: str, bad: BadRecords, skip: bool) ->
         bad.add(f"{location}: key {_shorten(value)} in column {column!r} contains a tab or line break", skip)
         return None
     return value
+
+
+def _keys(raw, column: str, separator: str, location: str, bad: BadRecords, skip: bool) -> Optional[List[str]]:
+    """The keys of a multi-valued key field (a CSV string joined by separator, or a TFRecord list); an empty
+    field is no keys, an empty key between separators a bad record."""
+    if not isinstance(raw, list):
+        raw = raw.split(separator) if raw.strip() else []
+    keys = []
+    for value in raw:
+        if _key(value, column, location, bad, skip) is None:
+            return None
+        keys.append(value)
+    return keys
 
 
 def _integer(value: str, column: str, location: str, bad: BadRecords, skip: bool) -> Optional[int]:

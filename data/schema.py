@@ -9,6 +9,9 @@ keys, e.g.
 CSV files must have a header line naming their columns; TFRecord files hold one tf.train.Example per
 interaction with one feature per declared column (keys and feature values as bytes_list or int64_list,
 timestamp as int64_list, weight as float_list or int64_list; multi-valued columns as lists).
+
+negative_column (optional) holds, per interaction, the item keys shown with it and not chosen (logged
+negatives): CSV joined by value_separator (an empty field: none), TFRecord a bytes_list or int64_list.
 """
 
 import dataclasses
@@ -29,6 +32,7 @@ class Schema:
     item_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by item id in the item tower
     user_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by user id in the query tower
     multi_valued_columns: Tuple[str, ...] = ()  # feature columns of several values (CSV: joined by value_separator)
+    negative_column: Optional[str] = None  # item keys shown with the interaction and not chosen (joined likewise)
     value_separator: str = "|"
     delimiter: str = ","  # CSV field delimiter
     quoting: bool = True  # CSV: '"' quotes fields; False reads quotes as plain characters (TSV dumps)
@@ -44,6 +48,7 @@ class Schema:
             if not getattr(self, name):
                 raise SchemaError(f"schema: {name} is required (the column holding the {name.split('_')[0]} key)")
         declared = self.interaction_columns() + self.item_feature_columns + self.user_feature_columns
+        declared += (self.negative_column,) if self.negative_column else ()
         repeated = sorted({column for column in declared if declared.count(column) > 1})
         if repeated:
             raise SchemaError(f"schema: column(s) {repeated} declared for more than one role")
@@ -53,7 +58,7 @@ class Schema:
             raise SchemaError(f"schema: multi_valued_columns {stray} are not declared as item or user feature columns")
         if len(self.delimiter) != 1:
             raise SchemaError(f"schema: delimiter {self.delimiter!r} must be one character")
-        if self.multi_valued_columns and (not self.value_separator or self.value_separator == self.delimiter):
+        if (self.multi_valued_columns or self.negative_column) and (not self.value_separator or self.value_separator == self.delimiter):
             raise SchemaError(
                 f"schema: value_separator {self.value_separator!r} must be non-empty and differ from the delimiter"
             )

@@ -23,10 +23,19 @@ with sum(read) == sum(bad_records) + train + eval + sum(eval_dropped). A row is 
 after the header, or a TFRecord. Bad records of the feature side files are counted apart (they hold no
 interactions).
 
+Logged negatives (--negative_column: item keys shown with the interaction and not chosen) are mapped to item ids
+with the training vocabulary and written as each record's negative_ids. A key that is no training item of its
+own (never an interaction's item: "unseen_item"; in the OOV bucket: "oov_item") and one equal to the row's own
+item ("own_item") is dropped from the row's list; every key of a written row is counted in metadata.json's
+"logged_negatives": {"column", "read", "kept", "dropped": {reason: keys}, "max_negatives"} with
+read == kept + sum(dropped), and "max_negatives" (top level, the parsed width) is the longest kept list. The
+keys of eval rows dropped as a whole go with their row (counted there).
+
 This module's `main` is a thin command over `prepare`; like trainers/, it is the place that reads flags.
 """
 
 import dataclasses
+import itertools
 import os
 import sys
 from typing import Dict, List, Optional
@@ -40,6 +49,10 @@ from data.schema import Schema, SchemaError
 NUM_SHARDS = 4
 # Why an eval interaction is dropped, in the order a row is checked (a row counts once, for the first reason).
 EVAL_DROP_REASONS = ("unseen_item", "rare_item", "unseen_user")
+# Why a logged negative is dropped from its row, in the order a key is checked.
+NEGATIVE_DROP_REASONS = ("unseen_item", "oov_item", "own_item")
+_NEGATIVE_DROP_TEXT = {"unseen_item": "never an item in training", "oov_item": "in the OOV bucket",
+                       "own_item": "the row's own item"}
 _DROP_REASON_TEXT = {
     "unseen_item": "item never in training",
     "rare_item": "item below --min_item_count (OOV)",
@@ -90,6 +103,7 @@ class Summary:
     items_without_features: Dict[str, int]
     rows: RowCounts
     feature_bad_records: readers.BadRecords  # of the feature side files
+    logged_negatives: Optional[Dict] = None  # metadata.json's "logged_negatives", with a negative column
 
     def report(self) -> str:
         lines = [
@@ -101,6 +115,14 @@ class Summary:
             lines.append(
                 f"{self.num_items_folded} items with fewer than --min_item_count training rows (items only in eval "
                 f"included) share OOV id {self.oov_item_id}"
+            )
+        if self.logged_negatives is not None:
+            counts = self.logged_negatives
+            dropped = ", ".join(f"{counts['dropped'][reason]} {_NEGATIVE_DROP_TEXT[reason]}"
+                                for reason in NEGATIVE_DROP_REASONS)
+            lines.append(
+                f"logged negatives ({counts['column']!r}): {counts['read']} read = {counts['kept']} kept + "
+                f"{sum(counts['dropped'].values())} dropped ({dropped}); up to {counts['max_negatives']} per row"
             )
         for column, missing in sorted(self.items_without_features.items()):
             if missing:
@@ -203,6 +225,13 @@ def prepare(
         eval_dropped={reason: int(mask.sum()) for reason, mask in drops.items()},
     )
     bad_records = _merged([part.bad_records for part in logs.values()])
+    negatives, logged_negatives = None, None
+    if schema.negative_column:
+        negative_keys = log.negative_keys + (held_out_log.negative_keys if held_out_log else [])
+        negatives, logged_negatives = _negative_ids(
+            negative_keys, item_keys, item_id_of, items.oov_id, item_id, ~is_eval | kept_eval
+        )
+        logged_negatives["column"] = schema.negative_column
 
     tables, feature_vocabularies, feature_metadata, without = _feature_tables(
         schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
@@ -211,7 +240,7 @@ def prepare(
     def write(staging: str) -> None:
         for split_name, mask in (("train", ~is_eval), ("eval", kept_eval)):
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
-            records.write_interactions(staging, split_name, split_columns, num_shards)
+            records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask))
         np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
         vocabulary.write_tsv(os.path.join(staging, corpus.ITEM_VOCABULARY), items)
         vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
@@ -239,6 +268,8 @@ def prepare(
             bad_record_messages=bad_records.messages + feature_bad_records.messages,
             item_features=feature_metadata["item"],
             user_features=feature_metadata["user"],
+            **({} if logged_negatives is None else {
+                "logged_negatives": logged_negatives, "max_negatives": logged_negatives["max_negatives"]}),
         )
 
     atomic.write_atomically(output_dir, write, overwrite)  # a failure leaves output_dir as it was
@@ -256,7 +287,41 @@ def prepare(
         items_without_features=without,
         rows=rows,
         feature_bad_records=feature_bad_records,
+        logged_negatives=logged_negatives,
     )
+
+
+def _negative_ids(negative_keys, item_keys, item_id_of, oov_id, row_item_id, written):
+    """Each row's logged negatives as item ids, the keys of no training item and of the row's own item dropped.
+
+    negative_keys: [n] each row's keys. item_keys, item_id_of: the distinct item keys and the id [k] of each.
+    oov_id: the OOV bucket's id or None. row_item_id: [n] each row's item id. written: [n] bool, the rows written.
+    Returns ((ids [m], lengths [n]) of the kept negatives in row order, or None when no row keeps one, and
+    {"read", "kept", "dropped": {reason: keys}, "max_negatives"} over the written rows).
+    """
+    code_of = dict(zip(item_keys, range(len(item_keys))))
+    flat = list(itertools.chain.from_iterable(negative_keys))
+    lengths = np.fromiter(map(len, negative_keys), np.int64, len(negative_keys))
+    codes = np.fromiter((code_of.get(key, -1) for key in flat), np.int64, len(flat))
+    ids = np.where(codes >= 0, item_id_of[codes], -1)
+    unseen = codes < 0
+    oov = ~unseen & (ids == (-1 if oov_id is None else oov_id))
+    own = ~unseen & ~oov & (ids == np.repeat(row_item_id, lengths))
+    counted = np.repeat(written, lengths)
+    keep = counted & ~(unseen | oov | own)
+    kept_lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[keep], minlength=len(lengths))
+    width = int(kept_lengths.max(initial=0))
+    dropped = {reason: int((mask & counted).sum()) for reason, mask in zip(NEGATIVE_DROP_REASONS, (unseen, oov, own))}
+    counts = {"read": int(counted.sum()), "kept": int(keep.sum()), "dropped": dropped, "max_negatives": width}
+    return ((ids[keep], kept_lengths) if width else None), counts
+
+
+def _rows(negatives, mask: np.ndarray):
+    """(ids, lengths) of negatives for the rows of mask [n] only; None stays None."""
+    if negatives is None:
+        return None
+    ids, lengths = negatives
+    return ids[np.repeat(mask, lengths)], lengths[mask]
 
 
 def _feature_tables(schema: Schema, rows_and_keys):
@@ -356,6 +421,11 @@ def _define_flags():
     flags.DEFINE_list("item_feature_columns", None, "Categorical item feature columns.")
     flags.DEFINE_list("user_feature_columns", None, "Categorical user feature columns.")
     flags.DEFINE_list("multi_valued_columns", None, "Feature columns holding several values, e.g. genres.")
+    flags.DEFINE_string(
+        "negative_column", None, "Column of the item keys shown with the interaction and not chosen (logged "
+        "negatives; CSV: joined by --value_separator, empty for none). Keys of no training item, and the row's own "
+        "item, are dropped and counted."
+    )
     flags.DEFINE_string("value_separator", None, "Separator inside multi-valued CSV fields (default '|').")
     flags.DEFINE_string("delimiter", None, r"CSV field delimiter (default ','; '\t' for tab).")
     flags.DEFINE_bool("quoting", None, "CSV fields may be quoted with '\"' (default); --noquoting for plain TSV dumps.")
@@ -381,6 +451,7 @@ def schema_from_flags(values) -> Schema:
         "item_feature_columns": values.item_feature_columns,
         "user_feature_columns": values.user_feature_columns,
         "multi_valued_columns": values.multi_valued_columns,
+        "negative_column": values.negative_column,
         "value_separator": values.value_separator,
         "delimiter": delimiter,
         "quoting": values.quoting,

@@ -10,6 +10,10 @@ explicit calls (`training_dataset` picks one by size):
 - streaming (`streaming_batches`; splits larger than `max_in_memory_bytes`, and num_true > 1): TFRecord
   shards read interleaved, a shuffle buffer, batched parsing. Deterministic for a given seed too; resuming skips consumed batches.
 
+Logged negatives: a corpus prepared with --negative_column gives every batch `negative_ids` [batch,
+max_negatives] int64 (-1 padded; [batch, num_true * max_negatives] when num_true > 1, the row's interactions'
+lists side by side), in memory and streaming alike; other corpora's batches have no such key.
+
 Query inputs (`QueryInputs`, optional): each batch also gets what the query tower reads beyond user_id, computed
 here from the columns the batch already holds: `history` [batch, history_length] (the user's items strictly
 before the row's timestamp, looked up in the training log sorted by data.history.history_log) and the time
@@ -253,6 +257,7 @@ def streaming_batches(
             return tf.logical_not(tf.equal(found, user))
 
     batch_size = shard_size(batch_size, num_shards)
+    width = records.max_negatives(files)  # of the corpus: the same for every shard
     if num_shards > 1:
         if len(files) < num_shards:
             raise ValueError(f"{len(files)} files cannot be sharded over {num_shards} input pipelines by file")
@@ -266,25 +271,24 @@ def streaming_batches(
     if repeat:
         dataset = dataset.repeat()
     if num_true > 1:
-        dataset = _rows_of_one_user(dataset, num_true, keep)
+        dataset = _rows_of_one_user(dataset, num_true, keep, width)
         dataset = dataset.batch(batch_size, drop_remainder=True)
     elif keep is not None:  # records parsed one by one, to drop rows before batching
-        dataset = dataset.map(lambda record: tf.io.parse_single_example(record, records.FEATURE_SPEC))
+        dataset = dataset.map(lambda record: records.parse_single(record, width))
         dataset = dataset.filter(keep).batch(batch_size, drop_remainder=True)
     else:
         dataset = dataset.batch(batch_size, drop_remainder=True)
-        dataset = dataset.map(records.parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda batch: records.parse_batch(batch, width), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(query_inputs.batch_function(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The same seed gives the same order, so skipping what a previous run consumed resumes where it stopped.
     return dataset.skip(start_step).prefetch(tf.data.AUTOTUNE)
 
 
-def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None) -> tf.data.Dataset:
-    """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each; keep:
-    an optional predicate on a parsed record."""
-    parsed = serialized.map(
-        lambda record: tf.io.parse_single_example(record, records.FEATURE_SPEC), num_parallel_calls=tf.data.AUTOTUNE
-    )
+def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, width=None) -> tf.data.Dataset:
+    """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each, and
+    negative_ids [num_true * width] when width (max_negatives) is given; keep: an optional predicate on a
+    parsed record."""
+    parsed = serialized.map(lambda record: records.parse_single(record, width), num_parallel_calls=tf.data.AUTOTUNE)
     if keep is not None:
         parsed = parsed.filter(keep)
     grouped = parsed.group_by_window(
@@ -292,11 +296,11 @@ def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None) -> 
         reduce_func=lambda user_id, window: window.batch(num_true, drop_remainder=True),
         window_size=num_true,
     )
-    return grouped.map(
-        lambda rows: {
-            "user_id": rows["user_id"][0],
-            "item_id": rows["item_id"],
-            "timestamp": rows["timestamp"],
-            "weight": rows["weight"],
-        }
-    )
+
+    def row(rows):
+        values = {name: rows[name] for name in ("item_id", "timestamp", "weight")}
+        if width:
+            values[records.NEGATIVES] = tf.reshape(rows[records.NEGATIVES], [num_true * width])
+        return {"user_id": rows["user_id"][0], **values}
+
+    return grouped.map(row)

@@ -225,15 +225,16 @@ def run_server(tf, spec: ClusterSpec) -> None:
     """Runs this ps (or parameter_server worker) task's gRPC server until the process is stopped: SIGTERM or
     SIGINT stop it with one line (cli.Stopped). The server runs on TensorFlow's threads while this one waits in
     Python, where the signals are handled (Server.join would wait inside TensorFlow)."""
-    tf.distribute.Server(
+    server = tf.distribute.Server(
         tf.train.ClusterSpec(spec.cluster), job_name=spec.task_type, task_index=spec.task_id, protocol="grpc",
         start=True,
     )
     with cli.stop_on_signals(lambda name: f"{spec.task_name}: stopped by {name} while serving the parameter_server "
                                           "job"):
         logging.info("%s: serving the parameter_server job (the chief drives training)", spec.task_name)
-        while True:  # short sleeps: a signal the kernel hands to one of TensorFlow's threads does not end a sleep
-            time.sleep(0.5)  # of this one, and Python runs the handler only when this thread next runs Python
+        while server is not None:  # held until the process ends: a collected Server asks TensorFlow to stop it
+            time.sleep(0.5)  # short sleeps: a signal the kernel hands to one of TensorFlow's threads does not end a
+            # sleep of this thread, and Python runs the handler only when this thread next runs Python
 
 
 # A multi_worker task's wait for the others: how often it looks, and how often it says whom it waits for.

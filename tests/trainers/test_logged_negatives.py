@@ -49,3 +49,18 @@ def test_a_log_with_shown_items_prepares_and_trains(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Traceback" not in trained.stderr
     assert (tmp_path / "run" / "run_summary.json").exists()
+
+
+def test_the_trainers_batches_hand_the_model_negative_ids(tmp_path):
+    from data import corpus, prepare
+    from data.schema import Schema
+    from trainers.training_input import TrainingInput
+
+    _write_log(tmp_path / "log.csv")
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time", negative_column="shown")
+    prepare.prepare(str(tmp_path / "log.csv"), schema, str(tmp_path / "corpus"))
+    prepared = corpus.PreparedCorpus.load(str(tmp_path / "corpus"))
+    width = json.loads((tmp_path / "corpus" / "metadata.json").read_text())["max_negatives"]
+    negatives = TrainingInput(prepared.train_files, 32, 1, seed=0).first_batch()["negative_ids"]
+    assert negatives.shape == (32, width) and negatives.dtype.name == "int64"
+    assert (negatives.numpy() >= -1).all() and (negatives.numpy() < prepared.num_items).all()

@@ -179,7 +179,8 @@ class LossProgressCheck(tf.keras.callbacks.Callback):
         if self.started:  # fit runs twice after a mid-epoch resume
             return
         self.started = True
-        self._warn(health.rows_without_negatives(self.config))
+        logged = self.probe_batch is not None and "negative_ids" in self.probe_batch
+        self._warn(health.rows_without_negatives(self.config, logged))
         if self.probe_batch is not None and not self.warnings and int(self.model.optimizer.iterations.numpy()) == 0:
             self.initial_loss = self._probe_loss()
             self._warn(health.zero_loss(self.initial_loss, self.config))

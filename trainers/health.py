@@ -18,11 +18,13 @@ CHECK_STEP = 100
 TOLERANCE = 0.01
 
 
-def rows_without_negatives(config) -> Optional[Dict[str, Any]]:
+def rows_without_negatives(config, logged_negatives: bool = False) -> Optional[Dict[str, Any]]:
     """The warning for a RunConfig whose every row lacks negatives: in-batch negatives from a global batch of one
-    row (its only candidate is its own positive) and no cross-batch memory; None otherwise."""
+    row (its only candidate is its own positive), no cross-batch memory and no logged negatives in the batches
+    (logged_negatives: they carry negative_ids); None otherwise."""
     loss = config.loss
-    if loss.effective_sampler() != "in_batch" or config.optimization.batch_size > 1 or loss.cross_batch_batches:
+    has_others = loss.cross_batch_batches or (logged_negatives and loss.logged_negative_weight > 0)
+    if loss.effective_sampler() != "in_batch" or config.optimization.batch_size > 1 or has_others:
         return None
     setting = "--loss=in_batch" if loss.loss == "in_batch" else f"--loss={loss.loss} --sampler=in_batch"
     return {

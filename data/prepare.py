@@ -227,9 +227,11 @@ def prepare(
     bad_records = _merged([part.bad_records for part in logs.values()])
     negatives, logged_negatives = None, None
     if schema.negative_column:
-        negative_keys = log.negative_keys + (held_out_log.negative_keys if held_out_log else [])
+        parts = [part for part in (log, held_out_log) if part is not None]
         negatives, logged_negatives = _negative_ids(
-            negative_keys, item_keys, item_id_of, items.oov_id, item_id, ~is_eval | kept_eval
+            [key for part in parts for key in part.negative_keys],
+            np.concatenate([part.negative_lengths for part in parts]),
+            item_keys, item_id_of, items.oov_id, item_id, ~is_eval | kept_eval,
         )
         logged_negatives["column"] = schema.negative_column
 
@@ -291,18 +293,16 @@ def prepare(
     )
 
 
-def _negative_ids(negative_keys, item_keys, item_id_of, oov_id, row_item_id, written):
+def _negative_ids(negative_keys, lengths, item_keys, item_id_of, oov_id, row_item_id, written):
     """Each row's logged negatives as item ids, the keys of no training item and of the row's own item dropped.
 
-    negative_keys: [n] each row's keys. item_keys, item_id_of: the distinct item keys and the id [k] of each.
+    negative_keys, lengths: every row's keys one row after the other, and [n] how many each row has. item_keys, item_id_of: the distinct item keys and the id [k] of each.
     oov_id: the OOV bucket's id or None. row_item_id: [n] each row's item id. written: [n] bool, the rows written.
     Returns ((ids [m], lengths [n]) of the kept negatives in row order, or None when no row keeps one, and
     {"read", "kept", "dropped": {reason: keys}, "max_negatives"} over the written rows).
     """
     code_of = dict(zip(item_keys, range(len(item_keys))))
-    flat = list(itertools.chain.from_iterable(negative_keys))
-    lengths = np.fromiter(map(len, negative_keys), np.int64, len(negative_keys))
-    codes = np.fromiter((code_of.get(key, -1) for key in flat), np.int64, len(flat))
+    codes = np.fromiter(map(code_of.get, negative_keys, itertools.repeat(-1)), np.int64, len(negative_keys))
     ids = np.where(codes >= 0, item_id_of[codes], -1)
     unseen = codes < 0
     oov = ~unseen & (ids == (-1 if oov_id is None else oov_id))

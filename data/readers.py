@@ -93,8 +93,10 @@ class RawLog:
     user_features: FeatureRows  # from the first row of each user (when declared in the log)
     files: List[str]
     bad_records: BadRecords
-    # [n] the item keys of each row's negative column, in its order (empty: none); None without the column
-    negative_keys: Optional[List[List[str]]] = None
+    # The item keys of every row's negative column, row after row (flat: a list per row would leave a million
+    # lists for the garbage collector to walk), and [n] how many each row holds; None without the column.
+    negative_keys: Optional[List[str]] = None
+    negative_lengths: Optional[np.ndarray] = None
 
     def __len__(self):
         return len(self.user_keys)
@@ -153,7 +155,7 @@ def read_log(
     has_timestamp, has_weight = schema.timestamp_column is not None, schema.weight_column is not None
     weight_index = 3 if has_timestamp else 2
     first_feature = len(schema.interaction_columns())
-    user_keys, item_keys, timestamps, weights, negative_keys = [], [], [], [], []
+    user_keys, item_keys, timestamps, weights, negative_keys, negative_lengths = [], [], [], [], [], []
     item_rows, user_rows = {}, {}
     bad = BadRecords()
 
@@ -178,7 +180,8 @@ def read_log(
                 negatives = _keys(values[-1], negative_column, schema.value_separator, location, bad, skip_bad_records)
                 if negatives is None:
                     continue
-                negative_keys.append(negatives)
+                negative_keys.extend(negatives)
+                negative_lengths.append(len(negatives))
             if has_weight:
                 weights.append(weight)
             user_keys.append(user)
@@ -206,6 +209,7 @@ def read_log(
         files=files,
         bad_records=bad,
         negative_keys=negative_keys if negative_column else None,
+        negative_lengths=np.asarray(negative_lengths, dtype=np.int64) if negative_column else None,
     )
 
 
@@ -538,6 +542,8 @@ def _keys(raw, column: str, separator: str, location: str, bad: BadRecords, skip
     field is no keys, an empty key between separators a bad record."""
     if not isinstance(raw, list):
         raw = raw.split(separator) if raw.strip() else []
+        if all(map(str.strip, raw)) and not any(character in value for value in raw for character in "\t\n\r"):
+            return raw  # the common case, checked in bulk; otherwise each key in turn finds the bad one
     keys = []
     for value in raw:
         if _key(value, column, location, bad, skip) is None:

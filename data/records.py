@@ -91,16 +91,14 @@ def write_interactions(
         with_weight = columns.get("weight") is not None
         serialize = _serializer(with_weight, negatives is not None)
         weights = columns["weight"].tolist() if with_weight else [None] * num_rows
-        negative_ids = [None] * num_rows
-        if negatives is not None:
-            ids, ends = negatives[0].tolist(), np.cumsum(negatives[1]).tolist()
-            negative_ids = [ids[start:end] for start, end in zip([0] + ends[:-1], ends)]
-        rows = zip(
-            columns["user_id"].tolist(), columns["item_id"].tolist(), columns["timestamp"].tolist(), weights,
-            negative_ids,
-        )
-        for index, row in enumerate(rows):
-            writers[index % num_shards].write(serialize(*row))
+        ids = negatives[0].tolist() if negatives is not None else []
+        ends = np.cumsum(negatives[1]).tolist() if negatives is not None else [0] * num_rows
+        rows = zip(columns["user_id"].tolist(), columns["item_id"].tolist(), columns["timestamp"].tolist(), weights)
+        start = 0
+        for index, (row, end) in enumerate(zip(rows, ends)):
+            # Sliced here, row by row: a list per row made up front would leave the garbage collector a million.
+            writers[index % num_shards].write(serialize(*row, ids[start:end]))
+            start = end
     finally:
         for writer in writers:
             writer.close()

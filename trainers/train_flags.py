@@ -61,8 +61,14 @@ def _define_query_flags():
         "user's static features, their previous items (the history), the interaction's context.",
     )
     flags.DEFINE_integer("history_length", 50, "The most previous items of a user per query.", lower_bound=1)
-    flags.DEFINE_enum("history_encoder", "mean", list(query.HISTORY_ENCODERS), "How a history is pooled.")
-    flags.DEFINE_bool("share_item_embeddings", True, "The history reads the item tower's id table (else its own).")
+    flags.DEFINE_enum(
+        "history_encoder", RunConfig().model.history_encoder, list(query.HISTORY_ENCODERS),
+        "How a history is pooled: mean, weighted_mean (a learned weight per position), gru, attention (README).",
+    )
+    flags.DEFINE_bool(
+        "share_item_embeddings", RunConfig().model.share_item_embeddings,
+        "The history reads the item tower's id table; off: a table of its own (better on both corpora, README).",
+    )
     flags.DEFINE_list(
         "context_features", list(query.TIME_FEATURES),
         "The context --query_features=...,context reads: hour_of_day and day_of_week of the interaction's timestamp "

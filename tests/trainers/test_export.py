@@ -13,6 +13,7 @@ from tests.conftest import run_module
 NUM_USERS, NUM_ITEMS, NUM_TOPICS = 300, 400, 8
 TRAIN = ["--batch_size=128", "--num_sampled=100", "--epochs=5", "--learning_rate=0.02", "--embedding_dim=16", "--log_every_steps=20",
          "--projector_items=0", "--seed=3"]
+USER_ID_MODEL = ["--query_features=user_id"]  # the user-id signatures of a model whose query is the user's id
 
 
 def _write_keyed_log(path):
@@ -37,7 +38,7 @@ def exported(tmp_path_factory):
     model_dir = root / "model"
     # The trainer exports at the end (--export defaults to true).
     trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", "--export_top_k=20",
-                         *TRAIN)
+                         *TRAIN, *USER_ID_MODEL)
     assert trained.returncode == 0, trained.stderr[-3000:]
     exported_line = [line for line in trained.stdout.splitlines() if line.startswith("exported step")]
     assert exported_line, trained.stdout

@@ -88,6 +88,7 @@ def test_step_zero_check_warns_on_a_bad_start_and_not_on_a_good_one(tmp_path, tr
         f"--cache_dir={tmp_path / 'cache'}",
         *TINY,
         "--temperature=0.002",  # scores divided by 0.002: a fresh model no longer scores candidates alike
+        "--query_features=user_id",  # (a fresh history query, a projected mean of 50 small vectors, stays near 0)
         "--epochs=1",
         "--steps_per_epoch=4",
         "--profile_steps=2,3",

@@ -91,7 +91,7 @@ def test_history_model_under_parameter_server_reads_the_sharded_item_table(tmp_p
     model_dir = tmp_path / "ps"
     command = [sys.executable, "scripts/launch_local_cluster.py", "--workers=1", "--ps=2", "--",
                "--strategy=parameter_server", f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}",
-               *TINY, "--num_ps_shards=2", "--cold_users=0.1"]
+               *TINY, "--num_ps_shards=2", "--cold_users=0.1", "--share_item_embeddings"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     summary = json.loads((model_dir / "run_summary.json").read_text())

@@ -7,7 +7,10 @@ Rows, each measured in a process of its own (so its peak resident memory is its 
 burst of load from other processes hurts every row alike; a row shows the median and the min-max of its repeats:
   trainer: <flags>            `python -m trainers.train` on the built-in corpus, the command users run, with the
                               flags shown; examples/s is the trainer's own TensorBoard `examples_per_second`
-                              (median of its windows after the warm-up steps)
+                              (median of its windows after the warm-up steps). The user-id model
+                              (--query_features=user_id) unless the flags name other query features: the
+                              history row runs the trainer's default history model on histories of up to 50
+                              items (pass --num_users so that users hold some 50 interactions each)
   tf.nn + Adagrad, cached     the loop the TFRS tutorials teach, written by hand: the split read into memory,
                               `shuffle(100_000).batch(B).cache()`, embedding tables, a tf.function step on
                               tf.nn.sampled_softmax_loss, Keras Adagrad(0.1)
@@ -38,6 +41,8 @@ sys.path.insert(0, REPO_ROOT)
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from data import sources  # noqa: E402
 
+HISTORY_VARIANT = "--query_features=history --history_length=50"  # the history model's row
+
 flags.DEFINE_list("sizes", ["100000", "1000000", "10000000"], "Item counts to measure.")
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 flags.DEFINE_integer("num_sampled", 1000, "Sampled negatives per step.")
@@ -52,12 +57,14 @@ flags.DEFINE_string("cache_dir", sources.DEFAULT_CACHE_DIR, "Corpus cache (the t
 flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report path ('' to skip); a .json beside it.")
 flags.DEFINE_integer("repeats", 3, "Interleaved measurements per row.")
 flags.DEFINE_list("trainer_variants", ["", "--optimizer=adagrad", "--loss=in_batch", "--loss=in_batch --optimizer=adagrad",
-                                       "--loss=full_softmax"], "Trainer flag sets, one row each ('' = defaults).")
+                                       "--loss=full_softmax", HISTORY_VARIANT],
+                  "Trainer flag sets, one row each ('' = defaults of the user-id model).")
 flags.DEFINE_bool("breakdown", True, "Also measure where a trainer step's CPU time goes (scripts/profile_step.py).")
 flags.DEFINE_string("child", "", "Internal: run one measurement described by this JSON and print its result.")
 FLAGS = flags.FLAGS
 
 TIMED_WINDOW = 10  # steps per examples_per_second window of the trainer rows (its --log_every_steps)
+USER_ID_MODEL = "--query_features=user_id"  # what the trainer rows train unless their flags say otherwise
 
 
 def _corpus(num_items):
@@ -78,7 +85,7 @@ def _trainer_flags(spec):
         f"--num_sampled={FLAGS.num_sampled}", f"--embedding_dim={FLAGS.embedding_dim}", "--epochs=1",
         f"--steps_per_epoch={steps}", f"--log_every_steps={min(TIMED_WINDOW, spec['steps'])}",
         "--checkpoint_every_steps=0",
-        "--noexport", "--projector_items=0", "--eval_max_users=200", *spec["variant"].split(),
+        "--noexport", "--projector_items=0", "--eval_max_users=200", USER_ID_MODEL, *spec["variant"].split(),
     ]
 
 

@@ -65,6 +65,24 @@ def _breakdown_lines(breakdown: Optional[Dict]) -> List[str]:
     return lines
 
 
+USER_ID_DEFAULTS = "trainer: defaults (sampled_softmax, lazy_adam)"
+HISTORY = "trainer: --query_features=history"  # the start of the history model's row name
+
+
+def _history_lines(sizes: Dict[int, Dict[str, Dict]]) -> List[str]:
+    """One line per size: the history model's throughput as a share of the user-id model's (same run)."""
+    lines = []
+    for num_items, rows in sizes.items():
+        history = next((row for name, row in rows.items() if name.startswith(HISTORY) and "error" not in row), None)
+        user_id = rows.get(USER_ID_DEFAULTS, {})
+        if history is None or "error" in user_id or not user_id:
+            continue
+        lines.append(f"- {num_items:,} items: the history model trains at {history['examples_per_second']:,.0f} "
+                     f"examples/s, {ratio_with_spread(history, user_id)} of the user-id model's "
+                     f"{user_id['examples_per_second']:,.0f}")
+    return [""] + lines if lines else []
+
+
 def markdown(sizes: Dict[int, Dict[str, Dict]], breakdown: Optional[Dict], command: str, flag_values) -> str:
     lines = ["| items | row | examples/s: median (min-max) | vs tf.nn + Adagrad | vs TFRS in-batch | "
              "share of matmul limit | peak memory | peak / (item table + slots) |",
@@ -82,6 +100,7 @@ def markdown(sizes: Dict[int, Dict[str, Dict]], breakdown: Optional[Dict], comma
         "per-repeat ratios and their range). See scripts/bench.py for what each row runs.",
         "",
         *lines,
+        *_history_lines(sizes),
         *_breakdown_lines(breakdown),
         "",
     ])

@@ -38,3 +38,18 @@ def test_bench_measures_every_row_against_the_peers(tmp_path):
     assert sum(value for name, value in parts.items() if name != "whole trainer step") == pytest.approx(
         parts["whole trainer step"], rel=1e-6)
     assert "| 3,000 | trainer: --loss=in_batch |" in output.read_text()
+
+
+def test_report_puts_the_history_model_beside_the_user_id_model():
+    sys.path.insert(0, f"{REPO_ROOT}/scripts")
+    import bench_report
+
+    def row(*speeds):
+        return {"examples_per_second": sorted(speeds)[1], "low": min(speeds), "high": max(speeds), "all": list(speeds),
+                "peak_bytes": 2**30, "repeats": 3}
+
+    rows = {bench_report.USER_ID_DEFAULTS: row(100.0, 110.0, 90.0),
+            "trainer: --query_features=history --history_length=50": row(60.0, 55.0, 54.0)}
+    lines = bench_report._history_lines({1_000_000: rows})
+    assert lines[1] == ("- 1,000,000 items: the history model trains at 55 examples/s, 0.60x (0.50-0.60) of the "
+                        "user-id model's 100")

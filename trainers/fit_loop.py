@@ -57,11 +57,12 @@ def steps_per_execution(config, strategy_name: str) -> int:
     """--steps_per_execution, with 0 (auto) resolved: the largest that keeps every callback on its step (TensorBoard
     logs inside the compiled steps; the other callbacks act on crossing a multiple of their cadence), so
     min(log_every_steps, checkpoint_every_steps, 100). 1 under parameter_server (whose Keras batch hooks see
-    asynchronous steps) and with --profile_steps (the profiler's range is in steps); multi_worker backups record
-    the last step of each call (callbacks.BackupAndRestore)."""
+    asynchronous steps), under multi_worker (the all-gather of sparse gradients whose size differs by worker, as
+    the history model's do, fails inside a call of several steps: "Shape mismatch in the collective instance"),
+    and with --profile_steps (the profiler's range is in steps)."""
     if config.optimization.steps_per_execution:
         return config.optimization.steps_per_execution
-    if strategy_name == "parameter_server" or config.logging.profile_steps:
+    if strategy_name in ("parameter_server", "multi_worker") or config.logging.profile_steps:
         return 1
     cadences = [config.logging.log_every_steps, config.logging.checkpoint_every_steps, MAX_AUTO_STEPS_PER_EXECUTION]
     return min(cadence for cadence in cadences if cadence)

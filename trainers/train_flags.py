@@ -97,7 +97,7 @@ def _define_optimization_flags():
         "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
         "checkpoints, the NaN guard) then act once per call. 0: auto, the largest that keeps logging and "
         "checkpoints on their step (min of --log_every_steps, --checkpoint_every_steps and 100; 1 under "
-        "parameter_server or --profile_steps).",
+        "parameter_server, multi_worker or --profile_steps).",
         lower_bound=0,
     )
     flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")

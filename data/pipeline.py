@@ -34,6 +34,8 @@ import tensorflow as tf
 
 from data import history, records
 
+# Hidden columns of in-memory rows: where each row's history lies in the sorted log (QueryInputs.batch_function).
+HISTORY_POSITIONS = ("_history_end", "_history_available")
 # Splits whose TFRecord files are at most this large are read into memory (about 40 bytes per interaction on
 # disk, 24 in memory): 1 GiB is some 25 million interactions.
 MAX_IN_MEMORY_BYTES = 1 << 30
@@ -56,7 +58,8 @@ class QueryInputs:
 
     def batch_function(self):
         """A function batch -> batch with history [b, L] int64 and/or hour_of_day, day_of_week [b] int64
-        added, for tf.data map (its lookup tables are captured as constants)."""
+        added, for tf.data map (its lookup tables are captured as constants). A batch that carries its rows'
+        HISTORY_POSITIONS (in memory: `with_history_positions`) skips the binary searches."""
         lookup = None if self.history_log is None else history_lookup(self.history_log, self.history_length)
         time_features = self.time_features
 
@@ -66,12 +69,21 @@ class QueryInputs:
             if time.shape.rank == 2:  # num_true interactions per row: the earliest one's moment
                 time = tf.reduce_min(time, axis=1)
             if lookup is not None:
-                batch["history"] = lookup(batch["user_id"], time)
+                positions = tuple(batch.pop(name, None) for name in HISTORY_POSITIONS)
+                batch["history"] = lookup(batch["user_id"], time, *positions)
             if time_features:
                 batch.update(time_feature_columns(time))
             return batch
 
         return add
+
+    def with_history_positions(self, columns: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The in-memory columns plus HISTORY_POSITIONS of every row (where its history lies in the sorted log),
+        computed once here instead of by two binary searches in every batch."""
+        if self.history_log is None:
+            return columns
+        end, available = history.history_positions(self.history_log, columns["user_id"], columns["timestamp"])
+        return {**columns, HISTORY_POSITIONS[0]: end, HISTORY_POSITIONS[1]: available}
 
     def keep_rows(self, columns: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The in-memory columns {name: [n]} without the excluded users' rows."""
@@ -93,14 +105,16 @@ def history_lookup(log: history.HistoryLog, history_length: int):
     offsets = tf.range(history_length, dtype=tf.int64)[tf.newaxis, :]  # [1, L]
     empty = not len(log.keys)
 
-    def lookup(user_id, timestamp):
+    def lookup(user_id, timestamp, end=None, available=None):
+        """end, available: the rows' positions in the sorted log when known (history.history_positions)."""
         user_id, timestamp = tf.cast(user_id, tf.int64), tf.cast(timestamp, tf.int64)
         if empty or not history_length:
             return tf.fill([tf.shape(user_id)[0], history_length], tf.constant(history.PAD, tf.int64))
-        first_key = user_id * time_slots
-        rank = tf.searchsorted(times, timestamp, side="left", out_type=tf.int64)
-        end = tf.searchsorted(keys, first_key + rank, side="left", out_type=tf.int64)  # [b]
-        available = end - tf.searchsorted(keys, first_key, side="left", out_type=tf.int64)
+        if end is None:
+            first_key = user_id * time_slots
+            rank = tf.searchsorted(times, timestamp, side="left", out_type=tf.int64)
+            end = tf.searchsorted(keys, first_key + rank, side="left", out_type=tf.int64)  # [b]
+            available = end - tf.searchsorted(keys, first_key, side="left", out_type=tf.int64)
         positions = end[:, tf.newaxis] - 1 - offsets  # [b, L], newest first
         valid = offsets < available[:, tf.newaxis]
         return tf.where(valid, tf.gather(items, tf.maximum(positions, 0)), tf.constant(history.PAD, tf.int64))
@@ -197,7 +211,7 @@ def in_memory_batches(
     floor(n / batch_size) global batches; this shard yields columns [shard_index * b, (shard_index + 1) * b) of
     each, b = batch_size // num_shards. query_inputs: rows left out first, features added to each batch."""
     query_inputs = query_inputs or QueryInputs()
-    columns = query_inputs.keep_rows(columns)
+    columns = query_inputs.with_history_positions(query_inputs.keep_rows(columns))
     num_rows = len(next(iter(columns.values())))
     steps_per_epoch = num_rows // batch_size
     if steps_per_epoch == 0:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrieval.query import HISTORY_ENCODERS, PAD, HistoryEncoder, QueryTower
+from retrieval.query import HISTORY_ENCODERS, PAD, TRAINED_POSITIONS, HistoryEncoder, QueryTower
 from retrieval.towers import Tower
 
 NUM_USERS, NUM_ITEMS, DIM = 10, 30, 8
@@ -86,6 +86,20 @@ def test_the_shared_item_table_gets_one_sparse_row_per_distinct_item():
     assert isinstance(gradient, tf.IndexedSlices)
     indices = gradient.indices.numpy().tolist()
     assert sorted(indices) == [3, 4, 6, 7], "each history item once (one sparse lookup), padding never"
+
+
+@pytest.mark.parametrize("encoder", ["mean", "weighted_mean"])
+def test_the_table_is_trained_through_the_most_recent_items_and_reads_them_all(encoder):
+    item_tower = Tower(NUM_ITEMS, DIM, name="item_tower")
+    item_tower(tf.constant([0], tf.int64))
+    history = HistoryEncoder(item_tower.embedding, DIM, encoder, max_length=14)
+    items = list(range(1, TRAINED_POSITIONS + 3))  # two older than the trained positions
+    with tf.GradientTape() as tape:
+        pooled = history(tf.constant([items + [PAD, PAD]], tf.int64))
+        loss = tf.reduce_sum(pooled)
+    np.testing.assert_allclose(pooled.numpy()[0], _mean_of(item_tower, [items])[0], rtol=1e-5)
+    gradient = tape.gradient(loss, item_tower.embedding.embeddings)
+    assert sorted(gradient.indices.numpy().tolist()) == items[:TRAINED_POSITIONS]
 
 
 def test_own_history_table_when_not_shared():

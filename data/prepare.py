@@ -11,6 +11,12 @@
          (data.features)
       -> a prepared corpus directory (data.corpus), written under a staging name and renamed when complete
 
+Each interaction's history (the user's earlier items, for a history query tower) is not written: it is a window
+of the training split sorted by (user, time), which the trainer sorts once when it loads the corpus
+(data.history.history_log) and reads per batch (data.pipeline.QueryInputs), so one prepared corpus serves any
+--history_length. Timestamps are the time order of histories (same-second rows never see each other); without
+--timestamp_column, file order is.
+
 Eval interactions that the model cannot be asked about are dropped and counted by reason: an item never in
 training or rarer than --min_item_count (its id is the OOV bucket: a recommender cannot retrieve "some rare
 item"), or a user never in training (possible only with --eval_input). The ranking's ties are broken by key, so

@@ -281,7 +281,9 @@ def export_after_training(model_dir: str, k: int, best: bool = False):
         sys.exit(f"training finished and its checkpoints are kept, but the export failed: {error}. Retry with "
                  f"`python -m trainers.export --model_dir={model_dir} --k={k}{' --best' if best else ''}`.")
     which = " (the best checkpoint, --keep_best)" if best else ""
-    print(f"exported step {step}{which} to {path}  (python -m trainers.retrieve --export_dir {path} --user_id ...)",
+    with open(os.path.join(path, METADATA)) as file:
+        query = "--user_id ... or --history ..." if json.load(file)["has_history"] else "--user_id ..."
+    print(f"exported step {step}{which} to {path}  (python -m trainers.retrieve --export_dir {path} {query})",
           flush=True)
     return path, step
 

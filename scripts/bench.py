@@ -41,6 +41,8 @@ sys.path.insert(0, REPO_ROOT)
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from data import sources  # noqa: E402
 
+import profile_step  # noqa: E402  (scripts/, beside this file)
+
 HISTORY_VARIANT = "--query_features=history --history_length=50"  # the history model's row
 
 flags.DEFINE_list("sizes", ["100000", "1000000", "10000000"], "Item counts to measure.")
@@ -234,12 +236,7 @@ def measure(spec):
                f"--batch_size={FLAGS.batch_size}", f"--num_sampled={FLAGS.num_sampled}",
                f"--embedding_dim={FLAGS.embedding_dim}", f"--num_users={FLAGS.num_users}",
                f"--num_interactions={FLAGS.num_interactions}", f"--child={json.dumps(spec)}"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-    return json.loads(lines[-1])
+    return profile_step.run_json_child(command)
 
 
 def rows_of(num_items):
@@ -291,8 +288,6 @@ def main(argv):
         sizes[num_items] = {name: summarise(values) for name, values in results.items()}
     breakdown = None
     if FLAGS.breakdown:
-        import profile_step
-
         breakdown = {num_items: profile_step.measure(num_items, FLAGS) for num_items in sizes if num_items <= 1_000_000}
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     text = bench_report.markdown(sizes, breakdown, command, FLAGS)

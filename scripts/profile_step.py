@@ -136,7 +136,12 @@ def measure(num_items, flag_values):
     arguments = dict(num_items=num_items, num_users=flag_values.num_users, num_interactions=flag_values.num_interactions,
                      batch_size=flag_values.batch_size, num_sampled=flag_values.num_sampled,
                      dim=flag_values.embedding_dim, cache_dir=flag_values.cache_dir)
-    command = [sys.executable, os.path.abspath(__file__), json.dumps(arguments)]
+    return run_json_child([sys.executable, os.path.abspath(__file__), json.dumps(arguments)])
+
+
+def run_json_child(command):
+    """Runs a measuring child process from the repository root; its last JSON line, or {"error": its last
+    stderr line} (bench.py's rows use it too)."""
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

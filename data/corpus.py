@@ -11,17 +11,20 @@ Optional, written by `data.prepare` for logs with their own keys (the built-in c
   item_features.npz       {column: [num_items, max_values] int32} feature value ids, -1 padded (data.features)
   user_features.npz       {column: [num_users, max_values] int32}
   item_feature-<n>.tsv    the value vocabulary of each feature column (metadata.json names which)
+  context-<name>.tsv      the value vocabulary of each categorical context column (data.context;
+                          metadata.json's "context_columns" lists every context column)
 """
 
 import dataclasses
 import glob
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from data import features
+from data.context import ContextColumn
 
 FORMAT = "retrieval-corpus/1"
 ITEM_VOCABULARY = "item_vocabulary.tsv"
@@ -47,6 +50,7 @@ class PreparedCorpus:
     user_keys: Optional[List[str]] = None  # [num_users] the log's own user key of each id; None for built-in
     item_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_items, max_values] int32, -1 padded}
     user_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_users, max_values] int32, -1 padded}
+    context_columns: Tuple[ContextColumn, ...] = ()  # the log's declared context columns, with their value keys
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -92,12 +96,26 @@ class PreparedCorpus:
             user_keys=user_keys,
             item_features=item_features,
             user_features=user_features,
+            context_columns=_context_columns(directory, metadata),
         )
 
 
 def write_metadata(directory: str, **metadata) -> None:
     with open(os.path.join(directory, "metadata.json"), "w") as file:
         json.dump({"format": FORMAT, **metadata}, file, indent=2, sort_keys=True)
+
+
+def _context_columns(directory: str, metadata) -> Tuple[ContextColumn, ...]:
+    """The corpus's context columns (metadata.json's "context_columns"), with the keys of their vocabularies."""
+    columns = []
+    for entry in metadata.get("context_columns", ()):
+        keys = ()
+        if entry.get("vocabulary"):
+            keys = _read_keys(os.path.join(directory, entry["vocabulary"]), entry["vocabulary_size"])
+            if keys is None:
+                raise CorpusError(f"{directory}: context column {entry['name']!r} has no {entry['vocabulary']}")
+        columns.append(ContextColumn.from_metadata(entry, keys))
+    return tuple(columns)
 
 
 def _read_keys(path: str, expected_rows: int) -> Optional[List[str]]:

@@ -14,6 +14,11 @@ Logged negatives: a corpus prepared with --negative_column gives every batch `ne
 max_negatives] int64 (-1 padded; [batch, num_true * max_negatives] when num_true > 1, the row's interactions'
 lists side by side), in memory and streaming alike; other corpora's batches have no such key.
 
+Context columns: a corpus prepared with context columns (data.context) gives every batch each of them under its
+name, in memory and streaming alike: [batch] int64 (categorical, -1 for none), [batch, max_values] int64 (-1
+padded; multi-valued) or [batch] float32 (numeric, standardised); a row of num_true interactions takes its
+earliest interaction's, like its history and time.
+
 Query inputs (`QueryInputs`, optional): each batch also gets what the query tower reads beyond user_id, computed
 here from the columns the batch already holds: `history` [batch, history_length] (the user's items strictly
 before the row's timestamp, looked up in the training log sorted by data.history.history_log) and the time
@@ -272,6 +277,7 @@ def streaming_batches(
 
     batch_size = shard_size(batch_size, num_shards)
     width = records.max_negatives(files)  # of the corpus: the same for every shard
+    context = records.context_columns(files)
     if num_shards > 1:
         if len(files) < num_shards:
             raise ValueError(f"{len(files)} files cannot be sharded over {num_shards} input pipelines by file")
@@ -285,24 +291,27 @@ def streaming_batches(
     if repeat:
         dataset = dataset.repeat()
     if num_true > 1:
-        dataset = _rows_of_one_user(dataset, num_true, keep, width)
+        dataset = _rows_of_one_user(dataset, num_true, keep, width, context)
         dataset = dataset.batch(batch_size, drop_remainder=True)
     elif keep is not None:  # records parsed one by one, to drop rows before batching
-        dataset = dataset.map(lambda record: records.parse_single(record, width))
+        dataset = dataset.map(lambda record: records.parse_single(record, width, context))
         dataset = dataset.filter(keep).batch(batch_size, drop_remainder=True)
     else:
         dataset = dataset.batch(batch_size, drop_remainder=True)
-        dataset = dataset.map(lambda batch: records.parse_batch(batch, width), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda batch: records.parse_batch(batch, width, context),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(query_inputs.batch_function(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The same seed gives the same order, so skipping what a previous run consumed resumes where it stopped.
     return dataset.skip(start_step).prefetch(tf.data.AUTOTUNE)
 
 
-def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, width=None) -> tf.data.Dataset:
-    """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each, and
-    negative_ids [num_true * width] when width (max_negatives) is given; keep: an optional predicate on a
-    parsed record."""
-    parsed = serialized.map(lambda record: records.parse_single(record, width), num_parallel_calls=tf.data.AUTOTUNE)
+def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, width=None,
+                      context=()) -> tf.data.Dataset:
+    """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each,
+    negative_ids [num_true * width] when width (max_negatives) is given, and the earliest interaction's value of
+    each context column; keep: an optional predicate on a parsed record."""
+    parsed = serialized.map(lambda record: records.parse_single(record, width, context),
+                            num_parallel_calls=tf.data.AUTOTUNE)
     if keep is not None:
         parsed = parsed.filter(keep)
     grouped = parsed.group_by_window(
@@ -315,6 +324,8 @@ def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, wid
         values = {name: rows[name] for name in ("item_id", "timestamp", "weight")}
         if width:
             values[records.NEGATIVES] = tf.reshape(rows[records.NEGATIVES], [num_true * width])
+        earliest = tf.argmin(rows["timestamp"])
+        values.update({column.name: tf.gather(rows[column.name], earliest) for column in context})
         return {"user_id": rows["user_id"][0], **values}
 
     return grouped.map(row)

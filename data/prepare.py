@@ -37,6 +37,12 @@ item ("own_item") is dropped from the row's list; every key of a written row is 
 read == kept + sum(dropped), and "max_negatives" (top level, the parsed width) is the longest kept list. The
 keys of eval rows dropped as a whole go with their row (counted there).
 
+Context columns (--context_columns, categorical or multi-valued; --numeric_context_columns) are written into each
+record under the column's name (data.context): value ids of a vocabulary of the training rows (`context-<name>.tsv`;
+a value only held-out rows have is none, -1, and counted), numbers standardised with the training rows' mean and
+standard deviation. metadata.json's "context_columns" lists them. A numeric field that is empty or no finite
+number is a bad record.
+
 This module's `main` is a thin command over `prepare`; like trainers/, it is the place that reads flags.
 """
 
@@ -44,11 +50,12 @@ import dataclasses
 import itertools
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from data import atomic, corpus, features, readers, records, splits, vocabulary
+from data import context as context_lib
 from data.readers import DataError
 from data.schema import Schema, SchemaError
 
@@ -110,6 +117,7 @@ class Summary:
     rows: RowCounts
     feature_bad_records: readers.BadRecords  # of the feature side files
     logged_negatives: Optional[Dict] = None  # metadata.json's "logged_negatives", with a negative column
+    context_columns: Tuple[context_lib.ContextColumn, ...] = ()
 
     def report(self) -> str:
         lines = [
@@ -130,6 +138,7 @@ class Summary:
                 f"logged negatives ({counts['column']!r}): {counts['read']} read = {counts['kept']} kept + "
                 f"{sum(counts['dropped'].values())} dropped ({dropped}); up to {counts['max_negatives']} per row"
             )
+        lines.extend(context_lib.report(self.context_columns))
         for column, missing in sorted(self.items_without_features.items()):
             if missing:
                 lines.append(f"feature {column!r}: {missing} ids have no value")
@@ -241,6 +250,8 @@ def prepare(
         )
         logged_negatives["column"] = schema.negative_column
 
+    context = _context_columns(schema, [part for part in (log, held_out_log) if part is not None], ~is_eval, kept_eval)
+
     tables, feature_vocabularies, feature_metadata, without = _feature_tables(
         schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
     )
@@ -248,10 +259,13 @@ def prepare(
     def write(staging: str) -> None:
         for split_name, mask in (("train", ~is_eval), ("eval", kept_eval)):
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
-            records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask))
+            split_context = [(part.column, part.values[mask]) for part in context]
+            records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask),
+                                       split_context)
         np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
         vocabulary.write_tsv(os.path.join(staging, corpus.ITEM_VOCABULARY), items)
         vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
+        context_lib.write_vocabularies(staging, context)
         for kind in ("item", "user"):
             if tables[kind]:
                 features.write(staging, kind, tables[kind], feature_vocabularies[kind])
@@ -276,6 +290,7 @@ def prepare(
             bad_record_messages=bad_records.messages + feature_bad_records.messages,
             item_features=feature_metadata["item"],
             user_features=feature_metadata["user"],
+            context_columns=[part.column.metadata() for part in context],
             **({} if logged_negatives is None else {
                 "logged_negatives": logged_negatives, "max_negatives": logged_negatives["max_negatives"]}),
         )
@@ -296,6 +311,7 @@ def prepare(
         rows=rows,
         feature_bad_records=feature_bad_records,
         logged_negatives=logged_negatives,
+        context_columns=tuple(part.column for part in context),
     )
 
 
@@ -328,6 +344,27 @@ def _rows(negatives, mask: np.ndarray):
         return None
     ids, lengths = negatives
     return ids[np.repeat(mask, lengths)], lengths[mask]
+
+
+def _context_columns(schema: Schema, logs: List[readers.RawLog], is_train: np.ndarray, is_eval: np.ndarray):
+    """[data.context.Built] of each declared context column, over the logs' rows joined in order.
+
+    is_train, is_eval: [n] bool, the training rows and the eval rows written (the vocabularies and the
+    standardisation come from training rows; unseen values are counted over written eval rows).
+    """
+    built = []
+    for name in schema.context_columns + schema.numeric_context_columns:
+        if name in schema.numeric_context_columns:
+            values = np.concatenate([np.asarray(part.context[name], np.float64) for part in logs])
+            built.append(context_lib.build_numeric(name, values, is_train))
+        elif name in schema.multi_valued_columns:
+            flat = [value for part in logs for value in part.context[name][0]]
+            lengths = np.concatenate([part.context[name][1] for part in logs])
+            built.append(context_lib.build_multi(name, flat, lengths, is_train, is_eval))
+        else:
+            values = [value for part in logs for value in part.context[name]]
+            built.append(context_lib.build_categorical(name, values, is_train, is_eval))
+    return built
 
 
 def _feature_tables(schema: Schema, rows_and_keys):
@@ -426,7 +463,15 @@ def _define_flags():
     flags.DEFINE_string("weight_column", None, "Column of a non-negative interaction weight (written as `weight`).")
     flags.DEFINE_list("item_feature_columns", None, "Categorical item feature columns.")
     flags.DEFINE_list("user_feature_columns", None, "Categorical user feature columns.")
-    flags.DEFINE_list("multi_valued_columns", None, "Feature columns holding several values, e.g. genres.")
+    flags.DEFINE_list("multi_valued_columns", None, "Feature (or context) columns holding several values, e.g. genres.")
+    flags.DEFINE_list(
+        "context_columns", None, "Categorical per-interaction context columns of the log (e.g. device), for the query "
+        "tower's context; multi-valued when also in --multi_valued_columns. Value ids from the training rows."
+    )
+    flags.DEFINE_list(
+        "numeric_context_columns", None, "Numeric per-interaction context columns (e.g. price), standardised with "
+        "the training rows' mean and standard deviation; an empty or non-numeric value is a bad record."
+    )
     flags.DEFINE_string(
         "negative_column", None, "Column of the item keys shown with the interaction and not chosen (logged "
         "negatives; CSV: joined by --value_separator, empty for none). Keys of no training item, and the row's own "
@@ -457,6 +502,8 @@ def schema_from_flags(values) -> Schema:
         "item_feature_columns": values.item_feature_columns,
         "user_feature_columns": values.user_feature_columns,
         "multi_valued_columns": values.multi_valued_columns,
+        "context_columns": values.context_columns,
+        "numeric_context_columns": values.numeric_context_columns,
         "negative_column": values.negative_column,
         "value_separator": values.value_separator,
         "delimiter": delimiter,

@@ -97,6 +97,10 @@ class RawLog:
     # lists for the garbage collector to walk), and [n] how many each row holds; None without the column.
     negative_keys: Optional[List[str]] = None
     negative_lengths: Optional[np.ndarray] = None
+    # The declared context columns (schema.context_columns, numeric_context_columns), each row's value in turn:
+    # {name: [n] str ("" for none)} categorical, {name: [n] float} numeric, and for a multi-valued column
+    # {name: (every row's values one row after the other, [n] how many each row has)}.
+    context: Dict[str, object] = dataclasses.field(default_factory=dict)
 
     def __len__(self):
         return len(self.user_keys)
@@ -149,6 +153,8 @@ def read_log(
     item_features = schema.item_feature_columns if item_features_in_log else ()
     user_features = schema.user_feature_columns if user_features_in_log else ()
     columns = schema.interaction_columns() + item_features + user_features
+    context_reader = _ContextReader(schema, first=len(columns))
+    columns += context_reader.columns
     negative_column = schema.negative_column
     columns += (negative_column,) if negative_column else ()  # last: the other columns keep their positions
     multi_valued = set(schema.multi_valued_columns)
@@ -180,6 +186,9 @@ def read_log(
                 negatives = _keys(values[-1], negative_column, schema.value_separator, location, bad, skip_bad_records)
                 if negatives is None:
                     continue
+            if not context_reader.read(values, location, bad, skip_bad_records):
+                continue
+            if negative_column:
                 negative_keys.extend(negatives)
                 negative_lengths.append(len(negatives))
             if has_weight:
@@ -210,7 +219,58 @@ def read_log(
         bad_records=bad,
         negative_keys=negative_keys if negative_column else None,
         negative_lengths=np.asarray(negative_lengths, dtype=np.int64) if negative_column else None,
+        context=context_reader.columns_read(),
     )
+
+
+class _ContextReader:
+    """Reads the declared context columns of each row (at positions [first, first + k) of its values) and
+    keeps them, or finds the row bad: a numeric value that is no finite number, a key with a tab or line break."""
+
+    def __init__(self, schema: Schema, first: int):
+        self.categorical, self.numeric = schema.context_columns, schema.numeric_context_columns
+        self.columns = self.categorical + self.numeric
+        self.first, self.separator = first, schema.value_separator
+        self.multi_valued = set(schema.multi_valued_columns)
+        self.values = {name: ([], []) if name in self.multi_valued else [] for name in self.columns}
+
+    def read(self, values, location: str, bad: BadRecords, skip: bool) -> bool:
+        """Keeps the row's context and returns True, or counts the row as bad and returns False."""
+        row = {}
+        for offset, name in enumerate(self.columns):
+            raw = values[self.first + offset]
+            if name in self.numeric:
+                row[name] = _context_number(raw, name, location, bad, skip)
+            elif name in self.multi_valued:
+                keys = _keys(raw, name, self.separator, location, bad, skip)
+                row[name] = None if keys is None else list(dict.fromkeys(key.strip() for key in keys))
+            else:
+                row[name] = raw.strip() and _key(raw.strip(), name, location, bad, skip)
+            if row[name] is None:
+                return False
+        for name, value in row.items():
+            if name in self.multi_valued:
+                self.values[name][0].extend(value)
+                self.values[name][1].append(len(value))
+            else:
+                self.values[name].append(value)
+        return True
+
+    def columns_read(self) -> Dict[str, object]:
+        return {name: (values[0], np.asarray(values[1], np.int64)) if name in self.multi_valued else values
+                for name, values in self.values.items()}
+
+
+def _context_number(raw: str, column: str, location: str, bad: BadRecords, skip: bool) -> Optional[float]:
+    try:
+        number = float(raw)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        bad.add(f"{location}: non-numeric value {_shorten(raw)} in the numeric context column {column!r}; expected "
+                "a finite number", skip)
+        return None
+    return number
 
 
 def read_features(
@@ -437,6 +497,7 @@ def _tfrecord_records(path, schema, columns, bad, skip) -> Iterator[Tuple[str, L
     """(location, [raw value per column]) for each tf.train.Example; list values for multi-valued columns."""
     multi_valued = set(schema.multi_valued_columns) | {schema.negative_column}
     numeric = {schema.timestamp_column: ("int64_list",), schema.weight_column: ("float_list", "int64_list")}
+    numeric.update({column: ("float_list", "int64_list") for column in schema.numeric_context_columns})
     for index, serialized in _tfrecords(path, bad, skip):
         location = f"{path}: record {index}"
         values = _example_values(serialized, location, columns, multi_valued, numeric, bad, skip)

@@ -9,15 +9,21 @@ Features of one record:
             with the interaction and not chosen. Parsed as a dense [batch, max_negatives] tensor padded with -1,
             max_negatives read from the corpus's metadata.json (`max_negatives`); corpora without it (or with
             max_negatives 0) parse to no negative_ids at all.
+  <context column> optional: one feature per context column the log declared (data.context; metadata.json's
+            "context_columns"), under the column's name: int64 id (categorical; -1 for none), int64 list of ids
+            (multi-valued; parsed as [batch, max_values] padded with -1) or float (numeric, standardised).
 Files are sharded as <split>-00000-of-00004.tfrecord so that tf.distribute can shard by file.
 """
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from data import context as context_lib
+from data.context import ContextColumn
 
 FEATURE_SPEC = {
     "user_id": tf.io.FixedLenFeature([], tf.int64),
@@ -34,23 +40,33 @@ def shard_paths(directory: str, split: str, num_shards: int) -> List[str]:
     return [os.path.join(directory, f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord") for index in range(num_shards)]
 
 
+def _metadata(paths: List[str]) -> Dict:
+    """The metadata.json of the corpus holding `paths`, or {} (no paths, or files outside a prepared corpus)."""
+    if not paths:
+        return {}
+    try:
+        with open(os.path.join(os.path.dirname(paths[0]), "metadata.json")) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return {}
+
+
 def max_negatives(paths: List[str]) -> Optional[int]:
     """The negative_ids width of the corpus holding `paths` (its metadata.json's max_negatives), or None when
     its records hold no negatives (no such key, 0, or files outside a prepared corpus)."""
-    if not paths:
-        return None
-    try:
-        with open(os.path.join(os.path.dirname(paths[0]), "metadata.json")) as file:
-            width = json.load(file).get("max_negatives")
-    except (OSError, ValueError):
-        return None
+    width = _metadata(paths).get("max_negatives")
     return int(width) if width else None
 
 
-def _serializer(with_weight: bool, with_negatives: bool = False):
-    """(user_id, item_id, timestamp, weight, negative ids) -> a serialized tf.train.Example, refilling one
-    message: about 1 us per record where building a message per record costs about 20 us (a million records:
-    1 s instead of 20)."""
+def context_columns(paths: List[str]) -> Tuple[ContextColumn, ...]:
+    """The context columns the records of the corpus holding `paths` carry (their layout; no vocabulary keys)."""
+    return tuple(ContextColumn.from_metadata(entry) for entry in _metadata(paths).get("context_columns", ()))
+
+
+def _serializer(with_weight: bool, with_negatives: bool = False, context_kinds: Sequence[Tuple[str, str]] = ()):
+    """(user_id, item_id, timestamp, weight, negative ids, context values) -> a serialized tf.train.Example,
+    refilling one message: about 1 us per record where building a message per record costs about 20 us (a
+    million records: 1 s instead of 20). context_kinds: (name, kind) of each context column, in order."""
     example = tf.train.Example()
     feature = example.features.feature
     values = [feature[name].int64_list.value for name in ("user_id", "item_id", "timestamp")]
@@ -61,14 +77,19 @@ def _serializer(with_weight: bool, with_negatives: bool = False):
     user_id, item_id, timestamp = values[:3]
     weight = values[3] if with_weight else None
     negatives = feature[NEGATIVES].int64_list.value if with_negatives else None
+    # The lists refilled per row: negative_ids, then each context column's.
+    lists = [negatives] if negatives is not None else []
+    lists += [getattr(feature[name], "float_list" if kind == context_lib.NUMERIC else "int64_list").value
+              for name, kind in context_kinds]
 
-    def serialize(user, item, time, weight_value=None, negative_ids=None):
+    def serialize(user, item, time, weight_value=None, negative_ids=(), context_values=()):
         user_id[0], item_id[0], timestamp[0] = user, item, time
         if weight is not None:
             weight[0] = weight_value
-        if negatives is not None:
-            del negatives[:]
-            negatives.extend(negative_ids)
+        row_lists = ([negative_ids] if negatives is not None else []) + list(context_values)
+        for values, row_values in zip(lists, row_lists):
+            del values[:]
+            values.extend(row_values)
         return example.SerializeToString()
 
     return serialize
@@ -80,16 +101,20 @@ def write_interactions(
     columns: Dict[str, np.ndarray],
     num_shards: int,
     negatives: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    context: Sequence[Tuple[ContextColumn, np.ndarray]] = (),
 ) -> List[str]:
     """Writes parallel arrays user_id / item_id / timestamp (and optional weight) [n] round-robin into num_shards
     TFRecord files. negatives: optional (ids [m], lengths [n]), each row's negative_ids in turn (sum(lengths) ==
-    m), written as a list for every row (empty for rows of none)."""
+    m), written as a list for every row (empty for rows of none). context: (column, values [n] or [n, width])
+    of each context column (data.context.Built.values), a multi-valued row written without its padding."""
     paths = shard_paths(directory, split, num_shards)
     writers = [tf.io.TFRecordWriter(path) for path in paths]
     try:
         num_rows = len(columns["user_id"])
         with_weight = columns.get("weight") is not None
-        serialize = _serializer(with_weight, negatives is not None)
+        context_kinds = [(column.name, column.kind) for column, _ in context]
+        serialize = _serializer(with_weight, negatives is not None, context_kinds)
+        row_context = _row_context(context)
         weights = columns["weight"].tolist() if with_weight else [None] * num_rows
         ids = negatives[0].tolist() if negatives is not None else []
         ends = np.cumsum(negatives[1]).tolist() if negatives is not None else [0] * num_rows
@@ -97,7 +122,7 @@ def write_interactions(
         start = 0
         for index, (row, end) in enumerate(zip(rows, ends)):
             # Sliced here, row by row: a list per row made up front would leave the garbage collector a million.
-            writers[index % num_shards].write(serialize(*row, ids[start:end]))
+            writers[index % num_shards].write(serialize(*row, ids[start:end], row_context(index)))
             start = end
     finally:
         for writer in writers:
@@ -105,40 +130,74 @@ def write_interactions(
     return paths
 
 
-def feature_spec(width: Optional[int] = None) -> Dict[str, object]:
-    """FEATURE_SPEC, with negative_ids as a variable-length feature when width (max_negatives) is given."""
-    return FEATURE_SPEC if not width else {**FEATURE_SPEC, NEGATIVES: tf.io.VarLenFeature(tf.int64)}
+def _row_context(context: Sequence[Tuple[ContextColumn, np.ndarray]]):
+    """index -> each context column's values of row `index` as a list (a multi-valued row without padding)."""
+    lists = [values.tolist() for _, values in context]
+    kinds = [column.kind for column, _ in context]
+
+    def row(index):
+        return [[value for value in values[index] if value != PAD] if kind == context_lib.MULTI else [values[index]]
+                for kind, values in zip(kinds, lists)]
+
+    return row
 
 
-def _padded(parsed, width: Optional[int]):
-    """parsed features with negative_ids (sparse, [..., k]) as dense [..., width] int64, PAD-padded."""
-    if not width:
-        return parsed
-    sparse = parsed[NEGATIVES]
+def feature_spec(width: Optional[int] = None, context: Sequence[ContextColumn] = ()) -> Dict[str, object]:
+    """FEATURE_SPEC, with negative_ids as a variable-length feature when width (max_negatives) is given, and the
+    context columns (multi-valued ones variable-length)."""
+    spec = dict(FEATURE_SPEC) if not width else {**FEATURE_SPEC, NEGATIVES: tf.io.VarLenFeature(tf.int64)}
+    for column in context:
+        if column.kind == context_lib.NUMERIC:
+            spec[column.name] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+        elif column.kind == context_lib.MULTI:
+            spec[column.name] = tf.io.VarLenFeature(tf.int64)
+        else:
+            spec[column.name] = tf.io.FixedLenFeature([], tf.int64, default_value=context_lib.NONE)
+    return spec
+
+
+def _padded(parsed, width: Optional[int], context: Sequence[ContextColumn] = ()):
+    """parsed features with negative_ids and multi-valued context (sparse, [..., k]) as dense [..., width] int64,
+    PAD-padded (context: [..., max_values])."""
+    widths = {NEGATIVES: width} if width else {}
+    widths.update({column.name: column.max_values for column in context if column.kind == context_lib.MULTI})
+    return {**parsed, **{name: _dense(parsed[name], size) for name, size in widths.items()}}
+
+
+def _dense(sparse, width: int):
     shape = tf.concat([sparse.dense_shape[:-1], tf.constant([width], tf.int64)], axis=0)
     dense = tf.sparse.to_dense(tf.SparseTensor(sparse.indices, sparse.values, shape), default_value=PAD)
-    leading = [None] * (sparse.shape.rank - 1)
-    return {**parsed, NEGATIVES: tf.ensure_shape(dense, leading + [width])}
+    return tf.ensure_shape(dense, [None] * (sparse.shape.rank - 1) + [width])
 
 
-def parse_batch(serialized, width: Optional[int] = None):
-    """[batch] serialized tf.train.Example -> {feature: [batch]} (int64; weight float32), and negative_ids
-    [batch, width] (PAD-padded) when width (the corpus's max_negatives) is given."""
-    return _padded(tf.io.parse_example(serialized, feature_spec(width)), width)
+def parse_batch(serialized, width: Optional[int] = None, context: Sequence[ContextColumn] = ()):
+    """[batch] serialized tf.train.Example -> {feature: [batch]} (int64; weight float32), negative_ids
+    [batch, width] (PAD-padded) when width (the corpus's max_negatives) is given, and each context column under
+    its name ([batch] int64, [batch, max_values] int64 PAD-padded, [batch] float32)."""
+    return _padded(tf.io.parse_example(serialized, feature_spec(width, context)), width, context)
 
 
-def parse_single(serialized, width: Optional[int] = None):
-    """One serialized tf.train.Example -> {feature: []}, and negative_ids [width] when width is given."""
-    return _padded(tf.io.parse_single_example(serialized, feature_spec(width)), width)
+def parse_single(serialized, width: Optional[int] = None, context: Sequence[ContextColumn] = ()):
+    """One serialized tf.train.Example -> {feature: []}, negative_ids [width] when width is given, the context."""
+    return _padded(tf.io.parse_single_example(serialized, feature_spec(width, context)), width, context)
 
 
-def read_all(paths: List[str], width: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Every record of the files, as NumPy arrays (for evaluation sets, which are small), and negative_ids
-    [n, max_negatives] when the corpus has them (width: that width; None: read from its metadata.json)."""
+def read_all(paths: List[str], width: Optional[int] = None,
+             context: Optional[Sequence[ContextColumn]] = None) -> Dict[str, np.ndarray]:
+    """Every record of the files, as NumPy arrays (for evaluation sets, which are small), negative_ids
+    [n, max_negatives] when the corpus has them (width: that width; None: read from its metadata.json) and the
+    context columns (None: those of its metadata.json)."""
     width = max_negatives(paths) if width is None else width
-    dataset = tf.data.TFRecordDataset(paths).batch(65536).map(lambda batch: parse_batch(batch, width))
+    context = context_columns(paths) if context is None else context
+    dataset = tf.data.TFRecordDataset(paths).batch(65536).map(lambda batch: parse_batch(batch, width, context))
     parts = list(dataset.as_numpy_iterator())
     if not parts:
-        empty = {name: np.zeros([0], spec.dtype.as_numpy_dtype) for name, spec in FEATURE_SPEC.items()}
-        return {**empty, NEGATIVES: np.zeros([0, width], np.int64)} if width else empty
-    return {name: np.concatenate([part[name] for part in parts]) for name in feature_spec(width)}
+        return {name: _empty(name, spec, width, context) for name, spec in feature_spec(width, context).items()}
+    return {name: np.concatenate([part[name] for part in parts]) for name in feature_spec(width, context)}
+
+
+def _empty(name: str, spec, width: Optional[int], context: Sequence[ContextColumn]) -> np.ndarray:
+    """[0] (or [0, width] for a padded list) of the feature's dtype."""
+    widths = {NEGATIVES: width, **{column.name: column.max_values for column in context}}
+    shape = [0, widths[name]] if isinstance(spec, tf.io.VarLenFeature) else [0]
+    return np.zeros(shape, spec.dtype.as_numpy_dtype)

@@ -36,7 +36,7 @@ class Schema:
     weight_column: Optional[str] = None  # a non-negative number per interaction; None: all 1
     item_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by item id in the item tower
     user_feature_columns: Tuple[str, ...] = ()  # categorical; looked up by user id in the query tower
-    multi_valued_columns: Tuple[str, ...] = ()  # feature or context columns of several values (joined by value_separator)
+    multi_valued_columns: Tuple[str, ...] = ()  # feature or context columns, values joined by value_separator
     context_columns: Tuple[str, ...] = ()  # categorical per-interaction context, read by the query tower
     numeric_context_columns: Tuple[str, ...] = ()  # float per-interaction context, standardised (data.context)
     negative_column: Optional[str] = None  # item keys shown with the interaction and not chosen (joined likewise)

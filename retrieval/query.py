@@ -12,8 +12,10 @@ layers, a linear projection to `embedding_dim`, optional L2 normalisation), as i
   a new user just met is a query the model has already learned; under ParameterServerStrategy that table is the
   sharded one. An empty history pools to zeros: the query is then the head's bias, "the model's answer for an
   empty history".
-- context: one embedding per categorical context feature of the interaction (hour of day, day of week: values
-  in [0, vocabulary size), -1 for none).
+- context: what the interaction's moment says: one embedding per categorical context feature (hour of day, day
+  of week, a log's own categorical columns: values in [0, vocabulary size), -1 for none), the mean of the
+  valid values' embeddings for a multi-valued one ([batch, n], -1 padded), and each numeric context feature's
+  (standardised) value as it is, concatenated into the head.
 A query tower of user_id (and user_features) alone is exactly retrieval.towers.Tower: its variables, and so its
 checkpoints, are those of the query tower before this module existed.
 
@@ -38,9 +40,11 @@ TRAINED_POSITIONS = 10
 TIME_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
 
 
-def check_features(query_features: Sequence[str], context_features: Optional[Sequence[str]] = None) -> None:
+def check_features(query_features: Sequence[str], context_features: Optional[Sequence[str]] = None,
+                   declared_context: Optional[Sequence[str]] = None) -> None:
     """ValueError naming the setting unless query_features are some of QUERY_FEATURES (at least one, each once)
-    and context_features (when given) some of TIME_FEATURES, at least one when query_features has context."""
+    and context_features (when given) at least one when query_features has context, each one of TIME_FEATURES or
+    of declared_context (the corpus's own context columns; None: not known yet, so not checked)."""
     unknown = [name for name in query_features if name not in QUERY_FEATURES]
     if unknown or not query_features or len(set(query_features)) != len(query_features):
         raise ValueError(
@@ -48,9 +52,11 @@ def check_features(query_features: Sequence[str], context_features: Optional[Seq
         )
     if context_features is None:
         return
-    unknown = [name for name in context_features if name not in TIME_FEATURES]
+    available = list(TIME_FEATURES) + list(declared_context or ())
+    unknown = [name for name in context_features if name not in available] if declared_context is not None else []
     if unknown or ("context" in query_features and not context_features):
-        raise ValueError(f"context_features={','.join(context_features)}; expected some of {', '.join(TIME_FEATURES)}")
+        raise ValueError(f"context_features={','.join(context_features)}; expected some of {', '.join(available)}"
+                         + ("" if declared_context is not None else " or the corpus's context columns"))
 
 
 class HistoryEncoder(tf.keras.layers.Layer):
@@ -158,7 +164,9 @@ class QueryTower(Tower):
     user_feature_tables: {name: [num_users, max_values] value ids, -1 padded}: read when query_features has
       user_features.
     history: the HistoryEncoder (required when query_features has history).
-    context_vocabularies: {context feature name: number of values} read when query_features has context.
+    context_vocabularies: {context feature name: number of values} of the categorical (and multi-valued) context
+      read when query_features has context.
+    numeric_context: the names of the numeric context features read then ([batch] float, standardised).
     """
 
     def __init__(
@@ -171,19 +179,21 @@ class QueryTower(Tower):
         user_feature_tables: Optional[Mapping[str, np.ndarray]] = None,
         history: Optional[HistoryEncoder] = None,
         context_vocabularies: Optional[Mapping[str, int]] = None,
+        numeric_context: Sequence[str] = (),
         name: str = "query_tower",
     ):
         check_features(query_features)
         if ("history" in query_features) != (history is not None):
             raise ValueError("a query tower reads a history exactly when query_features has history")
         context_vocabularies = dict(context_vocabularies or {}) if "context" in query_features else {}
+        numeric_context = tuple(numeric_context) if "context" in query_features else ()
         self.query_features = tuple(query_features)
         self.uses_user = "user_id" in query_features or bool(user_feature_tables and "user_features" in query_features)
         super().__init__(
             num_users, embedding_dim, hidden_dims, normalize, name=name,
             feature_tables=user_feature_tables if "user_features" in query_features else None,
             id_embedding="user_id" in query_features,
-            project=history is not None or bool(context_vocabularies),
+            project=history is not None or bool(context_vocabularies) or bool(numeric_context),
         )
         self.history_encoder = history
         self.context_names = sorted(context_vocabularies)
@@ -191,6 +201,7 @@ class QueryTower(Tower):
             tf.keras.layers.Embedding(context_vocabularies[context_name], embedding_dim, name=f"context_{context_name}")
             for context_name in self.context_names
         ]
+        self.numeric_context_names = sorted(numeric_context)
 
     def call(self, features):
         if not isinstance(features, Mapping):
@@ -208,6 +219,14 @@ class QueryTower(Tower):
                 values = tf.fill([batch_size], tf.constant(PAD, tf.int64))
             values = tf.cast(values, tf.int64)
             parts.append(masked_mean_embedding(embedding, tf.reshape(values, [batch_size, -1])))
+        for context_name in self.numeric_context_names:
+            # The value itself, not an embedding of buckets: it keeps its order and distances, and the head's
+            # projection learns a direction per unit. Standardised upstream, so at unit scale like the embeddings;
+            # a missing value is 0, the training mean.
+            values = features.get(context_name)
+            if values is None:
+                values = tf.zeros([batch_size])
+            parts.append(tf.reshape(tf.cast(values, self.compute_dtype), [batch_size, 1]))
         return self.head(parts)
 
     def _user_parts(self, user_ids):

@@ -3,10 +3,11 @@ most-popular baseline on the same queries, and the report a user reads. The top-
 library's (retrieval.metrics).
 
 Queries. Warm users (every user with held-out rows, but the cold ones): one query per user, with the user's
-training history strictly before her first held-out interaction and that interaction's time features, when the
-model reads them. Cold users (--cold_users, kept wholly out of training): one query per held-out interaction,
-each user's last eval_per_user interactions (the corpus's split), with the user's other items before it as its
-history (data.history.cold_user_queries); their metrics are named COLD + name ("cold_users/recall_at_100" in
+training history strictly before her first held-out interaction and that interaction's context (its time
+features and its values of the corpus's context columns), when the model reads them. Cold users (--cold_users,
+kept wholly out of training): one query per held-out interaction, each user's last eval_per_user interactions
+(the corpus's split), with the user's other items before it as its history (data.history.cold_user_queries)
+and the interaction's own context; their metrics are named COLD + name ("cold_users/recall_at_100" in
 TensorBoard), and the most-popular baseline is computed for each group. No ranking holds the `<oov>` bucket.
 """
 
@@ -35,7 +36,8 @@ class HeldOut:
     relevant_ids: np.ndarray  # [num_queries, r] int64, -1 padded
     seen_ids: Optional[np.ndarray] = None  # [num_queries, s] int64 training items of each user, -1 padded
     history: Optional[np.ndarray] = None  # [num_queries, L] int64 items before the query, newest first, -1 padded
-    context: Optional[Dict[str, np.ndarray]] = None  # {hour_of_day, day_of_week: [num_queries]} of its moment
+    # {hour_of_day, day_of_week, <context column>: [num_queries] (multi-valued: [num_queries, n])} of its row
+    context: Optional[Dict[str, np.ndarray]] = None
     oov_item_id: Optional[int] = None  # never ranked
     cold: Optional["HeldOut"] = None  # the cold users' queries
 
@@ -91,38 +93,42 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
     if exclude_seen:
         _, seen = _group_by_user(train, unique_users)
         seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
-    moment = _first_times(warm, unique_users)  # [q] each user's first held-out time
+    first_rows = _first_rows(warm, unique_users)  # [q] each user's first held-out row
+    moment = warm["timestamp"][first_rows]
     query_history = None
     if "history" in features:
         log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
         query_history = history.histories_from_log(log, unique_users, moment, history_length)
-    context = _context(moment) if "context" in features else None
+    context_names = [column.name for column in corpus.context_columns]
+    context = _context(warm, first_rows, context_names) if "context" in features else None
     oov = _oov_item_id(corpus)
     cold = None
     if len(cold_ids):
-        cold_rows = {name: np.concatenate([train[name], evaluation[name]]) for name in ("user_id", "item_id", "timestamp")}
+        names = ["user_id", "item_id", "timestamp", *context_names]
+        cold_rows = {name: np.concatenate([train[name], evaluation[name]]) for name in names}
         cold_rows = _rows_of(cold_rows, np.isin(cold_rows["user_id"], cold_ids))
-        cold = _cold_held_out(cold_rows, _eval_per_user(corpus), history_length, "context" in features, exclude_seen,
-                              oov)
+        cold = _cold_held_out(cold_rows, _eval_per_user(corpus), history_length,
+                              context_names if "context" in features else None, exclude_seen, oov)
     return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold)
 
 
-def _cold_held_out(rows, eval_per_user: int, history_length: int, with_context: bool, exclude_seen: bool,
-                   oov: Optional[int]) -> HeldOut:
-    """One query per held-out interaction of the cold users' rows {user_id, item_id, timestamp: [n]}: the user's
-    last eval_per_user ones, each with the user's other items before it (rows of the OOV bucket left out)."""
+def _cold_held_out(rows, eval_per_user: int, history_length: int, context_names: Optional[Sequence[str]],
+                   exclude_seen: bool, oov: Optional[int]) -> HeldOut:
+    """One query per held-out interaction of the cold users' rows {user_id, item_id, timestamp, <context>: [n]}:
+    the user's last eval_per_user ones, each with the user's other items before it and its own context (of
+    context_names; None: no context) (rows of the OOV bucket left out)."""
     queries = history.cold_user_queries(rows["user_id"], rows["item_id"], rows["timestamp"], eval_per_user,
                                         max(history_length, 1))
     keep = rows["item_id"][queries.rows] != (-1 if oov is None else oov)
     query_rows, query_history = queries.rows[keep], queries.history[keep][:, :history_length]
-    user_ids, moment = rows["user_id"][query_rows], rows["timestamp"][query_rows]
+    user_ids = rows["user_id"][query_rows]
     seen_ids = None
     if exclude_seen:
         kept = np.ones(len(rows["user_id"]), bool)
         kept[queries.rows] = False
         _, seen = _group_by_user(_rows_of(rows, kept), user_ids)
         seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
-    context = _context(moment) if with_context else None
+    context = _context(rows, query_rows, context_names) if context_names is not None else None
     return HeldOut(user_ids, rows["item_id"][query_rows][:, np.newaxis], seen_ids, query_history, context, oov)
 
 
@@ -130,15 +136,17 @@ def _rows_of(columns: Dict[str, np.ndarray], mask: np.ndarray) -> Dict[str, np.n
     return {name: values[mask] for name, values in columns.items()}
 
 
-def _first_times(columns, user_ids: np.ndarray) -> np.ndarray:
-    """[len(user_ids)] int64: each user's earliest timestamp in the columns (user_ids all present)."""
+def _first_rows(columns, user_ids: np.ndarray) -> np.ndarray:
+    """[len(user_ids)] int64: the row of each user's earliest timestamp in the columns (user_ids all present)."""
     order = np.lexsort((columns["timestamp"], columns["user_id"]))
     users, first = np.unique(columns["user_id"][order], return_index=True)
-    return columns["timestamp"][order][first][np.searchsorted(users, user_ids)]
+    return order[first][np.searchsorted(users, user_ids)]
 
 
-def _context(timestamps: np.ndarray) -> Dict[str, np.ndarray]:
-    return {name: values.numpy() for name, values in time_feature_columns(timestamps).items()}
+def _context(columns, rows: np.ndarray, context_names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The time features of the rows' timestamps and the rows' values of the context columns context_names."""
+    context = {name: values.numpy() for name, values in time_feature_columns(columns["timestamp"][rows]).items()}
+    return {**context, **{name: columns[name][rows] for name in context_names}}
 
 
 def _oov_item_id(corpus: PreparedCorpus) -> Optional[int]:

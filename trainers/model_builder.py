@@ -2,7 +2,7 @@
 
 from typing import Optional, Sequence
 
-from data import sources, synthetic
+from data import context, sources, synthetic
 from data.corpus import PreparedCorpus
 from retrieval import query
 from retrieval.model import TwoTowerModel
@@ -63,9 +63,27 @@ def build_query_tower(corpus: PreparedCorpus, model: ModelConfig, item_tower: To
         shared_table = item_tower.embedding if model.share_item_embeddings else None
         history = query.HistoryEncoder(shared_table, model.embedding_dim, model.history_encoder, history_length,
                                        num_items=corpus.num_items)
-    context = {name: query.TIME_FEATURES[name] for name in model.context_features}
+    vocabularies, numeric = context_features(corpus, model)
     return query.QueryTower(corpus.num_users, model.embedding_dim, model.hidden_dims, model.normalize,
-                            model.query_features, corpus.user_features, history, context)
+                            model.query_features, corpus.user_features, history, vocabularies, numeric)
+
+
+def context_features(corpus: PreparedCorpus, model: ModelConfig):
+    """({name: number of values} of the categorical context the query tower reads, [names of numeric ones]):
+    model.context_features when query_features has context, each a time feature or one of the corpus's context
+    columns (ValueError naming context_features and the names available otherwise)."""
+    if "context" not in model.query_features:
+        return {}, []
+    declared = {column.name: column for column in corpus.context_columns}
+    query.check_features(model.query_features, model.context_features, list(declared))
+    vocabularies = {name: query.TIME_FEATURES[name] for name in model.context_features if name in query.TIME_FEATURES}
+    numeric = []
+    for column in (declared[name] for name in model.context_features if name in declared):
+        if column.kind == context.NUMERIC:
+            numeric.append(column.name)
+        else:
+            vocabularies[column.name] = max(column.vocabulary_size, 1)  # an embedding table needs a row
+    return vocabularies, numeric
 
 
 def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerModel:

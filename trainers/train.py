@@ -78,6 +78,7 @@ def _load_and_check_corpus(config):
         raise app.UsageError(f"--data={config.data.data}: {error}") from None
     try:
         config.loss.validate(corpus.num_items)
+        model_builder.context_features(corpus, config.model)
     except ValueError as error:
         raise app.UsageError(f"--{error}") from None
     evaluation, batch_rows = config.evaluation, config.optimization.batch_size * config.loss.num_true

@@ -72,7 +72,8 @@ def _define_query_flags():
     flags.DEFINE_list(
         "context_features", list(query.TIME_FEATURES),
         "The context --query_features=...,context reads: hour_of_day and day_of_week of the interaction's timestamp "
-        "(Unix seconds, UTC).",
+        "(Unix seconds, UTC), and any of the corpus's own context columns (data.prepare --context_columns, "
+        "--numeric_context_columns).",
     )
     flags.DEFINE_float(
         "cold_users", 0.0, "Share of users kept wholly out of training; evaluated apart by their history.",

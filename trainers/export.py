@@ -10,13 +10,17 @@ touches older ones. Signatures:
                     item_ids, scores; the vocabularies are SavedModel assets (assets/user_keys.txt, item_keys.txt)
   serving_history   (models whose query reads a history) history [batch, n] string item keys, most recent first,
                     "" for padding (the built-in corpus's keys are its ids as text), and the context the model
-                    reads (hour_of_day, day_of_week [batch] int64, -1 for none) -> item_keys, item_ids, scores:
+                    reads: hour_of_day, day_of_week [batch] int64 (-1 for none); each context column of the
+                    corpus under its name, categorical as string [batch], multi-valued as string [batch, n] (""
+                    pads; unknown values are none), numeric as raw float32 [batch] (standardised inside; NaN is
+                    none) -> item_keys, item_ids, scores:
                     the query of a user the model need not know. Unknown keys are ignored, the first
                     history_length known ones kept; an empty history is the model's answer for an empty history.
 For a history model, the user-id signatures query each training user's latest history (their last
 history_length training items, stored in the SavedModel). No signature returns the `<oov>` bucket of rare items.
 The loaded object also has user_ids_of_keys (keys [batch] -> ids, -1 when unknown). assets.extra/export.json
-records K, the index, the corpus sizes, the query features and the checkpoint the version came from.
+records K, the index, the corpus sizes, the query features, the context features (and the kinds of the corpus's
+context columns among them) and the checkpoint the version came from.
 The default brute-force index loads with plain `tf.saved_model.load`; `--index=scann` needs `import scann` in the
 loading process first (its custom ops).
 """
@@ -32,7 +36,7 @@ import numpy as np
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
-from data import atomic, vocabulary
+from data import atomic, context, vocabulary
 from trainers import cli
 
 METADATA = os.path.join("assets.extra", "export.json")
@@ -151,17 +155,18 @@ def _add_history_signature(module, corpus, vocabulary_dir: str, search):
             tf.lookup.TextFileInitializer(path, tf.int64, line.LINE_NUMBER, tf.string, line.WHOLE_LINE), ""
         )
     history_length = module.query_tower.history_encoder.max_length
-    context_names = module.query_tower.context_names
-    specs = [tf.TensorSpec([None, None], tf.string, name="history")]
-    specs += [tf.TensorSpec([None], tf.int64, name=name) for name in context_names]
+    context_inputs = _context_inputs(module, corpus, vocabulary_dir)
+    specs = [tf.TensorSpec([None, None], tf.string, name="history")] + [spec for spec, _ in context_inputs]
 
-    def serving_history(history_keys, *context):
+    def serving_history(history_keys, *context_values):
         ids = module.item_ids_by_key.lookup(history_keys)  # [batch, n], -1 for unknown keys and ""
         unknown_user = tf.fill([tf.shape(ids)[0]], tf.constant(-1, tf.int64))
         ids = tf.concat([ids, unknown_user[:, tf.newaxis]], axis=1)  # at least one slot, for an empty history
         known_first = tf.argsort(tf.cast(ids < 0, tf.int32), axis=1, stable=True)
         ids = tf.gather(ids, known_first, batch_dims=1)[:, :history_length]
-        features = {"user_id": unknown_user, "history": ids, **dict(zip(context_names, context))}
+        features = {"user_id": unknown_user, "history": ids}
+        for (spec, to_feature), value in zip(context_inputs, context_values):
+            features[spec.name] = to_feature(value)
         scores, item_ids = search(module.query_tower(features))
         item_ids = tf.cast(item_ids, tf.int64)
         return {"item_ids": item_ids, "scores": tf.cast(scores, tf.float32),
@@ -169,6 +174,48 @@ def _add_history_signature(module, corpus, vocabulary_dir: str, search):
 
     module.serving_history = tf.function(serving_history, input_signature=specs)
     return module.serving_history
+
+
+def _context_inputs(module, corpus, vocabulary_dir: str):
+    """[(TensorSpec, function input -> the query tower's feature)] of each context feature the query tower reads,
+    in user terms: a time feature as int64 [batch] (-1 for none); a context column of the corpus by its own
+    values, a categorical one as string [batch] and a multi-valued one as string [batch, n] ("" pads; unknown
+    values and "" are none), through a lookup table of its vocabulary (a SavedModel asset); a numeric one as its
+    raw float32 [batch], standardised here with the training mean and standard deviation (NaN: none, the mean)."""
+    import tensorflow as tf
+
+    declared = {column.name: column for column in corpus.context_columns}
+    tower = module.query_tower
+    module.context_ids_by_value = {}
+    inputs = []
+    for name in tower.context_names + tower.numeric_context_names:
+        column = declared.get(name)
+        if column is None:  # a time feature: its value is its id
+            inputs.append((tf.TensorSpec([None], tf.int64, name=name), tf.identity))
+        elif column.kind == context.NUMERIC:
+            inputs.append((tf.TensorSpec([None], tf.float32, name=name), _standardise(column)))
+        else:
+            path = os.path.join(vocabulary_dir, f"context-{name}.txt")
+            _write_lines(path, column.keys)
+            line = tf.lookup.TextFileIndex
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(path, tf.string, line.WHOLE_LINE, tf.int64, line.LINE_NUMBER),
+                context.NONE)
+            module.context_ids_by_value[name] = table
+            shape = [None, None] if column.kind == context.MULTI else [None]
+            inputs.append((tf.TensorSpec(shape, tf.string, name=name), table.lookup))
+    return inputs
+
+
+def _standardise(column):
+    """raw values [batch] float32 -> standardised with the column's training mean and std; NaN (none) -> 0."""
+    import tensorflow as tf
+
+    def standardise(raw):
+        values = (tf.cast(raw, tf.float64) - column.mean) / column.std
+        return tf.where(tf.math.is_nan(values), tf.zeros_like(values), values)
+
+    return standardise
 
 
 def _add_key_signatures(module, corpus, vocabulary_dir: str, top_k):
@@ -233,7 +280,10 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         "checkpoint": checkpoint,
         "oov_item_id": oov_item_id(corpus),
         "query_features": list(getattr(query_tower, "query_features", ("user_id",))),
-        "context_features": list(getattr(query_tower, "context_names", ())),
+        "context_features": _context_feature_names(query_tower),
+        # The corpus's own context columns the model reads, and their kinds (trainers.retrieve --context).
+        "context_columns": [{"name": column.name, "kind": column.kind} for column in corpus.context_columns
+                            if column.name in _context_feature_names(query_tower)],
     }
 
     def write(saved_model_dir: str) -> None:
@@ -247,6 +297,11 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
                    "has_history": "serving_history" in signatures}, file, indent=2)
 
     return atomic.write_new_version(export_dir or os.path.join(model_dir, "export"), write)
+
+
+def _context_feature_names(query_tower):
+    """Every context feature the query tower reads: categorical (time features included), then numeric."""
+    return list(getattr(query_tower, "context_names", ())) + list(getattr(query_tower, "numeric_context_names", ()))
 
 
 def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",

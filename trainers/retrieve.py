@@ -1,19 +1,25 @@
 """Top-K items for one user from an exported SavedModel: `python -m trainers.retrieve --export_dir ... --user_id 42`,
-or for anyone from their recent items: `... --history key1,key2,... [--context hour_of_day=20,day_of_week=4]`.
+or for anyone from their recent items: `... --history key1,key2,... [--context hour_of_day=20,device=mobile]`.
 
 Prints one line per item: rank, item id, the item's own key (when the corpus has a vocabulary) and score. With a
 vocabulary, --user_id is the user's own key; otherwise the dense user id. --history lists item keys (the item ids
 as text for the built-in corpus), most recent first; keys the model does not know are ignored, and an empty
 --history= asks for the model's answer to an empty history (a history model's export only). --export_dir is one
 version (<model_dir>/export/3) or the directory of versions, whose newest is used.
+
+--context gives the context the model reads as name=value pairs: a time feature as an integer, a context column
+of the corpus in its own terms (a categorical value, the values of a multi-valued one joined by '|', a number);
+omitted ones, and values the model does not know, are none.
 """
 
 import json
+import math
 import os
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
+from data import context
 from trainers import cli, export
 
 FLAGS = flags.FLAGS
@@ -23,7 +29,8 @@ flags.DEFINE_integer("k", 10, "Items to print, at most the exported K.", lower_b
 flags.DEFINE_string("history", None, "The user's recent item keys, most recent first, comma-separated (instead of "
                     "--user_id; an export of a history model).")
 flags.DEFINE_list("context", [], "The context the model reads, as name=value: hour_of_day=0..23, day_of_week=0..6 "
-                  "(Monday 0); omitted ones are none.")
+                  "(Monday 0), the corpus's context columns by value (multi-valued: values joined by '|'; numeric: a "
+                  "number); omitted ones and unknown values are none.")
 
 
 def resolve_version(export_dir: str) -> str:
@@ -69,16 +76,45 @@ def _rows(outputs, k: int, keys):
     return [(rank + 1, int(ids[rank]), keys[rank], float(scores[rank])) for rank in range(k)]
 
 
-def parse_context(pairs, names) -> dict:
-    """{name: value} of --context's name=value pairs, for the context features `names` the model reads (-1 for
-    the ones not given); ValueError naming the bad pair."""
-    values = {name: -1 for name in names}
+MULTI_VALUE_SEPARATOR = "|"  # between the values of a multi-valued context column in --context
+
+
+def parse_context(pairs, names, kinds=None) -> dict:
+    """{name: [value] or [[values]]} of --context's name=value pairs, for the context features `names` the model
+    reads: an int for a time feature, and by kinds ({name: data.context kind} of the corpus's context columns) a
+    string (categorical), a list of strings (multi-valued, joined by '|'), a float (numeric). The ones not given
+    are none (-1, "", [""], NaN). ValueError naming the bad pair and what was expected."""
+    kinds = kinds or {}
+    values = {name: _none(kinds.get(name)) for name in names}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        if name not in values or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"--context {pair}: expected name=integer with name one of {', '.join(names) or '(none)'}")
-        values[name] = int(value)
+        if name not in values:
+            raise ValueError(f"--context {pair}: expected name=value with name one of {', '.join(names) or '(none)'}")
+        values[name] = _context_value(pair, kinds.get(name), value.strip())
     return values
+
+
+def _none(kind):
+    return {None: [-1], context.CATEGORICAL: [""], context.MULTI: [[""]], context.NUMERIC: [math.nan]}[kind]
+
+
+def _context_value(pair: str, kind, value: str):
+    """The serving input [value] of one --context pair (kind None: a time feature)."""
+    if kind == context.CATEGORICAL:
+        return [value]
+    if kind == context.MULTI:
+        return [[part.strip() for part in value.split(MULTI_VALUE_SEPARATOR)]]
+    if kind == context.NUMERIC:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"--context {pair}: expected a finite number for the numeric context column")
+        return [number]
+    if not value.lstrip("-").isdigit():
+        raise ValueError(f"--context {pair}: expected name=integer for the time feature")
+    return [int(value)]
 
 
 def retrieve_by_history(loaded, metadata, history_keys, context_pairs, k: int):
@@ -89,8 +125,10 @@ def retrieve_by_history(loaded, metadata, history_keys, context_pairs, k: int):
     if not metadata.get("has_history"):
         raise ValueError(f"--history: this export's model does not read a history (its query features: "
                          f"{','.join(metadata.get('query_features', ['user_id']))}); use --user_id")
-    context = parse_context(context_pairs, metadata.get("context_features", []))
-    inputs = {name: tf.constant([value], tf.int64) for name, value in context.items()}
+    kinds = {column["name"]: column["kind"] for column in metadata.get("context_columns", [])}
+    values = parse_context(context_pairs, metadata.get("context_features", []), kinds)
+    dtypes = {None: tf.int64, context.NUMERIC: tf.float32}
+    inputs = {name: tf.constant(value, dtypes.get(kinds.get(name), tf.string)) for name, value in values.items()}
     history = tf.constant([list(history_keys) or [""]], tf.string)  # [1, n]; "" pads
     outputs = loaded.signatures["serving_history"](history=history, **inputs)
     keys = [key.decode("utf-8") for key in outputs["item_keys"].numpy()[0]]

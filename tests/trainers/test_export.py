@@ -258,7 +258,7 @@ def test_history_exports_answer_known_users_from_their_latest_history(history_ex
     "args, expected",
     [
         (["--history=song:0001", "--user_id=user-0001"], "give --user_id or --history (one of them)"),
-        (["--history=song:0001", "--context=hour=3"], "--context hour=3: expected name=integer"),
+        (["--history=song:0001", "--context=hour=3"], "--context hour=3: expected name=value with name one of (none)"),
     ],
 )
 def test_history_retrieval_errors_are_one_line(history_export, args, expected):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_module
+from tests.trainers.test_export import _retrieve_rows  # the printed rows of a trainers.retrieve run, split
 
 NUM_USERS, PER_USER, PER_CLUSTER = 300, 20, 100
 DEVICES = ("mobile", "desktop", "tv", "car")
@@ -84,12 +85,6 @@ def test_held_out_queries_read_their_own_rows_context(trained):
     assert len(queries.cold.user_ids) > 10
     for name in ("device", "tags", "price", "hour_of_day"):
         assert len(queries.cold.context[name]) == len(queries.cold.user_ids)
-
-
-def _retrieve_rows(*args):
-    result = run_module("trainers.retrieve", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [line.split() for line in result.stdout.strip().splitlines()[1:]]
 
 
 @pytest.mark.slow

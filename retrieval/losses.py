@@ -26,7 +26,8 @@ zero, so label smoothing never puts mass on a masked candidate (which would make
 TensorFlow has no temperature; ours divides scores before the log-Q correction, as TFRS does.
 """
 
-from typing import Callable, NamedTuple, Optional, Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -40,19 +41,34 @@ MASKED_LOGIT = -1e9
 ItemTower = Callable[[tf.Tensor], tf.Tensor]
 
 
-class CandidateLogits(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class CandidateLogits:
     """The pipeline's output: logits [batch, num_true + num_sampled] float32, true items first.
 
+    The logits are held as column blocks, left to right (`candidate_logits` makes [true | sampled], each extra
+    step may append one): the default softmax head reads the blocks as they are, and the [batch, candidates]
+    concatenation, with the copy of its gradient back into each block, is made only for a head that needs one
+    matrix (`logits`). A single tensor given as `blocks` is one block.
+
     Masked candidates (accidental hits, a row's own positive among in-batch negatives) hold MASKED_LOGIT and are
-    listed in masked_positions [num_masked, 2] int64 (row, column), each once. Labels (1 / num_true on the true
-    columns) and the dense valid mask are derived on demand: the default softmax head needs neither, and each
-    [batch, num_candidates] tensor not built is a pass over memory saved in the forward and the backward step.
+    listed in masked_positions [num_masked, 2] int64 (row, column of `logits`), each once. Labels (1 / num_true on
+    the true columns) and the dense valid mask are derived on demand: the default softmax head needs neither, and
+    each [batch, num_candidates] tensor not built is a pass over memory saved in the forward and the backward step.
     """
 
-    logits: tf.Tensor
+    blocks: Union[tf.Tensor, Tuple[tf.Tensor, ...]]
     num_true: int = 1
     masked_positions: Optional[tf.Tensor] = None
     num_accidental_hits: Optional[tf.Tensor] = None  # scalar int: masked positions that are accidental hits
+
+    def __post_init__(self):
+        if not isinstance(self.blocks, tuple):
+            object.__setattr__(self, "blocks", (self.blocks,))
+
+    @property
+    def logits(self):
+        """[batch, num_candidates]: the blocks side by side."""
+        return self.blocks[0] if len(self.blocks) == 1 else tf.concat(self.blocks, axis=1)
 
     def labels(self):
         """[batch, num_candidates] float32: 1 / num_true on the true columns, 0 elsewhere."""
@@ -128,15 +144,17 @@ def candidate_logits(
     flat_true = tf.reshape(true_ids, [-1])
     query = tf.cast(query_embeddings, tf.float32)
     if candidates.ids_are_true_ids:  # in-batch on one replica: the sampled block is the true column, embedded once
-        true_embeddings = tf.reshape(tf.cast(item_tower(flat_true), tf.float32), [batch_size, num_true, dim])
-        sampled_embeddings = true_embeddings[:, 0]  # [batch, dim]
+        sampled_embeddings = tf.cast(item_tower(flat_true), tf.float32)  # [batch, dim] (num_true is 1)
+        true_embeddings = sampled_embeddings[:, tf.newaxis, :]  # [batch, 1, dim]
     else:
         embeddings = tf.cast(item_tower(tf.concat([flat_true, sampled_ids], axis=0)), tf.float32)
-        num_flat_true = tf.shape(flat_true)[0]
-        true_embeddings = tf.reshape(embeddings[:num_flat_true], [batch_size, num_true, dim])
-        sampled_embeddings = embeddings[num_flat_true:]  # [num_sampled, dim]
+        # One split, whose gradient is one concatenation, where two slices would each scatter into zeros.
+        flat_true_embeddings, sampled_embeddings = tf.split(
+            embeddings, [tf.shape(flat_true)[0], tf.shape(sampled_ids)[0]]
+        )  # [batch * num_true, dim], [num_sampled, dim]
+        true_embeddings = tf.reshape(flat_true_embeddings, [batch_size, num_true, dim])
 
-    true_logits = tf.einsum("bd,btd->bt", query, true_embeddings)  # [batch, num_true]
+    true_logits = _true_logits(query, true_embeddings)  # [batch, num_true]
     sampled_logits = tf.matmul(query, sampled_embeddings, transpose_b=True)  # [batch, num_sampled]
 
     if temperature != 1.0:
@@ -145,7 +163,10 @@ def candidate_logits(
 
     if subtract_log_q:
         true_logits -= tf.math.log(tf.cast(candidates.true_expected_count, tf.float32))
-        sampled_logits -= tf.math.log(tf.cast(candidates.sampled_expected_count, tf.float32))[tf.newaxis, :]
+        # A bias add, which TensorFlow's CPU remapper fuses into the matmul when no temperature sits between.
+        sampled_logits = tf.nn.bias_add(
+            sampled_logits, -tf.math.log(tf.cast(candidates.sampled_expected_count, tf.float32))
+        )
 
     # Positions in [batch, num_sampled] to mask: the row's own positive (in-batch) and accidental hits.
     masked = tf.zeros([0, 2], tf.int64)
@@ -160,9 +181,15 @@ def candidate_logits(
         num_hits = tf.shape(hits, out_type=tf.int64)[0]
     if candidates.own_positive is not None or remove_accidental_hits:
         sampled_logits = _mask(sampled_logits, masked)
-    logits = tf.concat([true_logits, sampled_logits], axis=1)
     masked_positions = masked + tf.constant([[0, num_true]], tf.int64)  # columns of the full candidate matrix
-    return CandidateLogits(logits, num_true, masked_positions, num_hits)
+    return CandidateLogits((true_logits, sampled_logits), num_true, masked_positions, num_hits)
+
+
+def _true_logits(query, true_embeddings):
+    """[batch, num_true] scores of query [batch, dim] with its true items' embeddings [batch, num_true, dim]."""
+    if true_embeddings.shape[1] == 1:  # a row-wise product: cheaper than the batched matmul einsum makes
+        return tf.reduce_sum(query * true_embeddings[:, 0], axis=1, keepdims=True)
+    return tf.einsum("bd,btd->bt", query, true_embeddings)
 
 
 def _mask(logits, positions):
@@ -205,10 +232,11 @@ def append_candidates(
     if subtract_log_q:
         extra -= tf.math.log(tf.cast(expected_count, tf.float32))  # [n] broadcasts over rows
     extra = _mask(extra, masked)  # [batch, n]
-    offset = tf.shape(candidates.logits, out_type=tf.int64)[1]
+    offset = tf.add_n([tf.shape(block, out_type=tf.int64)[1] for block in candidates.blocks])  # c
     old_masked = candidates.masked_positions if candidates.masked_positions is not None else tf.zeros([0, 2], tf.int64)
-    return candidates._replace(
-        logits=tf.concat([candidates.logits, extra], axis=1),  # [batch, c + n]
+    return dataclasses.replace(
+        candidates,
+        blocks=candidates.blocks + (extra,),  # [batch, c + n] side by side
         masked_positions=tf.concat([old_masked, masked + tf.stack([tf.constant(0, tf.int64), offset])], axis=0),
     )
 
@@ -231,17 +259,36 @@ def softmax_cross_entropy(candidates: CandidateLogits, label_smoothing: float = 
     Equal to tf.nn.softmax_cross_entropy_with_logits (-sum(labels * log_softmax) = logsumexp - sum(labels * z)
     whenever each row's labels sum to 1, as ours do, smoothed or not), but cheaper: without smoothing the label
     term is the mean of the num_true true columns, so no [batch, num_candidates] label matrix is built, and
-    TensorFlow's fused op also writes its backward matrix in the forward pass. 1.5 ms less CPU per forward and
-    backward at [1024, 1001] than the fused op (single thread, measured side by side; see docs/benchmarks.md).
+    TensorFlow's fused op also writes its backward matrix in the forward pass. The logsumexp is taken per block
+    and the blocks' results combined, so the blocks are never concatenated (see docs/benchmarks.md for both).
     Masked columns (MASKED_LOGIT, label 0) add exp() == 0 to the sum.
     """
-    logits = candidates.logits  # [batch, num_candidates]
     if label_smoothing:
+        logits = candidates.logits  # [batch, num_candidates]
         labels = smooth_labels(candidates.labels(), candidates.valid(), label_smoothing)
-        label_term = tf.reduce_sum(labels * logits, axis=1)  # [batch]
-    else:
-        label_term = tf.reduce_mean(logits[:, : candidates.num_true], axis=1)  # [batch]
-    return tf.reduce_logsumexp(logits, axis=1) - label_term
+        return tf.reduce_logsumexp(logits, axis=1) - tf.reduce_sum(labels * logits, axis=1)
+    first = candidates.blocks[0]
+    true_logits = first if first.shape[1] == candidates.num_true else first[:, : candidates.num_true]
+    block_logsumexps = tf.stack([logsumexp_rows(block) for block in candidates.blocks], axis=1)  # [batch, blocks]
+    return tf.reduce_logsumexp(block_logsumexps, axis=1) - tf.reduce_mean(true_logits, axis=1)
+
+
+@tf.custom_gradient
+def logsumexp_rows(logits):
+    """[batch, n] -> [batch] log(sum(exp(logits))) along rows, stabilised by the row maximum.
+
+    tf.reduce_logsumexp's gradient, taken through its graph, tiles the upstream gradient over [batch, n] before
+    it multiplies; here the gradient is softmax x upstream in one broadcast product, from the exponentials the
+    forward pass kept. A row of MASKED_LOGIT gives a finite value (its maximum shifts it), as in TensorFlow's.
+    """
+    row_max = tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))  # [batch, 1]
+    exponentials = tf.exp(logits - row_max)  # [batch, n]
+    sums = tf.reduce_sum(exponentials, axis=1, keepdims=True)  # [batch, 1]
+
+    def gradient(upstream):  # upstream [batch]
+        return exponentials * (upstream[:, tf.newaxis] / sums)  # softmax x upstream, [batch, n]
+
+    return tf.math.log(sums[:, 0]) + row_max[:, 0], gradient
 
 
 def sigmoid_cross_entropy(

@@ -204,6 +204,41 @@ def test_extreme_logits_give_finite_loss_and_gradients(loss_name, scale):
     assert all(np.all(np.isfinite(tf.convert_to_tensor(gradient).numpy())) for gradient in gradients)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_logsumexp_rows_equals_tf_reduce_logsumexp_in_value_and_gradient(scale):
+    """The softmax head's logsumexp (its own gradient, no tile) against TensorFlow's, with a fully masked row."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 7)).astype(np.float32) * scale
+    logits[1] = losses.MASKED_LOGIT  # every candidate of the row masked
+    logits[2, :3] = losses.MASKED_LOGIT
+    upstream = tf.constant(rng.normal(size=4).astype(np.float32))
+    values, gradients = [], []
+    for function in (losses.logsumexp_rows, lambda x: tf.reduce_logsumexp(x, axis=1)):
+        variable = tf.Variable(logits)
+        with tf.GradientTape() as tape:
+            value = function(variable)
+        values.append(value.numpy())
+        gradients.append(tape.gradient(value, variable, output_gradients=upstream).numpy())
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-6)
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-5, atol=1e-7)
+    assert np.all(gradients[0][2, :3] == 0.0)
+
+
+def test_softmax_head_over_blocks_equals_the_head_over_their_concatenation():
+    """Blocks [true | sampled | extra] give the loss and gradients of the one concatenated matrix."""
+    rng = np.random.default_rng(4)
+    blocks = [tf.Variable(rng.normal(size=(5, width)).astype(np.float32)) for width in (2, 9, 3)]
+    results = []
+    for make in (lambda: losses.CandidateLogits(tuple(blocks), num_true=2),
+                 lambda: losses.CandidateLogits(tf.concat(blocks, axis=1), num_true=2)):
+        with tf.GradientTape() as tape:
+            loss = losses.softmax_cross_entropy(make())
+        results.append((loss.numpy(), [gradient.numpy() for gradient in tape.gradient(loss, blocks)]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    for ours, concatenated in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(ours, concatenated, rtol=1e-5, atol=1e-7)
+
+
 def test_mixed_precision_towers_give_float32_loss():
     weights = tf.Variable(np.random.default_rng(6).normal(size=(NUM_ITEMS, DIM)).astype(np.float16))
     queries = tf.constant(np.ones((BATCH, DIM), np.float16))

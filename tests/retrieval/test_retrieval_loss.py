@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from retrieval import frequency, samplers
-from retrieval.retrieval_loss import LossConfig, RetrievalLoss
+from retrieval.retrieval_loss import MIN_EXPECTED_COUNT, LossConfig, RetrievalLoss
 
 NUM_ITEMS, DIM, BATCH = 40, 4, 6
 
@@ -42,7 +42,7 @@ def test_streaming_frequency_gives_in_batch_q_and_updates_only_in_training():
     for step, positives in enumerate(stream):
         loss, _ = layer.loss_and_diagnostics(queries, positives, tower, training=True, step=tf.constant(step))
         reference.update(positives, tf.constant(step))
-        log_q = np.log(reference.expected_count(np.arange(NUM_ITEMS)).numpy() + 0.0)
+        log_q = np.log(np.maximum(reference.expected_count(np.arange(NUM_ITEMS)).numpy(), MIN_EXPECTED_COUNT))  # floored as the layer does
         np.testing.assert_allclose(loss.numpy(), _softmax_loss(*_in_batch_reference(items, queries, positives, log_q)),
                                    rtol=1e-5)
     frozen = layer.frequency.gap.numpy().copy()

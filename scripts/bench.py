@@ -7,7 +7,8 @@ Rows, each measured in a process of its own (so its peak resident memory is its 
 burst of load from other processes hurts every row alike; a row shows the median and the min-max of its repeats:
   trainer: <flags>            `python -m trainers.train` on the built-in corpus, the command users run, with the
                               flags shown; examples/s is the trainer's own TensorBoard `examples_per_second`
-                              (median of its windows after the warm-up steps). The user-id model
+                              (median of its windows after the warm-up steps, 50 steps each: the default
+                              logging cadence). The user-id model
                               (--query_features=user_id) unless the flags name other query features: the
                               history row runs the trainer's default history model on histories of up to 50
                               items (pass --num_users so that users hold some 50 interactions each)
@@ -52,7 +53,7 @@ flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
 flags.DEFINE_integer("num_users", 100_000, "Users in the benchmark corpus.")
 flags.DEFINE_integer("num_interactions", 1_000_000, "Interactions in the benchmark corpus.")
 flags.DEFINE_integer("steps", 200, "Measured steps per configuration (after warm-up).")
-flags.DEFINE_integer("warmup_steps", 40, "Steps run before timing (tracing, first allocations).")
+flags.DEFINE_integer("warmup_steps", 50, "Steps run before timing (tracing, first allocations).")
 flags.DEFINE_integer("dense_steps", 4, "Measured steps for full softmax, whose step is O(items).")
 flags.DEFINE_integer("full_softmax_max_items", 1_000_000, "Largest corpus where full softmax is measured.")
 flags.DEFINE_string("cache_dir", sources.DEFAULT_CACHE_DIR, "Corpus cache (the trainer's --cache_dir).")
@@ -65,7 +66,9 @@ flags.DEFINE_bool("breakdown", True, "Also measure where a trainer step's CPU ti
 flags.DEFINE_string("child", "", "Internal: run one measurement described by this JSON and print its result.")
 FLAGS = flags.FLAGS
 
-TIMED_WINDOW = 10  # steps per examples_per_second window of the trainer rows (its --log_every_steps)
+# Steps per examples_per_second window of the trainer rows: the trainer's default --log_every_steps, so that a row
+# runs as a user's run does (its automatic steps_per_execution follows the logging cadence: 50 steps per call).
+TIMED_WINDOW = 50
 USER_ID_MODEL = "--query_features=user_id"  # what the trainer rows train unless their flags say otherwise
 
 
@@ -85,10 +88,14 @@ def _trainer_flags(spec):
         f"--cache_dir={FLAGS.cache_dir}", f"--num_items={spec['num_items']}", f"--num_users={FLAGS.num_users}",
         f"--num_interactions={FLAGS.num_interactions}", "--seed=42", f"--batch_size={FLAGS.batch_size}",
         f"--num_sampled={FLAGS.num_sampled}", f"--embedding_dim={FLAGS.embedding_dim}", "--epochs=1",
-        f"--steps_per_epoch={steps}", f"--log_every_steps={min(TIMED_WINDOW, spec['steps'])}",
+        f"--steps_per_epoch={steps}", f"--log_every_steps={_window(spec)}",
         "--checkpoint_every_steps=0",
         "--noexport", "--projector_items=0", "--eval_max_users=200", USER_ID_MODEL, *spec["variant"].split(),
     ]
+
+
+def _window(spec):
+    return min(TIMED_WINDOW, spec["steps"])
 
 
 def _measure_trainer(spec):
@@ -102,7 +109,8 @@ def _measure_trainer(spec):
         if result.returncode != 0:
             raise RuntimeError((result.stderr.strip().splitlines() or ["no output"])[-1])
         windows = read_scalars(os.path.join(model_dir, "tensorboard", "train"))["examples_per_second"]
-    timed = [value for step, value in windows if step > spec["warmup"]] or [value for _, value in windows]
+    # Windows that start after the warm-up (a window ending at step s covers the steps after s - window).
+    timed = [value for step, value in windows if step - _window(spec) >= spec["warmup"]] or [v for _, v in windows]
     return statistics.median(timed), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 

@@ -116,20 +116,18 @@ def item_table_placement(model, task_name: str) -> Dict[str, Any]:
 
 
 # Rows of a table cast to float64 at a time by weights_fingerprint: a whole 10M x 64 table in float64 is 5 GB.
-FINGERPRINT_ROWS = 1 << 20
+FINGERPRINT_ROWS = callbacks.CHUNK_ROWS
 
 
 def weights_fingerprint(model) -> float:
     """The sum of every trainable weight (float64): workers of one synchronous job must end on the same one.
-    Summed FINGERPRINT_ROWS rows at a time, so it never holds a float64 copy of an item table."""
+    Summed FINGERPRINT_ROWS rows at a time, read in place (callbacks.row_chunks: a dense read of a table the
+    sparse updates touched would copy all of it, 2.56 GB at 10M x 64), so it never holds a copy of an item table,
+    float32 or float64. A ShardedVariable is summed shard by shard."""
     total = 0.0
     for variable in model.trainable_variables:
-        value = tf.convert_to_tensor(variable)  # a read of the variable (a sharded one: its shards joined)
-        if value.shape.rank == 0:
-            total += float(tf.cast(value, tf.float64))
-            continue
-        for start in range(0, int(value.shape[0]), FINGERPRINT_ROWS):
-            total += float(tf.reduce_sum(tf.cast(value[start : start + FINGERPRINT_ROWS], tf.float64)))
+        for chunk in callbacks.row_chunks(variable, FINGERPRINT_ROWS):
+            total += float(tf.reduce_sum(tf.cast(chunk, tf.float64)))
     return total
 
 

@@ -62,6 +62,24 @@ def _mask_excluded(scores, exclude_ids, start):
     return tf.tensor_scatter_nd_update(scores, indices, updates)
 
 
+def _chunk_top_k(queries, chunk_items, k: int, start, exclude_ids):
+    """The top-min(k, chunk) (scores [q, .], ids [q, .] int64) of queries [q, dim] among the items of one chunk
+    [chunk, dim], whose first id is start (excluded ids masked)."""
+    scores = tf.matmul(queries, chunk_items, transpose_b=True)  # [q, chunk]
+    if exclude_ids is not None:
+        scores = _mask_excluded(scores, exclude_ids, start)
+    chunk_scores, columns = top_k_two_stage(scores, min(k, chunk_items.shape[0]))
+    return chunk_scores, tf.cast(columns, tf.int64) + start
+
+
+def _merge_top_k(best_scores, best_ids, chunk_scores, chunk_ids, k: int):
+    """The running top-k with a later chunk's (higher ids, so top_k's stable ties keep ids ascending)."""
+    merged_scores = tf.concat([best_scores, chunk_scores], axis=1)
+    merged_ids = tf.concat([best_ids, chunk_ids], axis=1)
+    best_scores, positions = tf.math.top_k(merged_scores, min(k, merged_scores.shape[1]), sorted=True)
+    return best_scores, tf.gather(merged_ids, positions, batch_dims=1)
+
+
 def _top_k_of_chunks(queries, items, k: int, item_chunk_size: int, exclude_ids):
     """queries [q, dim], items [n, dim], exclude_ids [q, e] (-1 padded) or None -> (scores [q, k], ids [q, k]).
 
@@ -71,20 +89,11 @@ def _top_k_of_chunks(queries, items, k: int, item_chunk_size: int, exclude_ids):
     num_items = items.shape[0]
     best_scores, best_ids = None, None
     for start in range(0, num_items, item_chunk_size):
-        chunk_items = items[start : start + item_chunk_size]
-        scores = tf.matmul(queries, chunk_items, transpose_b=True)  # [q, chunk]
-        if exclude_ids is not None:
-            scores = _mask_excluded(scores, exclude_ids, start)
-        chunk_scores, columns = top_k_two_stage(scores, min(k, chunk_items.shape[0]))
-        chunk_ids = tf.cast(columns, tf.int64) + start
+        chunk_scores, chunk_ids = _chunk_top_k(queries, items[start : start + item_chunk_size], k, start, exclude_ids)
         if best_scores is None:
             best_scores, best_ids = chunk_scores, chunk_ids
             continue
-        # Earlier chunks hold lower ids and come first, so top_k's stable ties keep ids ascending.
-        merged_scores = tf.concat([best_scores, chunk_scores], axis=1)
-        merged_ids = tf.concat([best_ids, chunk_ids], axis=1)
-        best_scores, positions = tf.math.top_k(merged_scores, min(k, merged_scores.shape[1]), sorted=True)
-        best_ids = tf.gather(merged_ids, positions, batch_dims=1)
+        best_scores, best_ids = _merge_top_k(best_scores, best_ids, chunk_scores, chunk_ids, k)
     return best_scores, best_ids
 
 
@@ -147,6 +156,50 @@ def exact_top_k(
     if not all_scores:
         return np.zeros([0, k], np.float32), np.zeros([0, k], np.int64)
     return np.concatenate(all_scores), np.concatenate(all_ids)
+
+
+# exact_top_k_of_chunks' steps, traced once per shape (a full or last chunk of items or queries) and k, and kept
+# across calls (held-out evaluation runs after every epoch).
+_chunk_top_k_function = tf.function(_chunk_top_k)
+_merge_top_k_function = tf.function(_merge_top_k)
+
+ITEM_CHUNK = 131_072  # items scored per matrix product by exact_top_k and exact_top_k_of_chunks
+
+
+def exact_top_k_of_chunks(query_embeddings, item_chunks, k: int, query_chunk_size: int = 256,
+                          exclude_ids: Optional[np.ndarray] = None):
+    """exact_top_k over item embeddings given as consecutive chunks instead of one [num_items, dim] tensor.
+
+    item_chunks: an iterable of [n_i, dim] arrays or tensors, in id order, every one of ITEM_CHUNK rows but the
+    last (a generator may compute each from the item tower when asked). Only one chunk is held at a time, so
+    ranking a 10M-item corpus never needs its 2.56 GB of embeddings at once (and not twice, as concatenating
+    them does). Each query chunk goes through the same per-chunk top-k and merge as exact_top_k, at the same
+    shapes, so the scores and ids equal exact_top_k's over the concatenated items.
+    Returns (scores [num_queries, k], ids [num_queries, k] int64) as NumPy, best first; ties go to the lower id.
+    """
+    query_embeddings = np.asarray(query_embeddings)
+    if not len(query_embeddings):
+        return np.zeros([0, k], np.float32), np.zeros([0, k], np.int64)
+    starts = range(0, len(query_embeddings), query_chunk_size)
+    best = [None] * len(starts)
+    num_items = 0
+    for items in item_chunks:
+        items = tf.convert_to_tensor(items)
+        if num_items % ITEM_CHUNK:
+            raise ValueError(f"item chunks of {ITEM_CHUNK} rows expected before the last one")
+        start = tf.constant(num_items, tf.int64)
+        for index, query_start in enumerate(starts):
+            queries = tf.constant(query_embeddings[query_start : query_start + query_chunk_size], items.dtype)
+            excluded = None
+            if exclude_ids is not None:
+                excluded = tf.constant(np.asarray(exclude_ids[query_start : query_start + query_chunk_size], np.int64))
+            scores, ids = _chunk_top_k_function(queries, items, k, start, excluded)
+            best[index] = (scores, ids) if best[index] is None else _merge_top_k_function(*best[index], scores, ids, k)
+        num_items += int(items.shape[0])
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k={k} must be between 1 and the corpus size {num_items}")
+    return (np.concatenate([scores.numpy() for scores, _ in best]),
+            np.concatenate([ids.numpy() for _, ids in best]))
 
 
 def pad_ragged(rows: Sequence[np.ndarray], pad: int = -1) -> np.ndarray:

@@ -107,3 +107,14 @@ class Tower(tf.keras.Model):
         """Embeddings of every id in [0, vocabulary_size): [vocabulary_size, embedding_dim], computed in chunks."""
         dataset = tf.data.Dataset.range(self.vocabulary_size).batch(batch_size)
         return tf.concat([self(ids) for ids in dataset], axis=0)
+
+    def embed_chunks(self, chunk_size: int, batch_size: int = 65536):
+        """embed_all's rows as consecutive [chunk_size, embedding_dim] tensors (the last one shorter), computed
+        when asked: a consumer that ranks chunk by chunk (retrieval.metrics.exact_top_k_of_chunks) never holds all
+        of them. embed_all holds them all, twice while it concatenates: 5 GB at 10M x 64. The tower runs on the
+        same batch_size ids as in embed_all, so the rows are embed_all's, bit for bit."""
+        for start in range(0, self.vocabulary_size, chunk_size):
+            stop = min(start + chunk_size, self.vocabulary_size)
+            batches = [self(tf.range(begin, min(begin + batch_size, stop), dtype=tf.int64))
+                       for begin in range(start, stop, batch_size)]
+            yield batches[0] if len(batches) == 1 else tf.concat(batches, axis=0)

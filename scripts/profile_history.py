@@ -1,0 +1,141 @@
+"""CPU time of the history model's trainer step against the user-id model's, and where it goes.
+
+    .venv/bin/python scripts/profile_history.py [--num_users=20000] [--num_items=1000000] [--ops]
+
+Builds each model as trainers.train does (model_builder.build_model, lazy Adam, the in-memory input with its
+query inputs) and times Keras fit on one thread in CPU milliseconds per step (time.process_time; CPU time barely
+moves with the load of other processes, where wall time on a shared 2-core machine does). The models run in
+turns, in one process, so both see the same machine. --ops adds an op-level profile of each (tf.profiler over a
+few steps, the .xplane.pb's op events summed by name on the TensorFlow compute lines), the top ops printed.
+"""
+
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_integer("num_items", 1_000_000, "Items in the built-in corpus (bench.py's size).")
+flags.DEFINE_integer("num_users", 100_000, "Users (bench.py's default; 20,000 gives histories of some 28 items).")
+flags.DEFINE_integer("num_interactions", 1_000_000, "Interactions.")
+flags.DEFINE_integer("history_length", 50, "--history_length of the history model.")
+flags.DEFINE_integer("steps", 100, "Timed steps per round.")
+flags.DEFINE_integer("rounds", 3, "Alternating rounds per model (the median is printed).")
+flags.DEFINE_integer("steps_per_execution", 50, "Steps per tf.function call (the trainer's automatic value).")
+flags.DEFINE_boolean("ops", False, "Also print an op-level profile of each model's step.")
+flags.DEFINE_string("models", "user_id,history", "Which models to time.")
+FLAGS = flags.FLAGS
+OP_EVENT = re.compile(r"^[^:]+:[A-Za-z0-9_]+$")
+CATEGORIES = (("[data]", "input pipeline"), ("history_encoder", "history encoder (forward and gradient)"),
+              ("Adam/", "optimizer (Keras de-duplication, lazy Adam)"), ("", "rest (loss, item tower, head)"))
+
+
+def categories(totals):
+    """{category: ms} of an op profile: each op in the first CATEGORIES entry whose marker its name holds."""
+    grouped = collections.Counter()
+    for name, ms in totals.items():
+        grouped[next(label for marker, label in CATEGORIES if marker in name)] += ms
+    return grouped
+
+
+def _model_and_batches(tf, corpus, query_features):
+    from data import history, pipeline
+    from retrieval.optimizers import LazyAdam
+    from retrieval.retrieval_loss import LossConfig
+    from trainers import model_builder
+    from trainers.run_config import ModelConfig
+
+    model_config = ModelConfig(query_features=tuple(query_features.split(",")))
+    model = model_builder.build_model(corpus, LossConfig(num_sampled=1000, seed=42), 64, global_batch_size=1024,
+                                      query_config=model_config, history_length=FLAGS.history_length)
+    model.compile(optimizer=LazyAdam(0.005), steps_per_execution=FLAGS.steps_per_execution)
+    columns = pipeline.read_in_memory(corpus.train_files)
+    query_inputs = None
+    if "history" in query_features:
+        log = history.history_log(columns["user_id"], columns["item_id"], columns["timestamp"])
+        query_inputs = pipeline.QueryInputs(log, FLAGS.history_length)
+    batches = pipeline.in_memory_batches(columns, 1024, 42, query_inputs=query_inputs)
+    return model, batches
+
+
+def _cpu_ms_per_step(model, batches, steps):
+    import tensorflow as tf
+
+    started = time.process_time()
+    model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    return 1000 * (time.process_time() - started) / steps
+
+
+def _op_profile(tf, model, batches, steps=50):
+    """{op name: total ms} over `steps` steps from the profiler's trace (TensorFlow compute lines)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    log_dir = tempfile.mkdtemp(prefix="profile_history_")
+    tf.profiler.experimental.start(log_dir)
+    model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    tf.profiler.experimental.stop()
+    totals = collections.Counter()
+    for path in glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as file:
+            space.ParseFromString(file.read())
+        for plane in space.planes:
+            names = {key: metadata.name for key, metadata in plane.event_metadata.items()}
+            for line in plane.lines:
+                if "tf_Compute" not in line.name and "tf_data" not in line.name.lower():
+                    continue
+                prefix = "" if "tf_Compute" in line.name else "[data] "
+                for event in line.events:
+                    name = names.get(event.metadata_id, "?")
+                    if not OP_EVENT.match(name):  # ops only (name:Type), not the executor's own events
+                        continue
+                    name = name.replace("while/body/_1/", "").replace("while/", "")
+                    totals[prefix + name] += event.duration_ps / 1e9 / steps
+    return totals
+
+
+def main(argv):
+    del argv
+    import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from data import builtin, sources, synthetic
+
+    config = synthetic.SyntheticConfig(num_items=FLAGS.num_items, num_users=FLAGS.num_users,
+                                       num_interactions=FLAGS.num_interactions, seed=42)
+    corpus = builtin.prepare(config, sources.DEFAULT_CACHE_DIR)
+    models = {name: _model_and_batches(tf, corpus, name) for name in FLAGS.models.split(",")}
+    for model, batches in models.values():  # trace and warm up
+        _cpu_ms_per_step(model, batches, 2 * FLAGS.steps_per_execution)
+    times = {name: [] for name in models}
+    for _ in range(FLAGS.rounds):
+        for name, (model, batches) in models.items():
+            times[name].append(_cpu_ms_per_step(model, batches, FLAGS.steps))
+    result = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    print(json.dumps({"cpu_ms_per_step": result, "rounds": times}), flush=True)
+    if "user_id" in result and "history" in result:
+        print(f"history / user_id CPU per step: {result['history'] / result['user_id']:.2f}x "
+              f"(throughput ratio {result['user_id'] / result['history']:.2f})")
+    if FLAGS.ops:
+        for name, (model, batches) in models.items():
+            totals = _op_profile(tf, model, batches, FLAGS.steps_per_execution)
+            print(f"\n{name}: ms per step of the profiled ops (profiler overhead included):")
+            for label, ms in categories(totals).items():
+                print(f"  {ms:7.3f}  {label}")
+            print("  top ops:")
+            for op, ms in totals.most_common(30):
+                print(f"  {ms:7.3f}  {op}")
+
+
+if __name__ == "__main__":
+    app.run(main)

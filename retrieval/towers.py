@@ -105,8 +105,18 @@ class Tower(tf.keras.Model):
 
     def embed_all(self, batch_size: int = 65536) -> tf.Tensor:
         """Embeddings of every id in [0, vocabulary_size): [vocabulary_size, embedding_dim], computed in chunks."""
-        dataset = tf.data.Dataset.range(self.vocabulary_size).batch(batch_size)
-        return tf.concat([self(ids) for ids in dataset], axis=0)
+        # Written batch by batch into one buffer, not concatenated: tf.concat holds every batch and the result at
+        # once (5 GB at 10M x 64, which the oneDNN allocator then keeps). The buffer is a variable's, assigned a
+        # slice at a time in place (no sparse op touches it, so reading it back is no copy either).
+        buffer = None
+        for start in range(0, self.vocabulary_size, batch_size):
+            ids = tf.range(start, min(start + batch_size, self.vocabulary_size), dtype=tf.int64)
+            embeddings = self(ids)
+            if buffer is None:
+                buffer = tf.Variable(tf.zeros([self.vocabulary_size, embeddings.shape[1]], embeddings.dtype),
+                                     trainable=False)
+            buffer[start : start + batch_size].assign(embeddings)
+        return tf.convert_to_tensor(buffer)
 
     def embed_chunks(self, chunk_size: int, batch_size: int = 65536):
         """embed_all's rows as consecutive [chunk_size, embedding_dim] tensors (the last one shorter), computed

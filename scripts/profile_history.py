@@ -4,7 +4,8 @@
 
 Builds each model as trainers.train does (model_builder.build_model, lazy Adam, the in-memory input with its
 query inputs) and times Keras fit on one thread in CPU milliseconds per step (time.process_time; CPU time barely
-moves with the load of other processes, where wall time on a shared 2-core machine does). The models run in
+moves with the load of other processes, where wall time on a shared 2-core machine does; wall time per step is
+printed too, and --threads=0 runs TensorFlow on its default threads as the trainer does). The models run in
 turns, in one process, so both see the same machine. --ops adds an op-level profile of each (tf.profiler over a
 few steps, the .xplane.pb's op events summed by name on the TensorFlow compute lines), the top ops printed.
 """
@@ -30,6 +31,7 @@ flags.DEFINE_integer("history_length", 50, "--history_length of the history mode
 flags.DEFINE_integer("steps", 100, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds per model (the median is printed).")
 flags.DEFINE_integer("steps_per_execution", 50, "Steps per tf.function call (the trainer's automatic value).")
+flags.DEFINE_integer("threads", 1, "TensorFlow's intra- and inter-op threads (0: its default, as the trainer runs).")
 flags.DEFINE_boolean("ops", False, "Also print an op-level profile of each model's step.")
 flags.DEFINE_string("models", "user_id,history", "Which models to time.")
 FLAGS = flags.FLAGS
@@ -66,12 +68,11 @@ def _model_and_batches(tf, corpus, query_features):
     return model, batches
 
 
-def _cpu_ms_per_step(model, batches, steps):
-    import tensorflow as tf
-
-    started = time.process_time()
+def _ms_per_step(model, batches, steps):
+    """(CPU ms, wall ms) per step of Keras fit over `steps` steps."""
+    started, wall = time.process_time(), time.perf_counter()
     model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
-    return 1000 * (time.process_time() - started) / steps
+    return 1000 * (time.process_time() - started) / steps, 1000 * (time.perf_counter() - wall) / steps
 
 
 def _op_profile(tf, model, batches, steps=50):
@@ -107,8 +108,9 @@ def main(argv):
     import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     from data import builtin, sources, synthetic
 
     config = synthetic.SyntheticConfig(num_items=FLAGS.num_items, num_users=FLAGS.num_users,
@@ -116,16 +118,22 @@ def main(argv):
     corpus = builtin.prepare(config, sources.DEFAULT_CACHE_DIR)
     models = {name: _model_and_batches(tf, corpus, name) for name in FLAGS.models.split(",")}
     for model, batches in models.values():  # trace and warm up
-        _cpu_ms_per_step(model, batches, 2 * FLAGS.steps_per_execution)
+        _ms_per_step(model, batches, 2 * FLAGS.steps_per_execution)
     times = {name: [] for name in models}
+    walls = {name: [] for name in models}
     for _ in range(FLAGS.rounds):
         for name, (model, batches) in models.items():
-            times[name].append(_cpu_ms_per_step(model, batches, FLAGS.steps))
+            cpu, wall = _ms_per_step(model, batches, FLAGS.steps)
+            times[name].append(cpu)
+            walls[name].append(wall)
     result = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
-    print(json.dumps({"cpu_ms_per_step": result, "rounds": times}), flush=True)
+    wall = {name: sorted(values)[len(values) // 2] for name, values in walls.items()}
+    print(json.dumps({"cpu_ms_per_step": result, "wall_ms_per_step": wall, "rounds": times, "wall_rounds": walls}),
+          flush=True)
     if "user_id" in result and "history" in result:
         print(f"history / user_id CPU per step: {result['history'] / result['user_id']:.2f}x "
-              f"(throughput ratio {result['user_id'] / result['history']:.2f})")
+              f"(throughput ratio {result['user_id'] / result['history']:.2f}); wall: "
+              f"{wall['history'] / wall['user_id']:.2f}x (throughput ratio {wall['user_id'] / wall['history']:.2f})")
     if FLAGS.ops:
         for name, (model, batches) in models.items():
             totals = _op_profile(tf, model, batches, FLAGS.steps_per_execution)

@@ -98,9 +98,6 @@ def _train(tf, strategy, config, corpus, task: Task):
     from trainers.training_input import TrainingInput
 
     is_chief, task_name = task.cluster.is_chief, task.cluster.task_name
-    if is_chief:
-        run_dir.write_config(task.write_dir, run_config.to_json(config, task.write_dir.path, corpus.description),
-                             train_flags.flagfile_text(config, task.write_dir.path))
     tf.keras.utils.set_random_seed(config.seed)
     if config.optimization.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
@@ -114,6 +111,9 @@ def _train(tf, strategy, config, corpus, task: Task):
     checkpoint = run_dir.training_checkpoint(tf, model)
     resume = run_dir.restore_for_training(tf, checkpoint, task.job_dir, task.strategy_name == "multi_worker",
                                           config.optimization.learning_rate, repair=is_chief)
+    if is_chief:  # after the restore: a restart it refuses leaves the run's config.json and flags.txt as they were
+        run_dir.write_config(task.write_dir, run_config.to_json(config, task.write_dir.path, corpus.description),
+                             train_flags.flagfile_text(config, task.write_dir.path))
     manager = run_dir.checkpoint_manager(tf, checkpoint, task.write_dir.checkpoints)
     schedule = fit_loop.Schedule.of(config, corpus)
     schedule.log_resume(task_name, resume.step)

@@ -218,11 +218,14 @@ def test_no_intact_checkpoint_is_a_one_line_error_that_leaves_every_file_in_plac
 @pytest.mark.slow
 def test_restart_with_another_model_shape_is_a_one_line_error(damaged_run, tmp_path):
     model_dir, where = _copy_of(damaged_run, tmp_path)
+    written = {name: (model_dir / name).read_bytes() for name in ("config.json", "flags.txt")}
     result = run_module("trainers.train", *where, *DAMAGE_RUN, "--epochs=2", "--embedding_dim=32")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert "ckpt-30 does not fit this run's model" in last_line and "--model_dir" in last_line
     assert _checkpoint_steps(model_dir) == [10, 20, 30] and not (model_dir / "checkpoints" / "damaged").exists()
+    # The refused restart leaves the run's description alone: evaluate and export still rebuild the trained model.
+    assert {name: (model_dir / name).read_bytes() for name in written} == written
 
 
 def test_restore_policy_sets_aside_a_bit_flip_and_an_unreadable_state_and_rebuilds_the_state(tmp_path):

@@ -22,7 +22,7 @@ class BruteForceIndex(tf.Module):
     runs top_k over all of them, several times slower on CPU (scripts/bench_eval.py, docs/bench_eval.md).
     """
 
-    def __init__(self, item_embeddings, k: int, item_chunk_size: int = 131_072, name: str = "brute_force"):
+    def __init__(self, item_embeddings, k: int, item_chunk_size: int = metrics.ITEM_CHUNK, name: str = "brute_force"):
         super().__init__(name=name)
         item_embeddings = tf.convert_to_tensor(item_embeddings)
         self.k = k

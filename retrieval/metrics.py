@@ -47,6 +47,9 @@ def top_k_two_stage(scores: tf.Tensor, k: int, group_size: int = GROUP_SIZE):
     return values, columns
 
 
+ITEM_CHUNK = 131_072  # items scored per matrix product by exact_top_k and exact_top_k_of_chunks
+
+
 def _mask_excluded(scores, exclude_ids, start):
     """Sets scores[row, id - start] to -inf for every excluded id inside this chunk.
 
@@ -97,7 +100,7 @@ def _top_k_of_chunks(queries, items, k: int, item_chunk_size: int, exclude_ids):
     return best_scores, best_ids
 
 
-def top_k_function(item_embeddings: tf.Tensor, k: int, item_chunk_size: int = 131_072, exclude: bool = False):
+def top_k_function(item_embeddings: tf.Tensor, k: int, item_chunk_size: int = ITEM_CHUNK, exclude: bool = False):
     """A tf.function (queries [q, dim][, exclude_ids [q, e] int64]) -> (scores [q, k], ids [q, k] int64).
 
     The exact top-k over `item_embeddings` [num_items, dim], captured as a constant or variable. The brute-force
@@ -128,7 +131,7 @@ def exact_top_k(
     item_embeddings,
     k: int,
     query_chunk_size: int = 256,
-    item_chunk_size: int = 131_072,
+    item_chunk_size: int = ITEM_CHUNK,
     exclude_ids: Optional[np.ndarray] = None,
 ):
     """Exact top-k items by dot product for every query.
@@ -162,9 +165,6 @@ def exact_top_k(
 # across calls (held-out evaluation runs after every epoch).
 _chunk_top_k_function = tf.function(_chunk_top_k)
 _merge_top_k_function = tf.function(_merge_top_k)
-
-ITEM_CHUNK = 131_072  # items scored per matrix product by exact_top_k and exact_top_k_of_chunks
-
 
 def exact_top_k_of_chunks(query_embeddings, item_chunks, k: int, query_chunk_size: int = 256,
                           exclude_ids: Optional[np.ndarray] = None):

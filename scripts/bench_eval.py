@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags  # noqa: E402
 
+from retrieval import metrics  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_items", 1_000_000, "Items in the corpus.", lower_bound=1)
 flags.DEFINE_integer("dim", 64, "Embedding size.", lower_bound=1)
@@ -31,7 +33,8 @@ flags.DEFINE_integer("k", 100, "Items returned per query.", lower_bound=1)
 flags.DEFINE_integer("num_queries", 1024, "Queries for the roofline, our top-K and ScaNN.", lower_bound=1)
 flags.DEFINE_integer("tfrs_queries", 256, "Queries for TFRS BruteForce (slower).", lower_bound=0)
 flags.DEFINE_integer("batch_size", 256, "Queries per call.", lower_bound=1)
-flags.DEFINE_integer("item_chunk_size", 131_072, "Items per matmul chunk of our top-K (and of the roofline).", lower_bound=1)
+flags.DEFINE_integer("item_chunk_size", metrics.ITEM_CHUNK, "Items per matmul chunk of our top-K (and of the roofline).",
+                     lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed passes per method; the best counts.", lower_bound=1)
 flags.DEFINE_bool("scann", True, "Include ScaNN.")
 flags.DEFINE_integer("seed", 0, "Seed of the embeddings.")
@@ -63,7 +66,6 @@ def main(argv):
     import tensorflow_recommenders as tfrs
 
     from retrieval import index as index_lib
-    from retrieval import metrics
 
     if FLAGS.k > FLAGS.num_items:
         raise app.UsageError(f"--k={FLAGS.k} exceeds --num_items={FLAGS.num_items}")

@@ -111,7 +111,6 @@ class HistoryEncoder(tf.keras.layers.Layer):
         weights = tf.cast(valid, outputs.dtype)[..., tf.newaxis]
         return tf.reduce_sum(outputs * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
 
-
     def build(self, input_shape):
         if not self.item_embedding.built:  # a shared table the item tower has not built yet
             self.item_embedding.build(None)

@@ -121,8 +121,8 @@ class Tower(tf.keras.Model):
     def embed_chunks(self, chunk_size: int, batch_size: int = 65536):
         """embed_all's rows as consecutive [chunk_size, embedding_dim] tensors (the last one shorter), computed
         when asked: a consumer that ranks chunk by chunk (retrieval.metrics.exact_top_k_of_chunks) never holds all
-        of them. embed_all holds them all, twice while it concatenates: 5 GB at 10M x 64. The tower runs on the
-        same batch_size ids as in embed_all, so the rows are embed_all's, bit for bit."""
+        of them, where embed_all holds all of them (2.56 GB at 10M x 64). With chunk_size a multiple of batch_size
+        the tower runs on the same batch_size ids as in embed_all, so the rows are embed_all's, bit for bit."""
         for start in range(0, self.vocabulary_size, chunk_size):
             stop = min(start + chunk_size, self.vocabulary_size)
             batches = [self(tf.range(begin, min(begin + batch_size, stop), dtype=tf.int64))

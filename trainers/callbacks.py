@@ -19,6 +19,9 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+BEST_STATE = "best.json"  # beside the best checkpoint: which epoch it is, and its metrics
+
+
 class BestKeeper:
     """--keep_best: the checkpoint of the epoch with the best held-out `metric` (higher is better), saved (the model
     only) in its own directory with BEST_STATE beside it ({metric, value, epoch, step, checkpoint, metrics}), which a
@@ -64,9 +67,6 @@ class BestKeeper:
         """For the run summary: the best epoch, and whether (and where) training stopped early."""
         return {"best": self.best, "stopped_early": self.stopped_early_at is not None,
                 "stopped_early_at": self.stopped_early_at}
-
-
-BEST_STATE = "best.json"
 
 
 class EvaluationCallback(tf.keras.callbacks.Callback):

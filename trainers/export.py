@@ -271,6 +271,7 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
     if not 1 <= k <= num_retrievable:
         raise ValueError(f"export top-K k={k} must be between 1 and the corpus size {num_retrievable}")
     query_tower = model.query_tower
+    context_features = _context_feature_names(query_tower)
     metadata = {
         "k": k,
         "index": index,
@@ -280,10 +281,10 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         "checkpoint": checkpoint,
         "oov_item_id": oov_item_id(corpus),
         "query_features": list(getattr(query_tower, "query_features", ("user_id",))),
-        "context_features": _context_feature_names(query_tower),
+        "context_features": context_features,
         # The corpus's own context columns the model reads, and their kinds (trainers.retrieve --context).
         "context_columns": [{"name": column.name, "kind": column.kind} for column in corpus.context_columns
-                            if column.name in _context_feature_names(query_tower)],
+                            if column.name in context_features],
     }
 
     def write(saved_model_dir: str) -> None:

@@ -115,18 +115,14 @@ def item_table_placement(model, task_name: str) -> Dict[str, Any]:
     return {"shape": [int(size) for size in table.shape], "shards": shards}
 
 
-# Rows of a table cast to float64 at a time by weights_fingerprint: a whole 10M x 64 table in float64 is 5 GB.
-FINGERPRINT_ROWS = callbacks.CHUNK_ROWS
-
-
 def weights_fingerprint(model) -> float:
     """The sum of every trainable weight (float64): workers of one synchronous job must end on the same one.
-    Summed FINGERPRINT_ROWS rows at a time, read in place (callbacks.row_chunks: a dense read of a table the
+    Summed callbacks.CHUNK_ROWS rows at a time, read in place (callbacks.row_chunks: a dense read of a table the
     sparse updates touched would copy all of it, 2.56 GB at 10M x 64), so it never holds a copy of an item table,
-    float32 or float64. A ShardedVariable is summed shard by shard."""
+    float32 or float64 (5 GB at 10M x 64). A ShardedVariable is summed shard by shard."""
     total = 0.0
     for variable in model.trainable_variables:
-        for chunk in callbacks.row_chunks(variable, FINGERPRINT_ROWS):
+        for chunk in callbacks.row_chunks(variable):
             total += float(tf.reduce_sum(tf.cast(chunk, tf.float64)))
     return total
 
@@ -156,8 +152,8 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_c
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
     """The final held-out metrics (the best epoch's with --keep_best, else the last epoch's, when an epoch ran),
-    the most-popular baseline on the same
-    queries (also in TensorBoard), and the embedding projector of the most frequent items."""
+    the most-popular baseline on the same queries (also in TensorBoard), and the embedding projector of the most
+    frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
     model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
     if config.logging.projector_items:

@@ -144,8 +144,7 @@ def checkpoint_damage(tf, path: str) -> Optional[str]:
 
 def _one_line(error: Exception, directory: str = "", limit: int = 120) -> str:
     """The error's message on one line, cut to limit characters, without the directory the caller names."""
-    text = " ".join(str(error).replace(directory, "").split()) if directory else " ".join(str(error).split())
-    text = text or type(error).__name__
+    text = " ".join(str(error).replace(directory, "").split()) or type(error).__name__  # directory "": unchanged
     return text if len(text) <= limit else text[:limit] + "..."
 
 

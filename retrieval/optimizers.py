@@ -3,6 +3,20 @@
 import tensorflow as tf
 
 
+def sum_duplicate_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+    """The same gradient with each index once: values [n, dim], indices [n] -> [u, dim], [u].
+
+    Rows of a repeated index are summed, indices keep the order of their first appearance: what tf.keras'
+    `_deduplicate_sparse_grad` returns, bit for bit. It sums with tf.math.unsorted_segment_sum, whose CPU kernel
+    adds one row at a time; here the rows are gathered in segment order and summed by the sorted segment_sum, which
+    takes half the time at a sampled-softmax step's 2,000 rows (docs/benchmarks.md).
+    """
+    unique_indices, positions = tf.unique(gradient.indices)  # [u], [n]: where each row goes
+    order = tf.argsort(positions, stable=True)  # [n]: rows grouped by their index, in their original order
+    summed = tf.math.segment_sum(tf.gather(gradient.values, order), tf.gather(positions, order))  # [u, dim]
+    return tf.IndexedSlices(summed, unique_indices, gradient.dense_shape)
+
+
 class LazyAdam(tf.keras.optimizers.Adam):
     """Adam that, for sparse (IndexedSlices) gradients, updates only the rows the step touched.
 
@@ -10,8 +24,16 @@ class LazyAdam(tf.keras.optimizers.Adam):
     embedding lookup's sparse gradient: O(num_items x dim) work per step, which dominates a sampled-softmax step
     at 100,000 items and more. Here the moments and the weights of rows not in the batch stay as they are (TF
     Addons' LazyAdam semantics; it is no longer maintained). Dense gradients follow tf.keras Adam exactly.
-    Keras de-duplicates sparse indices before update_step, so each row appears once.
+    Keras de-duplicates sparse indices before update_step (here with `sum_duplicate_rows`), so each row appears once.
+
+    Each touched row is read, updated and written back whole (gather, then scatter_update): TensorFlow's CPU
+    scatter_update copies rows, where scatter_sub adds one row at a time and costs twice a gather plus a
+    scatter_update. Under ParameterServerStrategy workers update the tables concurrently without locks, and there
+    the weights keep scatter_sub, which applies every worker's step to a row two workers touch at once.
     """
+
+    def _deduplicate_sparse_grad(self, gradients):
+        return [sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
@@ -28,9 +50,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
         var_key = self._var_key(variable)
         m = self._momentums[self._index_dict[var_key]]
         v = self._velocities[self._index_dict[var_key]]
-        indices = gradient.indices
-        m_rows = beta_1 * tf.gather(m, indices) + (1 - beta_1) * gradient.values
-        v_rows = beta_2 * tf.gather(v, indices) + (1 - beta_2) * tf.square(gradient.values)
+        indices = gradient.indices  # [rows], each once
+        m_rows = beta_1 * tf.gather(m, indices) + (1 - beta_1) * gradient.values  # [rows, dim]
+        v_rows = beta_2 * tf.gather(v, indices) + (1 - beta_2) * tf.square(gradient.values)  # [rows, dim]
         m.scatter_update(tf.IndexedSlices(m_rows, indices))
         v.scatter_update(tf.IndexedSlices(v_rows, indices))
-        variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + epsilon), indices))
+        steps = alpha * m_rows / (tf.sqrt(v_rows) + epsilon)  # [rows, dim]
+        if isinstance(self._distribution_strategy, tf.distribute.experimental.ParameterServerStrategy):
+            variable.scatter_sub(tf.IndexedSlices(steps, indices))
+        else:
+            variable.scatter_update(tf.IndexedSlices(tf.gather(variable, indices) - steps, indices))

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from retrieval.optimizers import LazyAdam
+from retrieval.optimizers import LazyAdam, sum_duplicate_rows
 
 LEARNING_RATE, BETA_1, BETA_2, EPSILON = 0.1, 0.9, 0.999, 1e-7
 
@@ -56,3 +56,18 @@ def test_dense_gradients_follow_keras_adam_exactly():
         lazy_adam.apply_gradients([(tf.constant(gradient), lazy)])
         adam.apply_gradients([(tf.constant(gradient), stock)])
     np.testing.assert_array_equal(lazy.numpy(), stock.numpy())
+
+
+def test_sum_duplicate_rows_equals_keras_deduplication_bit_for_bit():
+    rng = np.random.default_rng(1)
+    indices = tf.constant(rng.integers(0, 50, size=300), tf.int64)  # many repeats, first appearances scattered
+    values = tf.constant(rng.normal(size=(300, 4)), tf.float32)
+    gradient = tf.IndexedSlices(values, indices, tf.constant([50, 4], tf.int64))
+    ours = sum_duplicate_rows(gradient)
+    (keras,) = tf.keras.optimizers.Adam()._deduplicate_sparse_grad([gradient])
+    np.testing.assert_array_equal(ours.indices.numpy(), keras.indices.numpy())
+    np.testing.assert_array_equal(ours.values.numpy(), keras.values.numpy())
+    # By hand on three rows: index 7 twice sums its rows, order of first appearance kept.
+    small = sum_duplicate_rows(tf.IndexedSlices(tf.constant([[1.0], [2.0], [4.0]]), tf.constant([7, 3, 7])))
+    np.testing.assert_array_equal(small.indices.numpy(), [7, 3])
+    np.testing.assert_array_equal(small.values.numpy(), [[5.0], [2.0]])

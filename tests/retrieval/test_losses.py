@@ -204,11 +204,12 @@ def test_extreme_logits_give_finite_loss_and_gradients(loss_name, scale):
     assert all(np.all(np.isfinite(tf.convert_to_tensor(gradient).numpy())) for gradient in gradients)
 
 
-@pytest.mark.parametrize("scale", [1.0, 1e4])
-def test_logsumexp_rows_equals_tf_reduce_logsumexp_in_value_and_gradient(scale):
-    """The softmax head's logsumexp (its own gradient, no tile) against TensorFlow's, with a fully masked row."""
+@pytest.mark.parametrize("scale,columns", [(1.0, 7), (1e4, 7), (5.0, 1000)])
+def test_logsumexp_rows_equals_tf_reduce_logsumexp_in_value_and_gradient(scale, columns):
+    """The softmax head's logsumexp (read from a softmax; its own gradient, no tile) against TensorFlow's, with a
+    fully masked row; 1,000 columns is a sampled-softmax row."""
     rng = np.random.default_rng(3)
-    logits = rng.normal(size=(4, 7)).astype(np.float32) * scale
+    logits = rng.normal(size=(4, columns)).astype(np.float32) * scale
     logits[1] = losses.MASKED_LOGIT  # every candidate of the row masked
     logits[2, :3] = losses.MASKED_LOGIT
     upstream = tf.constant(rng.normal(size=4).astype(np.float32))

@@ -10,16 +10,27 @@ MATMUL = "matmul limit"
 SLOTS = {"lazy_adam": 2, "adam": 2, "adagrad": 1, "sgd": 0}  # optimizer slots per embedding row
 
 
-def ratio_with_spread(row: Dict, reference: Dict) -> Optional[str]:
-    """'1.23x (1.10-1.31)': the median of the per-repeat ratios (repeats were interleaved, so repeat i of both
-    rows ran at nearly the same time) and their range."""
+def _per_repeat_ratios(row: Dict, reference: Dict) -> List[float]:
+    """Sorted ratios of repeat i of row to repeat i of reference (repeats were interleaved, so repeat i of both
+    rows ran at nearly the same time)."""
     mine, theirs = row.get("all"), reference.get("all")
-    if not mine or not theirs:
-        return None
-    ratios = sorted(a / b for a, b in zip(mine, theirs) if a and b)
+    return sorted(a / b for a, b in zip(mine or [], theirs or []) if a and b)
+
+
+def ratio_with_spread(row: Dict, reference: Dict) -> Optional[str]:
+    """'1.23x (1.10-1.31)': the median of the per-repeat ratios and their range."""
+    ratios = _per_repeat_ratios(row, reference)
     if not ratios:
         return None
     return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
+def share_with_spread(row: Dict, limit: Dict) -> Optional[str]:
+    """'36% (28-38%)': the row's share of the matmul limit, median of the per-repeat shares and their range."""
+    ratios = _per_repeat_ratios(row, limit)
+    if not ratios:
+        return None
+    return f"{100 * statistics.median(ratios):.0f}% ({100 * ratios[0]:.0f}-{100 * ratios[-1]:.0f}%)"
 
 
 def _optimizer_of(name: str) -> str:
@@ -39,12 +50,11 @@ def _row(num_items: int, name: str, row: Dict, rows: Dict, dim: int) -> str:
     speed = f"{row['examples_per_second']:,.0f} ({row['low']:,.0f}-{row['high']:,.0f})"
     versus_peer = ratio_with_spread(row, rows.get(PEER, {})) if name != PEER and "trainer" in name else ""
     versus_tfrs = ratio_with_spread(row, rows.get(TFRS, {})) if "in_batch" in name else ""
-    matmul = rows.get(MATMUL, {}).get("examples_per_second")
-    share = f"{100 * row['examples_per_second'] / matmul:.0f}%" if matmul and name != MATMUL else ""
+    share = share_with_spread(row, rows.get(MATMUL, {})) if name != MATMUL else ""
     peak = row["peak_bytes"]
     memory = f"{peak / 2**30:.2f} GiB" if name != MATMUL else ""
     per_table = f"{peak / table_bytes(num_items, name, dim):.2f}" if name != MATMUL else ""
-    return (f"| {num_items:,} | {name} | {speed} | {versus_peer or ''} | {versus_tfrs or ''} | {share} | {memory} | "
+    return (f"| {num_items:,} | {name} | {speed} | {versus_peer or ''} | {versus_tfrs or ''} | {share or ''} | {memory} | "
             f"{per_table} |")
 
 

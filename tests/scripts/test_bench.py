@@ -52,3 +52,12 @@ def test_report_puts_the_history_model_beside_the_user_id_model():
     lines = bench_report._history_lines({1_000_000: rows})
     assert lines[1] == ("- 1,000,000 items: the history model trains at 55 examples/s, 0.60x (0.50-0.60) of the "
                         "user-id model's 100")
+
+
+def test_share_of_the_matmul_limit_is_the_median_of_the_per_repeat_shares():
+    sys.path.insert(0, f"{REPO_ROOT}/scripts")
+    import bench_report
+
+    trainer, limit = {"all": [300.0, 250.0, 360.0]}, {"all": [1000.0, 1000.0, 900.0]}  # shares 30%, 25%, 40%
+    assert bench_report.share_with_spread(trainer, limit) == "30% (25-40%)"
+    assert bench_report.share_with_spread(trainer, {}) is None

@@ -9,7 +9,8 @@ explicit calls (`training_dataset` picks one by size):
   of TFRecords costs about 14 ms: on a 2-core machine that is CPU the training step does not get. The batch
   at step s is a function of (seed, s) alone, so a restarted run resumes at the exact data position.
 - streaming (`streaming_batches`; splits larger than `max_in_memory_bytes`, and num_true > 1): TFRecord
-  shards read interleaved, a shuffle buffer, batched parsing. Deterministic for a given seed too; resuming skips consumed batches.
+  shards read interleaved, a shuffle buffer, batched parsing. Deterministic for a given seed too; resuming skips
+  consumed batches.
 
 Logged negatives: a corpus prepared with --negative_column gives every batch `negative_ids` [batch,
 max_negatives] int64 (-1 padded; [batch, num_true * max_negatives] when num_true > 1, the row's interactions'
@@ -243,7 +244,8 @@ def in_memory_batches(
     add_query_inputs = query_inputs.batch_function()
 
     def gather_batches(rows):  # rows [k, rows_per_shard] -> {name: [k, rows_per_shard, ...]}
-        columns = add_query_inputs({name: tf.gather(tensor, tf.reshape(rows, [-1])) for name, tensor in tensors.items()})
+        flat_rows = tf.reshape(rows, [-1])  # [k * rows_per_shard]
+        columns = add_query_inputs({name: tf.gather(tensor, flat_rows) for name, tensor in tensors.items()})
         return {name: tf.reshape(values, [-1, rows_per_shard, *values.shape[1:]]) for name, values in columns.items()}
 
     # Batches are gathered GATHER_BATCHES at a time and split again: tf.data's cost per map call, not the gather,

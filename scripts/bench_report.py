@@ -54,8 +54,8 @@ def _row(num_items: int, name: str, row: Dict, rows: Dict, dim: int) -> str:
     peak = row["peak_bytes"]
     memory = f"{peak / 2**30:.2f} GiB" if name != MATMUL else ""
     per_table = f"{peak / table_bytes(num_items, name, dim):.2f}" if name != MATMUL else ""
-    return (f"| {num_items:,} | {name} | {speed} | {versus_peer or ''} | {versus_tfrs or ''} | {share or ''} | {memory} | "
-            f"{per_table} |")
+    return (f"| {num_items:,} | {name} | {speed} | {versus_peer or ''} | {versus_tfrs or ''} | {share or ''} | "
+            f"{memory} | {per_table} |")
 
 
 def _breakdown_lines(breakdown: Optional[Dict]) -> List[str]:

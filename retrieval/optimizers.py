@@ -26,14 +26,11 @@ class LazyAdam(tf.keras.optimizers.Adam):
     Addons' LazyAdam semantics; it is no longer maintained). Dense gradients follow tf.keras Adam exactly.
     Keras de-duplicates sparse indices before update_step (here with `sum_duplicate_rows`), so each row appears once.
 
-    Each touched row is read, updated and written back whole (gather, then scatter_update): TensorFlow's CPU
-    scatter_update copies rows, where scatter_sub adds one row at a time and costs twice a gather plus a
-    scatter_update. Under ParameterServerStrategy workers update the tables concurrently without locks, and there
-    the weights keep scatter_sub, which applies every worker's step to a row two workers touch at once.
+    The weights' rows move by `add_to_rows`.
     """
 
     def _deduplicate_sparse_grad(self, gradients):
-        return [sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
+        return _sum_duplicates(gradients)
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
@@ -55,8 +52,43 @@ class LazyAdam(tf.keras.optimizers.Adam):
         v_rows = beta_2 * tf.gather(v, indices) + (1 - beta_2) * tf.square(gradient.values)  # [rows, dim]
         m.scatter_update(tf.IndexedSlices(m_rows, indices))
         v.scatter_update(tf.IndexedSlices(v_rows, indices))
-        steps = alpha * m_rows / (tf.sqrt(v_rows) + epsilon)  # [rows, dim]
-        if isinstance(self._distribution_strategy, tf.distribute.experimental.ParameterServerStrategy):
-            variable.scatter_sub(tf.IndexedSlices(steps, indices))
-        else:
-            variable.scatter_update(tf.IndexedSlices(tf.gather(variable, indices) - steps, indices))
+        add_to_rows(variable, indices, -alpha * m_rows / (tf.sqrt(v_rows) + epsilon), self._distribution_strategy)
+
+
+class Adagrad(tf.keras.optimizers.Adagrad):
+    """tf.keras Adagrad, the same arithmetic bit for bit, with sparse gradients' rows summed by `sum_duplicate_rows`
+    and both scatter_adds (accumulator, weights) made by `add_to_rows`."""
+
+    def _deduplicate_sparse_grad(self, gradients):
+        return _sum_duplicates(gradients)
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        learning_rate = tf.cast(self.learning_rate, variable.dtype)
+        accumulator = self._accumulators[self._index_dict[self._var_key(variable)]]
+        indices = gradient.indices  # [rows], each once
+        strategy = self._distribution_strategy
+        accumulated = add_to_rows(accumulator, indices, gradient.values * gradient.values, strategy,
+                                  return_rows=True)  # [rows, dim]
+        add_to_rows(variable, indices, -learning_rate * gradient.values / tf.sqrt(accumulated + self.epsilon), strategy)
+
+
+def add_to_rows(variable, indices, deltas, strategy, return_rows=False):
+    """variable[indices] += deltas (indices [rows] each once, deltas [rows, dim]); the new rows if return_rows.
+
+    Each row is read, added to and written back whole (gather, then scatter_update): TensorFlow's CPU scatter_update
+    copies rows, where scatter_add adds one row at a time and costs twice a gather plus a scatter_update; the sum
+    is the same IEEE addition either way. Under ParameterServerStrategy workers update the tables concurrently
+    without locks, and there scatter_add stays, which applies every worker's step to a row two workers touch at once.
+    """
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        variable.scatter_add(tf.IndexedSlices(deltas, indices))
+        return tf.gather(variable, indices) if return_rows else None
+    rows = tf.gather(variable, indices) + deltas  # [rows, dim]
+    variable.scatter_update(tf.IndexedSlices(rows, indices))
+    return rows if return_rows else None
+
+
+def _sum_duplicates(gradients):
+    return [sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]

@@ -95,12 +95,12 @@ def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerMode
 
 def make_optimizer(tf, optimization: OptimizationConfig):
     """The optimizer --optimizer names, at --learning_rate."""
-    from retrieval.optimizers import LazyAdam
+    from retrieval.optimizers import Adagrad, LazyAdam
 
     optimizers = {
         "lazy_adam": LazyAdam,
         "adam": tf.keras.optimizers.Adam,
-        "adagrad": tf.keras.optimizers.Adagrad,
+        "adagrad": Adagrad,
         "sgd": tf.keras.optimizers.SGD,
     }
     return optimizers[optimization.optimizer](optimization.learning_rate)

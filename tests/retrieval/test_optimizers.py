@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from retrieval.optimizers import LazyAdam, sum_duplicate_rows
+from retrieval.optimizers import Adagrad, LazyAdam, sum_duplicate_rows
 
 LEARNING_RATE, BETA_1, BETA_2, EPSILON = 0.1, 0.9, 0.999, 1e-7
 
@@ -71,3 +71,21 @@ def test_sum_duplicate_rows_equals_keras_deduplication_bit_for_bit():
     small = sum_duplicate_rows(tf.IndexedSlices(tf.constant([[1.0], [2.0], [4.0]]), tf.constant([7, 3, 7])))
     np.testing.assert_array_equal(small.indices.numpy(), [7, 3])
     np.testing.assert_array_equal(small.values.numpy(), [[5.0], [2.0]])
+
+
+def test_adagrad_equals_keras_adagrad_bit_for_bit_on_sparse_and_dense_gradients():
+    rng = np.random.default_rng(2)
+    initial = rng.normal(size=(20, 4)).astype(np.float32)
+    ours_table, keras_table = tf.Variable(initial), tf.Variable(initial)
+    ours, keras = Adagrad(0.1), tf.keras.optimizers.Adagrad(0.1)
+    for _ in range(4):
+        indices = tf.constant(rng.integers(0, 20, size=15), tf.int64)  # repeats and untouched rows
+        values = tf.constant(rng.normal(size=(15, 4)), tf.float32)
+        sparse = tf.IndexedSlices(values, indices, tf.constant([20, 4], tf.int64))
+        ours.apply_gradients([(sparse, ours_table)])
+        keras.apply_gradients([(sparse, keras_table)])
+        dense = tf.constant(rng.normal(size=(20, 4)), tf.float32)
+        ours.apply_gradients([(dense, ours_table)])
+        keras.apply_gradients([(dense, keras_table)])
+    np.testing.assert_array_equal(ours_table.numpy(), keras_table.numpy())
+    np.testing.assert_array_equal(ours.variables[1].numpy(), keras.variables[1].numpy())  # the accumulator

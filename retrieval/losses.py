@@ -192,11 +192,22 @@ def _true_logits(query, true_embeddings):
     return tf.einsum("bd,btd->bt", query, true_embeddings)
 
 
+@tf.custom_gradient
 def _mask(logits, positions):
-    """One copy of logits [batch, n] with MASKED_LOGIT at positions [k, 2]; its gradient there is zero."""
-    return tf.tensor_scatter_nd_update(
+    """One copy of logits [batch, n] with MASKED_LOGIT at positions [k, 2].
+
+    The gradient passes through unchanged, where tf.tensor_scatter_nd_update's own writes zeros at the positions
+    into a second copy: every head already gives a MASKED_LOGIT zero gradient (its exp() and sigmoid are exactly 0,
+    or a tf.where on `valid` drops it), so both are the same (tests/retrieval/test_losses.py checks each head).
+    """
+    masked = tf.tensor_scatter_nd_update(
         logits, positions, tf.fill(tf.shape(positions)[:1], tf.constant(MASKED_LOGIT, tf.float32))
     )
+
+    def gradient(upstream):  # upstream [batch, n], zero at the positions
+        return upstream, None
+
+    return masked, gradient
 
 
 def append_candidates(

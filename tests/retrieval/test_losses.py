@@ -340,3 +340,37 @@ def test_accidental_hits_are_every_position_of_the_dense_comparison_with_duplica
     # tf.nn.compute_accidental_hits keeps one position per sampled id and misses a duplicate: why we differ.
     rows, columns, _ = tf.nn.compute_accidental_hits(tf.constant(true_ids, tf.int64), sampled_ids, num_true=3)
     assert len(rows) < len(hits)
+
+
+def _scatter_mask(logits, positions):
+    """The mask with TensorFlow's own gradient (zeros written at the positions): the reference for `_mask`."""
+    return tf.tensor_scatter_nd_update(logits, positions, tf.fill(tf.shape(positions)[:1], losses.MASKED_LOGIT))
+
+
+@pytest.mark.parametrize("config", [
+    LossConfig(loss="sampled_softmax", num_sampled=NUM_SAMPLED),
+    LossConfig(loss="sampled_softmax", num_sampled=NUM_SAMPLED, label_smoothing=0.1, num_true=2),
+    LossConfig(loss="nce", num_sampled=NUM_SAMPLED, focal_gamma=2.0),
+    LossConfig(loss="pairwise_hinge", num_sampled=NUM_SAMPLED),
+    LossConfig(loss="sampled_softmax", num_sampled=NUM_SAMPLED, num_hard_negatives=3),
+    LossConfig(loss="in_batch"),
+], ids=["sampled_softmax", "label_smoothing", "nce", "pairwise_hinge", "hard_negatives", "in_batch"])
+def test_every_head_gives_masked_logits_zero_gradient_so_the_mask_passes_it_through(config, monkeypatch):
+    """`_mask` passes its upstream gradient through; with TensorFlow's scatter gradient instead (zeros at the masked
+    positions) every head's loss and gradients are the same, bit for bit: the heads' gradient there is zero."""
+    rng = np.random.default_rng(8)
+    weights = tf.Variable(rng.normal(size=(NUM_ITEMS, DIM)).astype(np.float32) * 3.0)
+    queries = tf.Variable(rng.normal(size=(BATCH, DIM)).astype(np.float32))
+    true_ids = tf.constant(rng.integers(0, 6, size=(BATCH, config.num_true)), tf.int64)  # repeats: in-batch hits
+    candidates = samplers.log_uniform(true_ids, NUM_SAMPLED, NUM_ITEMS, seed=9)
+    assert np.isin(candidates.ids.numpy(), true_ids.numpy()).any()
+    results = []
+    for mask in (losses._mask, _scatter_mask):
+        monkeypatch.setattr(losses, "_mask", mask)
+        loss_layer = RetrievalLoss(config, NUM_ITEMS)
+        if config.loss != "in_batch":
+            loss_layer.sample = lambda ids: candidates
+        results.append(_loss_and_gradients(
+            lambda: loss_layer(queries, true_ids, lambda ids: tf.gather(weights, ids)), weights, queries))
+    for ours, reference in zip(*results):
+        np.testing.assert_array_equal(ours, reference)

@@ -249,7 +249,7 @@ def in_memory_batches(
         return {name: tf.reshape(values, [-1, rows_per_shard, *values.shape[1:]]) for name, values in columns.items()}
 
     # Batches are gathered GATHER_BATCHES at a time and split again: tf.data's cost per map call, not the gather,
-    # was most of a batch's CPU (0.24 -> 0.11 ms per batch of 1,024), and what is gathered stays a few batches.
+    # was most of a batch's CPU (0.24 -> 0.16 ms per batch of 1,024), and what is gathered stays a few batches.
     batches = indices.batch(GATHER_BATCHES).map(gather_batches, num_parallel_calls=1).unbatch()
     # A fixed buffer and no autotuning: with tf.data's autotuner on, a quarter of the trainer's fits ran at one
     # fixed slower pace (5.14 ms per step where the others took 3.0-3.3: 18 of 66 fits; none of 66 without it).

@@ -157,7 +157,9 @@ def test_parameter_server_job_splits_the_item_table_over_both_ps_and_evaluates(t
     assert sorted(shard["device"] for shard in shards) == ["/job:ps/replica:0/task:0/device:CPU:0",
                                                             "/job:ps/replica:0/task:1/device:CPU:0"]
     final = json.loads((model_dir / "metrics.json").read_text())
-    assert final["model"]["recall_at_10"] > 1.5 * final["most_popular"]["recall_at_10"]
+    # Twenty asynchronous steps: recall@10 0.091-0.124 over 8 runs (4 at f5a3cdd, 4 at 72ba6fa), most popular
+    # 0.067, a random ranking 10 / 2000 = 0.005. A bound of 1.5x most popular failed 2 runs in 9, code old or new.
+    assert final["model"]["recall_at_10"] > 1.2 * final["most_popular"]["recall_at_10"]
     assert chief["export"]["path"] == str(model_dir / "export" / "1")
     assert not (model_dir / "export" / "2").exists(), "the chief alone exports"
     # The sharded checkpoint restores into a single-process model and evaluates to the chief's figures.

@@ -156,12 +156,17 @@ def feature_spec(width: Optional[int] = None, context: Sequence[ContextColumn] =
     return spec
 
 
-def _padded(parsed, width: Optional[int], context: Sequence[ContextColumn] = ()):
-    """parsed features with negative_ids and multi-valued context (sparse, [..., k]) as dense [..., width] int64,
-    PAD-padded (context: [..., max_values])."""
+def _list_widths(width: Optional[int], context: Sequence[ContextColumn]) -> Dict[str, int]:
+    """{feature: its padded width} of the list features: negative_ids (when width, the corpus's max_negatives, is
+    given) and each multi-valued context column (its max_values)."""
     widths = {NEGATIVES: width} if width else {}
     widths.update({column.name: column.max_values for column in context if column.kind == context_lib.MULTI})
-    return {**parsed, **{name: _dense(parsed[name], size) for name, size in widths.items()}}
+    return widths
+
+
+def _padded(parsed, width: Optional[int], context: Sequence[ContextColumn] = ()):
+    """parsed features with the list features (sparse, [..., k]) as dense [..., _list_widths] int64, PAD-padded."""
+    return {**parsed, **{name: _dense(parsed[name], size) for name, size in _list_widths(width, context).items()}}
 
 
 def _dense(sparse, width: int):
@@ -198,6 +203,5 @@ def read_all(paths: List[str], width: Optional[int] = None,
 
 def _empty(name: str, spec, width: Optional[int], context: Sequence[ContextColumn]) -> np.ndarray:
     """[0] (or [0, width] for a padded list) of the feature's dtype."""
-    widths = {NEGATIVES: width, **{column.name: column.max_values for column in context}}
-    shape = [0, widths[name]] if isinstance(spec, tf.io.VarLenFeature) else [0]
-    return np.zeros(shape, spec.dtype.as_numpy_dtype)
+    widths = _list_widths(width, context)
+    return np.zeros([0, widths[name]] if name in widths else [0], spec.dtype.as_numpy_dtype)

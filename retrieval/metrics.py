@@ -166,6 +166,7 @@ def exact_top_k(
 _chunk_top_k_function = tf.function(_chunk_top_k)
 _merge_top_k_function = tf.function(_merge_top_k)
 
+
 def exact_top_k_of_chunks(query_embeddings, item_chunks, k: int, query_chunk_size: int = 256,
                           exclude_ids: Optional[np.ndarray] = None):
     """exact_top_k over item embeddings given as consecutive chunks instead of one [num_items, dim] tensor.

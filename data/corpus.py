@@ -51,6 +51,8 @@ class PreparedCorpus:
     item_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_items, max_values] int32, -1 padded}
     user_features: Optional[Dict[str, np.ndarray]] = None  # {column: [num_users, max_values] int32, -1 padded}
     context_columns: Tuple[ContextColumn, ...] = ()  # the log's declared context columns, with their value keys
+    # False for a log prepared without --timestamp_column: its timestamps are row numbers, so no time of day.
+    has_timestamps: bool = True
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -97,6 +99,7 @@ class PreparedCorpus:
             item_features=item_features,
             user_features=user_features,
             context_columns=_context_columns(directory, metadata),
+            has_timestamps=metadata.get("schema", {}).get("timestamp_column", "") is not None,
         )
 
 

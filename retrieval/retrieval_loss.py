@@ -95,8 +95,8 @@ class LossConfig:
                 "frequency_estimation=streaming gives Q to in-batch, mixed and cross-batch negatives; with "
                 f"sampler={self.effective_sampler()} and no cross_batch_batches it would change nothing"
             )
-        if not self.logged_negative_weight > 0.0:
-            raise ValueError(f"logged_negative_weight={self.logged_negative_weight}; expected a value > 0")
+        if not 0.0 < self.logged_negative_weight < float("inf"):
+            raise ValueError(f"logged_negative_weight={self.logged_negative_weight}; expected a finite value > 0")
         if self.focal_gamma and self.loss != "nce":
             raise ValueError(f"focal_gamma applies to loss=nce only, got loss={self.loss}")
         self._validate_sampler(num_items)

@@ -76,6 +76,11 @@ def context_features(corpus: PreparedCorpus, model: ModelConfig):
         return {}, []
     declared = {column.name: column for column in corpus.context_columns}
     query.check_features(model.query_features, model.context_features, list(declared))
+    time_features = [name for name in model.context_features if name in query.TIME_FEATURES]
+    if time_features and not corpus.has_timestamps:
+        raise ValueError(f"context_features={','.join(model.context_features)}: {' and '.join(time_features)} "
+                         "come from timestamps, and this corpus was prepared without --timestamp_column (its "
+                         "timestamps are row numbers); drop them or prepare the log with --timestamp_column")
     vocabularies = {name: query.TIME_FEATURES[name] for name in model.context_features if name in query.TIME_FEATURES}
     numeric = []
     for column in (declared[name] for name in model.context_features if name in declared):

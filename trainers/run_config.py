@@ -138,6 +138,31 @@ PREDATED_SETTINGS = {
     "optimization": {"loss_reduction": "mean"},
     "evaluation": {"keep_best": "", "early_stopping_patience": 0},
 }
+# The settings that define a run's model and its trained state: a restart into a model_dir whose checkpoints
+# were trained with other values is refused (trainers.run_dir.check_restart). Every other setting (the learning
+# rate, epochs, the loss's corrections and smoothing, evaluation, logging, the strategy) may change on a
+# restart; README, "Restarts".
+MODEL_DEFINING = {
+    "data": ("data", "num_items", "num_users", "num_interactions", "taste_drift", "session_timestamps",
+             "history_length", "cold_users"),
+    "model": tuple(field.name for field in dataclasses.fields(ModelConfig)),
+    # The loss parts that own variables: the streaming frequency estimate and the cross-batch memory.
+    "loss": ("frequency_estimation", "frequency_buckets", "cross_batch_batches"),
+    "optimization": ("optimizer", "mixed_precision"),  # the optimizer's slots, the towers' dtypes
+}
+
+def model_defining_differences(trained: "RunConfig", new: "RunConfig") -> Tuple[Tuple[str, Any, Any], ...]:
+    """(flag name, trained value, new value) of each MODEL_DEFINING setting that differs, and the seed when the
+    corpus is the built-in one (which the seed draws)."""
+    differences = [
+        (name, getattr(getattr(trained, section), name), getattr(getattr(new, section), name))
+        for section, names in MODEL_DEFINING.items() for name in names
+    ]
+    if new.data.data == sources.BUILTIN:
+        differences.append(("seed", trained.seed, new.seed))
+    return tuple(difference for difference in differences if difference[1] != difference[2])
+
+
 # Keys config.json holds beside the sections: written for people and tools, not settings of the run.
 RECORD_KEYS = ("format", "model_dir", "corpus")
 

@@ -99,6 +99,32 @@ def load_config(model_dir: str):
     return run_config.load(path)
 
 
+def check_restart(model_dir: str, config: run_config.RunConfig) -> None:
+    """CheckpointError, before any file is touched, when model_dir holds checkpoints of a run whose config.json
+    differs from this run's in a model-defining setting (run_config.MODEL_DEFINING): its checkpoints would
+    otherwise go on under another model (a dropped encoder's weights lost without a word)."""
+    run = RunDir(model_dir)
+    saved = sorted(glob.glob(os.path.join(run.checkpoints, "ckpt-*.index")), key=_checkpoint_number)
+    if not os.path.isfile(run.join(CONFIG)) or not (saved or os.path.isdir(run.backup)):
+        return
+    trained, _ = load_config(model_dir)
+    differences = run_config.model_defining_differences(trained, config)
+    if differences:
+        name, old, new = differences[0]
+        newest = saved[-1][: -len(".index")] if saved else run.backup
+        raise CheckpointError(f"{newest} does not fit this run's model: --{name}={_flag_value(new)}, but the run "
+                              f"in --model_dir={model_dir} was trained with --{name}={_flag_value(old)}; a model_dir "
+                              "holds one model: train with its config.json settings, or into a new --model_dir")
+
+
+def _checkpoint_number(path: str) -> int:
+    return int(os.path.basename(path)[len("ckpt-"):-len(".index")])
+
+
+def _flag_value(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def training_checkpoint(tf, model):
     """The tf.train.Checkpoint of a training run: the model and its optimizer."""
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer)

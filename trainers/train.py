@@ -171,6 +171,7 @@ def main(argv):
     if cluster.is_chief:
         print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
     try:
+        run_dir.check_restart(model_dir, config)
         outcome = train(config, model_dir, cluster, strategy_name)
     except (NonFiniteLossError, run_dir.CheckpointError, distribute.DistributeError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")

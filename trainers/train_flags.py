@@ -5,6 +5,7 @@ writes them back as an absl flagfile (<model_dir>/flags.txt), so
 `python -m trainers.train --flagfile=<model_dir>/flags.txt --model_dir=<new dir>` reproduces it.
 """
 
+import math
 import os
 from typing import List, Tuple
 
@@ -27,6 +28,9 @@ from trainers.run_config import (
 )
 
 FLAGS = flags.FLAGS
+# A history longer than this is no user's: a [batch, history_length] lookup table of 10,000 items per query
+# already holds 40 MB per 1,024 rows; 10^9 would ask TensorFlow for a Range of 8 GB before the first step.
+MAX_HISTORY_LENGTH = 10_000
 
 
 def _define_data_and_model_flags():
@@ -60,7 +64,10 @@ def _define_query_flags():
         f"What the query tower reads, some of {', '.join(query.QUERY_FEATURES)}: the user id's embedding, the "
         "user's static features, their previous items (the history), the interaction's context.",
     )
-    flags.DEFINE_integer("history_length", 50, "The most previous items of a user per query.", lower_bound=1)
+    flags.DEFINE_integer(
+        "history_length", 50, f"The most previous items of a user per query (at most {MAX_HISTORY_LENGTH}).",
+        lower_bound=1, upper_bound=MAX_HISTORY_LENGTH,
+    )
     flags.DEFINE_enum(
         "history_encoder", RunConfig().model.history_encoder, list(query.HISTORY_ENCODERS),
         "How a history is pooled: mean, weighted_mean (a learned weight per position), gru, attention (README).",
@@ -250,6 +257,7 @@ def _section_from_flags(section_class, **parsed):
 
 def config_from_flags() -> RunConfig:
     """The run's RunConfig from the parsed flags; ConfigError (naming the flag) for values flags cannot check."""
+    _check_finite_floats()
     profile_steps = positive_ints("profile_steps", FLAGS.profile_steps) if FLAGS.profile_steps else ()
     if profile_steps and (len(profile_steps) != 2 or profile_steps[0] > profile_steps[1]):
         raise ConfigError(f"--profile_steps={','.join(FLAGS.profile_steps)}: expected START,END with START <= END")
@@ -271,7 +279,27 @@ def config_from_flags() -> RunConfig:
         distribution=_section_from_flags(DistributionConfig),
     )
     _check_keep_best(config)
+    _check_context_features(config)
     return config
+
+
+def _check_finite_floats() -> None:
+    """ConfigError naming the first float flag given inf or nan (absl's float flags parse both): no setting of a
+    run means either (--logged_negative_weight=inf made every loss NaN from the first step)."""
+    for name in FLAGS:
+        value = FLAGS[name].value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name}={value}: expected a finite number")
+
+
+def _check_context_features(config: RunConfig) -> None:
+    """ConfigError when --context_features is set but --query_features has no context: the columns would be
+    silently unread."""
+    model = config.model
+    if "context" not in model.query_features and model.context_features != ModelConfig().context_features:
+        raise ConfigError(f"--context_features={','.join(model.context_features)} is read only with context in "
+                          f"--query_features (now {','.join(model.query_features)}): add it, e.g. "
+                          f"--query_features={','.join(model.query_features)},context, or drop --context_features")
 
 
 # The held-out metrics of every cut-off K (trainers.held_out), and the one without: what --keep_best can name.

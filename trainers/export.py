@@ -12,8 +12,10 @@ touches older ones. Signatures:
                     "" for padding (the built-in corpus's keys are its ids as text), and the context the model
                     reads: hour_of_day, day_of_week [batch] int64 (-1 for none); each context column of the
                     corpus under its name, categorical as string [batch], multi-valued as string [batch, n] (""
-                    pads; unknown values are none), numeric as raw float32 [batch] (standardised inside; NaN is
-                    none) -> item_keys, item_ids, scores:
+                    pads; unknown values are none), numeric as raw float32 [batch] (standardised inside; NaN,
+                    +-inf are none); values outside a feature's range (hour_of_day=99) are none too, and the
+                    scores are never NaN (a row whose numbers overflow them is answered with them none)
+                    -> item_keys, item_ids, scores:
                     the query of a user the model need not know. Unknown keys are ignored, the first
                     history_length known ones kept; an empty history is the model's answer for an empty history.
 For a history model, the user-id signatures query each training user's latest history (their last
@@ -167,7 +169,7 @@ def _add_history_signature(module, corpus, vocabulary_dir: str, search):
         features = {"user_id": unknown_user, "history": ids}
         for (spec, to_feature), value in zip(context_inputs, context_values):
             features[spec.name] = to_feature(value)
-        scores, item_ids = search(module.query_tower(features))
+        scores, item_ids = _finite_top_k(module.query_tower, search, features, module.query_tower.numeric_context_names)
         item_ids = tf.cast(item_ids, tf.int64)
         return {"item_ids": item_ids, "scores": tf.cast(scores, tf.float32),
                 "item_keys": module.item_keys_by_id.lookup(item_ids)}
@@ -176,24 +178,58 @@ def _add_history_signature(module, corpus, vocabulary_dir: str, search):
     return module.serving_history
 
 
+def _finite_top_k(query_tower, search, features, numeric_names):
+    """(scores, ids) [batch, K] of search(query_tower(features)), never NaN or infinite: a row whose scores are not
+    all finite (a numeric context value finite but so far out that the query or its dot products overflow) is
+    answered with its numeric context none, as an unknown value is (computed only when some row needs it)."""
+    import tensorflow as tf
+
+    scores, ids = search(query_tower(features))
+    if not numeric_names:
+        return scores, ids
+    bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(scores), axis=1))  # [batch]
+
+    def with_numeric_none():
+        none = {**features, **{name: tf.zeros_like(features[name]) for name in numeric_names}}
+        none_scores, none_ids = search(query_tower(none))
+        return (tf.where(bad[:, tf.newaxis], none_scores, scores),
+                tf.where(bad[:, tf.newaxis], tf.cast(none_ids, ids.dtype), ids))
+
+    return tf.cond(tf.reduce_any(bad), with_numeric_none, lambda: (tf.identity(scores), tf.identity(ids)))
+
+
+def _in_vocabulary(size: int):
+    """ids [batch] or [batch, n] int64 -> the same with those outside [0, size) NONE: what a client sends beyond
+    the feature's embedding table (hour_of_day=99) is none, like -1, not an op error of the lookup."""
+    import tensorflow as tf
+
+    def in_vocabulary(ids):
+        ids = tf.cast(ids, tf.int64)
+        return tf.where((ids >= 0) & (ids < size), ids, tf.constant(context.NONE, tf.int64))
+
+    return in_vocabulary
+
+
 def _context_inputs(module, corpus, vocabulary_dir: str):
     """[(TensorSpec, function input -> the query tower's feature)] of each context feature the query tower reads,
-    in user terms: a time feature as int64 [batch] (-1 for none); a context column of the corpus by its own
-    values, a categorical one as string [batch] and a multi-valued one as string [batch, n] ("" pads; unknown
-    values and "" are none), through a lookup table of its vocabulary (a SavedModel asset); a numeric one as its
-    raw float32 [batch], standardised here with the training mean and standard deviation (NaN: none, the mean)."""
+    in user terms: a time feature as int64 [batch] (-1 for none; a value outside 0..23 / 0..6 is none too); a
+    context column of the corpus by its own values, a categorical one as string [batch] and a multi-valued one as
+    string [batch, n] ("" pads; unknown values and "" are none), through a lookup table of its vocabulary (a
+    SavedModel asset); a numeric one as its raw float32 [batch], standardised here with the training mean and
+    standard deviation (NaN, +-inf and a value whose standardised one is not finite: none, the mean)."""
     import tensorflow as tf
 
     declared = {column.name: column for column in corpus.context_columns}
     tower = module.query_tower
+    sizes = {name: embedding.input_dim for name, embedding in zip(tower.context_names, tower.context_embeddings)}
     module.context_ids_by_value = {}
     inputs = []
     for name in tower.context_names + tower.numeric_context_names:
         column = declared.get(name)
         if column is None:  # a time feature: its value is its id
-            inputs.append((tf.TensorSpec([None], tf.int64, name=name), tf.identity))
+            inputs.append((tf.TensorSpec([None], tf.int64, name=name), _in_vocabulary(sizes[name])))
         elif column.kind == context.NUMERIC:
-            inputs.append((tf.TensorSpec([None], tf.float32, name=name), _standardise(column)))
+            inputs.append((tf.TensorSpec([None], tf.float32, name=name), _standardise(column, tower.compute_dtype)))
         else:
             path = os.path.join(vocabulary_dir, f"context-{name}.txt")
             _write_lines(path, column.keys)
@@ -203,17 +239,20 @@ def _context_inputs(module, corpus, vocabulary_dir: str):
                 context.NONE)
             module.context_ids_by_value[name] = table
             shape = [None, None] if column.kind == context.MULTI else [None]
-            inputs.append((tf.TensorSpec(shape, tf.string, name=name), table.lookup))
+            lookup = _in_vocabulary(sizes[name])
+            inputs.append((tf.TensorSpec(shape, tf.string, name=name),
+                           lambda values, table=table, lookup=lookup: lookup(table.lookup(values))))
     return inputs
 
 
-def _standardise(column):
-    """raw values [batch] float32 -> standardised with the column's training mean and std; NaN (none) -> 0."""
+def _standardise(column, dtype="float32"):
+    """raw values [batch] float32 -> standardised with the column's training mean and std, in the tower's dtype;
+    none (0, the mean) for NaN, +-inf and a value whose standardised one is not finite in that dtype."""
     import tensorflow as tf
 
     def standardise(raw):
-        values = (tf.cast(raw, tf.float64) - column.mean) / column.std
-        return tf.where(tf.math.is_nan(values), tf.zeros_like(values), values)
+        values = tf.cast((tf.cast(raw, tf.float64) - column.mean) / column.std, dtype)
+        return tf.where(tf.math.is_finite(values), values, tf.zeros_like(values))
 
     return standardise
 

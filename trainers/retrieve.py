@@ -9,12 +9,15 @@ version (<model_dir>/export/3) or the directory of versions, whose newest is use
 
 --context gives the context the model reads as name=value pairs: a time feature as an integer, a context column
 of the corpus in its own terms (a categorical value, the values of a multi-valued one joined by '|', a number);
-omitted ones, and values the model does not know, are none.
+omitted ones, values the model does not know and a time feature outside its range (hour_of_day=99) are none. An
+item that is not name=value with name one of the model's context features, a time feature that is not an integer
+and a numeric one that is not a finite float32 number are refused in one line.
 """
 
 import json
 import math
 import os
+import re
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
@@ -77,6 +80,7 @@ def _rows(outputs, k: int, keys):
 
 
 MULTI_VALUE_SEPARATOR = "|"  # between the values of a multi-valued context column in --context
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: a numeric context value beyond it is refused
 
 
 def parse_context(pairs, names, kinds=None) -> dict:
@@ -87,8 +91,9 @@ def parse_context(pairs, names, kinds=None) -> dict:
     kinds = kinds or {}
     values = {name: _none(kinds.get(name)) for name in names}
     for pair in pairs:
-        name, _, value = pair.partition("=")
-        if name not in values:
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        if not equals or name not in values:
             raise ValueError(f"--context {pair}: expected name=value with name one of {', '.join(names) or '(none)'}")
         values[name] = _context_value(pair, kinds.get(name), value.strip())
     return values
@@ -109,12 +114,15 @@ def _context_value(pair: str, kind, value: str):
             number = float(value)
         except ValueError:
             number = math.nan
-        if not math.isfinite(number):
-            raise ValueError(f"--context {pair}: expected a finite number for the numeric context column")
+        if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+            raise ValueError(f"--context {pair}: expected a finite number for the numeric context column "
+                             f"(at most {FLOAT32_MAX:.6g} in magnitude, a float32)")
         return [number]
-    if not value.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]+", value):
         raise ValueError(f"--context {pair}: expected name=integer for the time feature")
-    return [int(value)]
+    number = int(value)
+    # Out of the feature's range is none, inside the SavedModel; beyond int64 it could not even be sent.
+    return [number if -2**63 <= number < 2**63 else -1]
 
 
 def retrieve_by_history(loaded, metadata, history_keys, context_pairs, k: int):

@@ -6,8 +6,9 @@ Three kinds of column:
                (data.vocabulary), NONE (-1) for an empty field and for a value never seen in a training row
   multi        several values per row (a context column also in --multi_valued_columns, joined by
                --value_separator); the same ids, a row's unknown values left out, NONE-padded to max_values
-  numeric      a float per row, standardised with the training rows' mean and standard deviation (a constant
-               column divides by 1), so the query tower's head sees values of unit scale whatever the unit
+  numeric      a float per row within float32's range (MAX_NUMBER), standardised with the training rows' mean
+               and standard deviation, so the query tower's head sees values of unit scale whatever the unit; a
+               column with one value in every training row is refused (it would be a column of zeros)
 
 The vocabulary comes from training rows only: a held-out row's value that no training row has is NONE, as it
 would be when serving, and such values are counted (ContextColumn.unseen_eval_values). A corpus lists its columns
@@ -27,6 +28,9 @@ from data import vocabulary
 CATEGORICAL, MULTI, NUMERIC = "categorical", "multi", "numeric"
 KINDS = (CATEGORICAL, MULTI, NUMERIC)
 NONE = -1  # the id of no value: an empty field, a value no training row has, padding
+# The largest magnitude of a numeric value: records and the serving signature hold float32, and within it the
+# float64 squares of the standardisation cannot overflow.
+MAX_NUMBER = float(np.finfo(np.float32).max)
 # A context column's name becomes a batch key, a Keras layer name and a serving signature's input name.
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 # Batch keys the pipeline and the query tower already use for something else.
@@ -43,8 +47,9 @@ class ContextColumn:
     vocabulary_size: int = 0  # categorical / multi: len(keys)
     max_values: int = 1  # multi: the parsed width of a row
     mean: float = 0.0  # numeric: of the training rows' raw values
-    std: float = 1.0  # numeric: of the training rows' raw values (1 for a constant column)
+    std: float = 1.0  # numeric: of the training rows' raw values (> 0: a constant column is refused)
     unseen_eval_values: int = 0  # held-out values no training row has (mapped to NONE)
+    overflowing_eval_values: int = 0  # numeric: held-out values beyond float32 once standardised (written as 0)
 
     @property
     def vocabulary_file(self) -> str:
@@ -54,7 +59,7 @@ class ContextColumn:
         """metadata.json's entry of the column."""
         entry = {"name": self.name, "kind": self.kind}
         if self.kind == NUMERIC:
-            return {**entry, "mean": self.mean, "std": self.std}
+            return {**entry, "mean": self.mean, "std": self.std, "overflowing_eval_values": self.overflowing_eval_values}
         entry.update(vocabulary=self.vocabulary_file, vocabulary_size=self.vocabulary_size,
                      unseen_eval_values=self.unseen_eval_values)
         return {**entry, "max_values": self.max_values} if self.kind == MULTI else entry
@@ -97,13 +102,26 @@ def build_multi(name: str, flat_values: List[str], lengths: np.ndarray, is_train
 
 
 def build_numeric(name: str, values: np.ndarray, is_train: np.ndarray) -> Built:
-    """values: [n] float64 raw values (finite: the reader checked them)."""
-    train = np.asarray(values, np.float64)[is_train]
-    mean = float(train.mean()) if len(train) else 0.0
-    std = float(train.std()) if len(train) else 0.0
-    std = std if std > 0 else 1.0  # a constant column: every standardised value is 0 either way
-    standardised = ((np.asarray(values, np.float64) - mean) / std).astype(np.float32)
-    return Built(ContextColumn(name, NUMERIC, mean=mean, std=std), standardised, None)
+    """values: [n] float64 raw values, each finite and within +-MAX_NUMBER (the reader checked them).
+
+    The mean is a pairwise sum in float64 and the standard deviation NumPy's two-pass one (of the values less their
+    mean), so neither overflows nor cancels for values within float32. A training row's standardised value is at
+    most sqrt(n) in size; a held-out one beyond float32 is written as 0, the mean, as serving answers it, and
+    counted. Raises ValueError naming the column if every training row has one value.
+    """
+    values = np.asarray(values, np.float64)
+    train = values[is_train]
+    mean = float(np.mean(train)) if len(train) else 0.0
+    std = float(np.std(train)) if len(train) else 0.0
+    if not std > 0:
+        raise ValueError(f"numeric context column {name!r}: every training row has the value {mean:.6g}, so its "
+                         "standardised value is 0 for every row and tells the model nothing; drop it from "
+                         "--numeric_context_columns")
+    standardised = (values - mean) / std  # [n] float64
+    overflowing = np.abs(standardised) > MAX_NUMBER
+    standardised[overflowing] = 0.0
+    column = ContextColumn(name, NUMERIC, mean=mean, std=std, overflowing_eval_values=int(overflowing.sum()))
+    return Built(column, standardised.astype(np.float32), None)
 
 
 def _ids(name: str, flat_values: List[str], lengths: np.ndarray, is_train: np.ndarray, is_eval: np.ndarray):
@@ -143,8 +161,10 @@ def report(columns: Sequence[ContextColumn]) -> List[str]:
     lines = []
     for column in columns:
         if column.kind == NUMERIC:
+            overflowing = (f"; {column.overflowing_eval_values} held-out values beyond float32 once standardised "
+                           "are written as the mean" if column.overflowing_eval_values else "")
             lines.append(f"context {column.name!r} (numeric): standardised with the training mean {column.mean:.6g} "
-                         f"and standard deviation {column.std:.6g}")
+                         f"and standard deviation {column.std:.6g}{overflowing}")
         else:
             lines.append(f"context {column.name!r} ({column.kind}): {column.vocabulary_size} values in training; "
                          f"{column.unseen_eval_values} held-out values seen only in held-out rows map to none")

@@ -41,7 +41,7 @@ Context columns (--context_columns, categorical or multi-valued; --numeric_conte
 record under the column's name (data.context): value ids of a vocabulary of the training rows (`context-<name>.tsv`;
 a value only held-out rows have is none, -1, and counted), numbers standardised with the training rows' mean and
 standard deviation. metadata.json's "context_columns" lists them. A numeric field that is empty or no finite
-number is a bad record.
+number, or one beyond float32, is a bad record; a numeric column with one value in every training row is refused.
 
 This module's `main` is a thin command over `prepare`; like trainers/, it is the place that reads flags.
 """

@@ -31,6 +31,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from data import context as context_lib
 from data.schema import Schema
 
 FORMATS = ("csv", "tfrecord")
@@ -269,6 +270,10 @@ def _context_number(raw: str, column: str, location: str, bad: BadRecords, skip:
     if not math.isfinite(number):
         bad.add(f"{location}: non-numeric value {_shorten(raw)} in the numeric context column {column!r}; expected "
                 "a finite number", skip)
+        return None
+    if abs(number) > context_lib.MAX_NUMBER:
+        bad.add(f"{location}: value {_shorten(raw)} in the numeric context column {column!r} is beyond float32; "
+                f"expected a number within +-{context_lib.MAX_NUMBER:.4g}", skip)
         return None
     return number
 

@@ -151,16 +151,26 @@ MODEL_DEFINING = {
     "optimization": ("optimizer", "mixed_precision"),  # the optimizer's slots, the towers' dtypes
 }
 
+
 def model_defining_differences(trained: "RunConfig", new: "RunConfig") -> Tuple[Tuple[str, Any, Any], ...]:
     """(flag name, trained value, new value) of each MODEL_DEFINING setting that differs, and the seed when the
-    corpus is the built-in one (which the seed draws)."""
+    corpus is the built-in one (which the seed draws). --data may go from one prepared directory to another."""
     differences = [
         (name, getattr(getattr(trained, section), name), getattr(getattr(new, section), name))
         for section, names in MODEL_DEFINING.items() for name in names
+        if not (name == "data" and _later_log(trained.data.data, new.data.data))
     ]
     if new.data.data == sources.BUILTIN:
         differences.append(("seed", trained.seed, new.seed))
     return tuple(difference for difference in differences if difference[1] != difference[2])
+
+
+def _later_log(trained_data: str, new_data: str) -> bool:
+    """True when both --data are prepared directories: going on with a later log of the same catalogue is
+    incremental training (scripts/compare_losses.py's drift); the restore itself refuses a corpus of other sizes,
+    whose tables do not fit the checkpoint (run_dir.restore_checkpoint)."""
+    named = (sources.BUILTIN, sources.MOVIELENS)
+    return trained_data not in named and new_data not in named
 
 
 # Keys config.json holds beside the sections: written for people and tools, not settings of the run.

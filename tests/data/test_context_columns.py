@@ -101,6 +101,53 @@ def test_a_bad_numeric_value_names_its_line_and_is_skippable_and_counted(tmp_pat
     assert f"{log}:14: non-numeric value 'inf'" in result.stdout
 
 
+def test_a_number_beyond_float32_or_not_a_number_is_a_bad_record_at_its_line(tmp_path):
+    # 1e300 once made exit 0 with std inf in metadata.json and every standardised value 0.
+    log = _write(tmp_path / "log.csv", TRAIN_ROWS + EVAL_ROWS, ["u2,a,9,tv,x,1e300", "u1,c,9,tv,x,-nan"])
+    result = _prepare(tmp_path, log)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"data.prepare: {log}:13: value '1e300' in the numeric context column 'price' is "
+                              "beyond float32") and "3.403e+38" in message
+    result = _prepare(tmp_path, log, "--skip_bad_records")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _metadata(tmp_path)["rows"]["bad_records"] == {"input": 2}
+    assert f"{log}:14: non-numeric value '-nan'" in result.stdout
+    price = _metadata(tmp_path)["context_columns"][-1]
+    train_prices = np.arange(1, 9, dtype=np.float64)
+    assert (price["mean"], price["std"]) == pytest.approx((train_prices.mean(), train_prices.std()))
+
+
+def test_large_numbers_standardise_finitely_and_held_out_overflow_is_counted(tmp_path):
+    # Training prices near float32's largest, then ones that differ in the eighth digit: both standardise finitely.
+    big = [row[:5] + (f"{3.4e38 * (index + 1) / 8 * (-1) ** index:.6e}",) for index, row in enumerate(TRAIN_ROWS)]
+    result = _prepare(tmp_path, _write(tmp_path / "log.csv", big + EVAL_ROWS))
+    assert result.returncode == 0, result.stderr[-2000:]
+    price = _metadata(tmp_path)["context_columns"][-1]
+    train_prices = np.array([float(row[5]) for row in big])
+    assert (price["mean"], price["std"]) == pytest.approx((train_prices.mean(), train_prices.std()), rel=1e-12)
+    assert np.isfinite(price["std"]) and price["overflowing_eval_values"] == 0
+    close = [row[:5] + (f"{1 + (index % 2) * 1e-7}",) for index, row in enumerate(TRAIN_ROWS)]
+    eval_rows = EVAL_ROWS[:2] + [EVAL_ROWS[2][:5] + ("3e38",)]  # 3e38 is some 6e45 standard deviations out
+    result = _prepare(tmp_path, _write(tmp_path / "log.csv", close + eval_rows), "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    price = _metadata(tmp_path)["context_columns"][-1]
+    assert price["overflowing_eval_values"] == 1
+    assert "1 held-out values beyond float32 once standardised are written as the mean" in result.stdout
+    held_out = records.read_all(corpus.PreparedCorpus.load(str(tmp_path / "out")).eval_files)
+    assert np.isfinite(held_out["price"]).all() and sorted(held_out["price"].tolist())[1] == 0.0
+
+
+def test_a_numeric_column_with_one_value_in_every_training_row_is_refused(tmp_path):
+    constant = [row[:5] + ("2.5",) for row in TRAIN_ROWS]
+    result = _prepare(tmp_path, _write(tmp_path / "log.csv", constant + EVAL_ROWS))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "data.prepare: numeric context column 'price': every training row has the value 2.5, so its standardised "
+        "value is 0 for every row and tells the model nothing; drop it from --numeric_context_columns")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_schema_file_declares_context_columns_and_bad_declarations_are_refused(tmp_path):
     schema = {"user_column": "user", "item_column": "item", "timestamp_column": "time",
               "context_columns": ["device"], "numeric_context_columns": ["price"]}

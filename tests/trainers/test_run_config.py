@@ -33,6 +33,20 @@ def test_json_round_trip_keeps_every_setting():
     assert run_config.from_dict(document) == config
 
 
+def test_model_defining_differences_name_each_flag_and_let_a_later_log_go_on():
+    base = run_config.RunConfig()
+    data = lambda path: dataclasses.replace(base, data=dataclasses.replace(base.data, data=path))  # noqa: E731
+    encoder = dataclasses.replace(base, model=dataclasses.replace(base.model, history_encoder="mean"))
+    assert run_config.model_defining_differences(base, encoder) == (("history_encoder", "weighted_mean", "mean"),)
+    assert run_config.model_defining_differences(base, dataclasses.replace(base, seed=base.seed + 1)) == (
+        ("seed", base.seed, base.seed + 1),)
+    assert run_config.model_defining_differences(base, data("movielens")) == (("data", "builtin", "movielens"),)
+    assert run_config.model_defining_differences(data("/logs/june"), data("movielens")) == (
+        ("data", "/logs/june", "movielens"),)
+    # A later log of the same catalogue is incremental training (the restore refuses tables of other sizes).
+    assert run_config.model_defining_differences(data("/logs/june"), data("/logs/july")) == ()
+
+
 def test_config_written_before_the_format_still_loads():
     config = run_config.from_dict(_legacy_document())
     assert config.seed == 7 and config.loss.seed == 7

@@ -96,16 +96,18 @@ def test_stopped_multi_worker_job_continues_from_its_backup(tmp_path):
     first = subprocess.Popen(
         [*launcher_command, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
+    output = []  # the job's lines, for the failure message: a job that fails before step 30 says why
     try:
         for line in first.stdout:
+            output.append(line)
             if "worker 0: step 30/120" in line:
                 first.send_signal(signal.SIGTERM)
                 break
-        first.communicate(timeout=120)
+        output.append(first.communicate(timeout=120)[0])
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 128 + signal.SIGTERM
+    assert first.returncode == 128 + signal.SIGTERM, "".join(output)[-3000:]
     second = subprocess.run(
         [*launcher_command, *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
     )

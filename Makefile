@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
 # Extra trainer flags, e.g. `make train ARGS="--loss=nce --epochs=2"`.
 ARGS ?=
 # DATA=movielens trains on MovieLens 100K (fetched and prepared on first use, see data/movielens.py);
@@ -18,16 +19,21 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -e '.[test]'
 	touch $(INSTALLED)
 
+# The tests also run the Beam data path: the optional extra [beam].
+$(TEST_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install -e '.[test,beam]'
+	touch $(TEST_INSTALLED)
+
 install: $(INSTALLED)
 
 train: $(INSTALLED)
 	$(PY) -m trainers.train --data=$(DATA) $(ARGS)
 
-test: $(INSTALLED)
+test: $(TEST_INSTALLED)
 	$(PY) -m pytest -ra tests
 
 # Everything but the multi-process tests, for a quick local loop.
-test-fast: $(INSTALLED)
+test-fast: $(TEST_INSTALLED)
 	$(PY) -m pytest -ra -m 'not slow' tests
 
 clean:

@@ -60,6 +60,7 @@ from data.readers import DataError
 from data.schema import Schema, SchemaError
 
 NUM_SHARDS = 4
+RUNNERS = ("in_process", "beam")
 # Why an eval interaction is dropped, in the order a row is checked (a row counts once, for the first reason).
 EVAL_DROP_REASONS = ("unseen_item", "rare_item", "unseen_user")
 # Why a logged negative is dropped from its row, in the order a key is checked.
@@ -176,13 +177,7 @@ def prepare(
     columns are read from the log itself (the first row of each item or user).
     Raises DataError (bad input), SchemaError, or FileExistsError; output_dir is then left as it was.
     """
-    if os.path.exists(output_dir) and not (overwrite and os.path.isdir(output_dir)):
-        raise FileExistsError(f"{output_dir} exists; choose a new --output_dir or pass --overwrite")
-    if split not in splits.METHODS or eval_per_user < 1 or min_item_count < 1 or num_shards < 1:
-        raise ValueError(
-            f"split={split!r} (expected {' or '.join(splits.METHODS)}), eval_per_user={eval_per_user}, "
-            f"min_item_count={min_item_count}, num_shards={num_shards} (expected >= 1)"
-        )
+    check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards)
     log = readers.read_log(
         input_pattern,
         schema,
@@ -229,7 +224,7 @@ def prepare(
     kept_eval = is_eval & ~np.logical_or.reduce(list(drops.values()))
     if not kept_eval.any():
         eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
-        raise DataError(_no_eval_message(input_pattern, eval_input, eval_per_user, eval_dropped))
+        raise DataError(no_eval_message(input_pattern, eval_input, eval_per_user, eval_dropped))
     columns = {"user_id": user_id, "item_id": item_id, "timestamp": timestamps, "weight": weights}
     logs = {"input": log, "eval_input": held_out_log} if held_out_log else {"input": log}
     rows = RowCounts(
@@ -313,6 +308,18 @@ def prepare(
         logged_negatives=logged_negatives,
         context_columns=tuple(part.column for part in context),
     )
+
+
+def check_arguments(output_dir: str, overwrite: bool, split: str, eval_per_user: int, min_item_count: int,
+                    num_shards: int) -> None:
+    """FileExistsError or ValueError for arguments no runner can prepare with."""
+    if os.path.exists(output_dir) and not (overwrite and os.path.isdir(output_dir)):
+        raise FileExistsError(f"{output_dir} exists; choose a new --output_dir or pass --overwrite")
+    if split not in splits.METHODS or eval_per_user < 1 or min_item_count < 1 or num_shards < 1:
+        raise ValueError(
+            f"split={split!r} (expected {' or '.join(splits.METHODS)}), eval_per_user={eval_per_user}, "
+            f"min_item_count={min_item_count}, num_shards={num_shards} (expected >= 1)"
+        )
 
 
 def _negative_ids(negative_keys, lengths, item_keys, item_id_of, oov_id, row_item_id, written):
@@ -422,7 +429,7 @@ def _eval_drops(is_eval, item_train_count, user_train_count, min_item_count: int
     return {"unseen_item": unseen_item, "rare_item": rare_item, "unseen_user": unseen_user}
 
 
-def _no_eval_message(input_pattern, eval_input, eval_per_user: int, eval_dropped: Dict[str, int]) -> str:
+def no_eval_message(input_pattern, eval_input, eval_per_user: int, eval_dropped: Dict[str, int]) -> str:
     if eval_input:
         return f"--eval_input {eval_input}: no eval interactions left: every row was dropped ({_reasons(eval_dropped)})"
     message = f"--input {input_pattern}: no eval interactions: no user has more than eval_per_user={eval_per_user} "
@@ -489,6 +496,12 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of --split=random.")
     flags.DEFINE_bool("skip_bad_records", False, "Count, report and skip malformed records instead of stopping.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir (only once the new one is complete).")
+    flags.DEFINE_enum("runner", RUNNERS[0], list(RUNNERS), "in_process: this process reads the whole log (the "
+                      "embedded default); beam: an Apache Beam pipeline (data.beam_prepare; pip install -e '.[beam]'), "
+                      "local worker processes or the runner --beam_options names.")
+    flags.DEFINE_string("beam_options", "", "With --runner=beam: Beam's own pipeline options, e.g. "
+                        "'--direct_num_workers=4' or '--runner=DataflowRunner --project=P --region=R "
+                        "--temp_location=gs://B/tmp' (default: every local core, multi_processing).")
 
 
 def schema_from_flags(values) -> Schema:
@@ -531,8 +544,20 @@ def main(argv):
             f"{', '.join(per_user_split_flags)}: the per-user split of --input does not apply with --eval_input "
             "(the held-out file is the split); drop one or the other"
         )
+    if values.beam_options and values.runner != "beam":
+        raise app.UsageError("--beam_options is read only with --runner=beam")
+    run = prepare
+    runner_arguments = {}
+    if values.runner == "beam":
+        import logging
+
+        from data import beam_prepare
+
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' lifecycle, a page per run
+
+        run, runner_arguments = beam_prepare.prepare, {"beam_options": values.beam_options}
     try:
-        summary = prepare(
+        summary = run(
             values.input,
             schema_from_flags(values),
             values.output_dir,
@@ -547,6 +572,7 @@ def main(argv):
             num_shards=values.num_shards,
             skip_bad_records=values.skip_bad_records,
             overwrite=values.overwrite,
+            **runner_arguments,
         )
     except (DataError, SchemaError, FileExistsError, ValueError) as error:
         sys.exit(f"data.prepare: {error}")

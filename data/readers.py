@@ -159,8 +159,7 @@ def read_log(
     negative_column = schema.negative_column
     columns += (negative_column,) if negative_column else ()  # last: the other columns keep their positions
     multi_valued = set(schema.multi_valued_columns)
-    has_timestamp, has_weight = schema.timestamp_column is not None, schema.weight_column is not None
-    weight_index = 3 if has_timestamp else 2
+    has_weight = schema.weight_column is not None
     first_feature = len(schema.interaction_columns())
     user_keys, item_keys, timestamps, weights, negative_keys, negative_lengths = [], [], [], [], [], []
     item_rows, user_rows = {}, {}
@@ -168,21 +167,11 @@ def read_log(
 
     for path in files:
         for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
-            user = _key(values[0], columns[0], location, bad, skip_bad_records)
-            if user is None:  # each bad record is counted once, for its first fault
+            interaction = _interaction(values, schema, location, bad, skip_bad_records)
+            if interaction is None:  # each bad record is counted once, for its first fault
                 continue
-            item = _key(values[1], columns[1], location, bad, skip_bad_records)
-            if item is None:
-                continue
-            timestamp = len(timestamps)
-            if has_timestamp:
-                timestamp = _integer(values[2], columns[2], location, bad, skip_bad_records)
-                if timestamp is None:
-                    continue
-            if has_weight:
-                weight = _weight(values[weight_index], columns[weight_index], location, bad, skip_bad_records)
-                if weight is None:
-                    continue
+            user, item, timestamp, weight = interaction
+            timestamp = len(timestamps) if timestamp is None else timestamp
             if negative_column:
                 negatives = _keys(values[-1], negative_column, schema.value_separator, location, bad, skip_bad_records)
                 if negatives is None:
@@ -591,6 +580,37 @@ def _example_values(serialized, location, columns, multi_valued, numeric, bad, s
         else:
             values.append(raw[0])
     return values
+
+
+def interactions_of_file(path: str, schema: Schema, file_format: str, bad: BadRecords,
+                         skip: bool) -> Iterator[Tuple[str, str, Optional[int], Optional[float]]]:
+    """(user key, item key, timestamp or None without the column, weight or None) of each good record of one
+    file, in file order, validated as read_log validates them; the bad ones counted in bad (or DataError)."""
+    columns = schema.interaction_columns()
+    for location, values in _records(path, file_format, schema, columns, bad, skip):
+        interaction = _interaction(values, schema, location, bad, skip)
+        if interaction is not None:
+            yield interaction
+
+
+def _interaction(values, schema: Schema, location: str, bad: BadRecords, skip: bool):
+    """(user, item, timestamp or None, weight or None) of a record's leading schema.interaction_columns()
+    values, or None (counted in bad) for the first fault found."""
+    columns = schema.interaction_columns()
+    user = _key(values[0], columns[0], location, bad, skip)
+    item = None if user is None else _key(values[1], columns[1], location, bad, skip)
+    if item is None:
+        return None
+    timestamp = weight = None
+    if schema.timestamp_column is not None:
+        timestamp = _integer(values[2], columns[2], location, bad, skip)
+        if timestamp is None:
+            return None
+    if schema.weight_column is not None:
+        weight = _weight(values[len(columns) - 1], columns[-1], location, bad, skip)
+        if weight is None:
+            return None
+    return user, item, timestamp, weight
 
 
 def _key(value: str, column: str, location: str, bad: BadRecords, skip: bool) -> Optional[str]:

@@ -1,0 +1,317 @@
+"""`data.prepare --runner=beam`: the prepared corpus of data.prepare computed by an Apache Beam pipeline, whose
+workers hold one user's rows and a batch of records at a time, never the log.
+
+    files, one element each
+      -> ReadFile: data.readers.interactions_of_file (the in-process path's validation), bad records counted per
+         file; each row numbered in file order (file offsets from the per-file counts: the order key of ties
+         and, without --timestamp_column, the timestamp, as in process)
+      -> rows by user -> GroupByKey -> SplitUser: data.splits.held_out on the user's rows (split=last)
+      -> training counts per item and per user -> data.vocabulary.build once (same ranking, same OOV bucket):
+         the vocabularies are side inputs (they grow with the catalogue, not with the log)
+      -> batches of rows -> ids, eval drops by reason (data.prepare's rules), data.records' serializer
+      -> WriteToTFRecord, sharded as data.records.shard_paths names the files
+      -> the counts, in one small JSON the driver turns into metadata.json (data.corpus) and the report
+
+It runs on Beam's FnApiRunner in local processes by default (direct_running_mode=multi_processing; nothing is
+downloaded at run time, Beam's Prism runner never runs) or on any runner Beam's own pipeline options name
+(`--beam_options="--runner=DataflowRunner ..."`; README: "Logs that outgrow one machine"). The output is written
+under data.atomic's staging name beside --output_dir and renamed when complete, so workers must see that
+directory (a local disk here; a shared file system on a cluster).
+
+Not yet on this runner (refused in one line by `unsupported_options`): --eval_input, feature side files and
+feature columns, context columns, logged negatives and --split=random (the in-process draw is one permutation
+of the whole log).
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from data import atomic, corpus, readers, splits, vocabulary
+from data import prepare as prepare_lib
+from data.readers import DataError
+from data.schema import Schema
+
+PIPELINE_COUNTS = "_pipeline_counts.json"  # written by the pipeline into the staging directory, read and removed
+MAX_BATCH = 4096  # rows serialized per batch (numpy over the batch, not per row)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCounts:
+    """What ReadFile found in one file: rows kept, bad records (and their first messages), a fatal error."""
+
+    index: int
+    kept: int
+    bad: int
+    messages: Tuple[str, ...]
+    fatal: Optional[str] = None
+
+
+def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format: str = "csv",
+            eval_input: Optional[str] = None, item_features_input: Optional[str] = None,
+            user_features_input: Optional[str] = None, split: str = "last", eval_per_user: int = 1, seed: int = 0,
+            min_item_count: int = 1, num_shards: int = prepare_lib.NUM_SHARDS, skip_bad_records: bool = False,
+            overwrite: bool = False, description: str = "",
+            beam_options: str = "") -> "prepare_lib.Summary":
+    """data.prepare.prepare's corpus, by the Beam pipeline (same arguments; split=last only, seed is recorded).
+
+    beam_options: Beam's own pipeline options (a command line; see pipeline_options).
+    Raises ValueError (an option not on this runner yet, bad arguments), DataError, FileExistsError; output_dir
+    is then left as it was.
+    """
+    unsupported = unsupported_options(schema, eval_input, item_features_input, user_features_input, split)
+    if unsupported:
+        raise ValueError(f"{unsupported}: not on --runner=beam yet; prepare this log with --runner=in_process")
+    prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards)
+    files = readers.expand(input_pattern)
+    finished = {}
+
+    def write(staging: str) -> None:
+        import apache_beam as beam
+
+        runner, options = pipeline_options(beam_options)
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
+            build_pipeline(pipeline, files, schema, staging, file_format=file_format, eval_per_user=eval_per_user,
+                           min_item_count=min_item_count, num_shards=num_shards)
+        finished["summary"] = _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records,
+                                      eval_per_user, seed, min_item_count, description)
+
+    atomic.write_atomically(output_dir, write, overwrite)  # a failure leaves output_dir as it was
+    return finished["summary"]
+
+
+def _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records, eval_per_user, seed, min_item_count,
+            description) -> "prepare_lib.Summary":
+    """Checks the pipeline's counts as data.prepare checks its rows (DataError), writes metadata.json, and
+    returns the Summary."""
+    with open(os.path.join(staging, PIPELINE_COUNTS)) as file:
+        counts = json.load(file)
+    os.remove(os.path.join(staging, PIPELINE_COUNTS))
+    bad = _bad_records(counts["files"], skip_bad_records)
+    kept = sum(part["kept"] for part in counts["files"])
+    if not kept:
+        reason = f", {bad.count} bad records skipped" if bad.count else ""
+        raise DataError(f"--input {input_pattern}: no interactions in {len(files)} file(s){reason}")
+    rows = prepare_lib.RowCounts(read={"input": kept + bad.count}, bad_records={"input": bad.count},
+                                 train=counts["train"], eval=counts["eval"], eval_dropped=counts["eval_dropped"])
+    if not rows.eval:
+        raise DataError(prepare_lib.no_eval_message(input_pattern, None, eval_per_user, rows.eval_dropped))
+    eval_dropped_oov = rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"]
+    corpus.write_metadata(
+        staging, num_items=counts["num_items"], num_users=counts["num_users"], num_train=rows.train,
+        num_eval=rows.eval, description=description or f"prepared from {input_pattern}", source_files=files,
+        eval_source_files=None, schema=dataclasses.asdict(schema), split="last", eval_per_user=eval_per_user,
+        seed=seed, min_item_count=min_item_count, oov_item_id=counts["oov_id"], eval_dropped_oov=eval_dropped_oov,
+        rows=dataclasses.asdict(rows), num_bad_records=bad.count, bad_record_messages=bad.messages,
+        item_features={}, user_features={}, context_columns=[])
+    return prepare_lib.Summary(
+        output_dir=output_dir, num_rows_read=sum(rows.read.values()), num_items=counts["num_items"],
+        num_users=counts["num_users"], num_train=rows.train, num_eval=rows.eval, oov_item_id=counts["oov_id"],
+        num_items_folded=counts["num_items_folded"], eval_dropped_oov=eval_dropped_oov, bad_records=bad,
+        items_without_features={}, rows=rows, feature_bad_records=readers.BadRecords())
+
+
+def _bad_records(files: List[Dict], skip_bad_records: bool) -> readers.BadRecords:
+    """The files' bad records as one BadRecords, in file order; without skip_bad_records, DataError naming the
+    first one, as the in-process read stops at it (a file's fatal error comes after its bad records)."""
+    merged = readers.BadRecords()
+    for part in files:
+        if part["bad"] and not skip_bad_records:
+            raise DataError(part["messages"][0])
+        if part["fatal"]:
+            raise DataError(part["fatal"])
+        merged.count += part["bad"]
+        merged.messages.extend(part["messages"])
+    merged.messages = merged.messages[: readers.MAX_REPORTED_BAD_RECORDS]
+    return merged
+
+
+def unsupported_options(schema: Schema, eval_input, item_features_input, user_features_input,
+                        split: str) -> Optional[str]:
+    """The first option this runner cannot run yet, as the flag the user typed, or None."""
+    checks = (
+        (eval_input, "--eval_input"),
+        (item_features_input or user_features_input, "--item_features_input / --user_features_input"),
+        (schema.item_feature_columns or schema.user_feature_columns, "--item_feature_columns / --user_feature_columns"),
+        (schema.context_columns or schema.numeric_context_columns, "--context_columns / --numeric_context_columns"),
+        (schema.negative_column, "--negative_column"),
+        (split != "last", f"--split={split}"),
+    )
+    return next((flag for present, flag in checks if present), None)
+
+
+def pipeline_options(beam_options: str):
+    """(runner, PipelineOptions) of beam_options (Beam's own command-line options): the runner they name, or Beam's
+    FnApiRunner over local worker processes (multi_processing, one per core unless --direct_num_workers says)."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+    arguments = shlex.split(beam_options or "")
+    options = PipelineOptions(arguments)
+    if options.view_as(StandardOptions).runner:
+        return None, options  # Beam builds the runner the options name
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    defaults = ["--direct_running_mode=multi_processing"]
+    if not any(argument.startswith("--direct_num_workers") for argument in arguments):
+        defaults.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    options = PipelineOptions(defaults + arguments)
+    options.view_as(DirectOptions)  # validates the direct options now, not inside the run
+    return FnApiRunner(), options
+
+
+def _read_file_fn(beam, schema: Schema, file_format: str):
+    class ReadFileFn(beam.DoFn):
+        """(file index, path) -> (file index, row in file, user, item, timestamp or None, weight or None) of each
+        good row, and the file's FileCounts under the tag "counts"."""
+
+        def process(self, element):
+            index, path = element
+            bad, kept, fatal = readers.BadRecords(), 0, None
+            try:
+                for user, item, timestamp, weight in readers.interactions_of_file(path, schema, file_format, bad, True):
+                    yield index, kept, user, item, timestamp, weight
+                    kept += 1
+            except DataError as error:  # a bad header, an unreadable TFRecord: the file cannot be read on
+                fatal = str(error)
+            yield beam.pvalue.TaggedOutput("counts", FileCounts(index, kept, bad.count, tuple(bad.messages), fatal))
+
+    return ReadFileFn()
+
+
+def _offsets(counts: List[FileCounts]) -> Dict[int, int]:
+    """{file index: the number of good rows in the files before it}: a row's place in the whole log."""
+    ordered = sorted(counts, key=lambda count: count.index)
+    starts = np.cumsum([0] + [count.kept for count in ordered])
+    return {count.index: int(start) for count, start in zip(ordered, starts)}
+
+
+def _keyed_by_user(row, offsets: Dict[int, int]):
+    """A read row -> (user, (order, item, timestamp, weight)), order its number in the whole log."""
+    index, row_in_file, user, item, timestamp, weight = row
+    order = offsets[index] + row_in_file
+    return user, (order, item, order if timestamp is None else timestamp, weight)
+
+
+def _split_user(element, eval_per_user: int) -> Iterable[Tuple]:
+    """(user, rows) -> (user, item, timestamp, weight, is_eval) of each row: data.splits.held_out on the user's
+    rows in log order (its tie rule: file order)."""
+    user, rows = element
+    rows = sorted(rows)  # by order
+    timestamps = np.array([row[2] for row in rows], np.int64)
+    is_eval = splits.held_out(np.zeros(len(rows), np.int64), timestamps, "last", eval_per_user)
+    for (_, item, timestamp, weight), held_out in zip(rows, is_eval.tolist()):
+        yield user, item, timestamp, weight, held_out
+
+
+def _vocabularies(item_counts: List[Tuple[str, int]], user_counts: List[Tuple[str, int]], min_item_count: int):
+    """({item key: id}, item Vocabulary, {user key: id}, user Vocabulary) from (key, training count) pairs; every
+    item read is listed (eval-only ones with 0), the users with training rows only (data.prepare's rules)."""
+    item_keys = [key for key, _ in item_counts]
+    items, item_ids = vocabulary.build(item_keys, np.array([count for _, count in item_counts], np.int64),
+                                       min_item_count)
+    trained = [(key, count) for key, count in user_counts if count > 0]
+    users, user_ids = vocabulary.build([key for key, _ in trained], np.array([count for _, count in trained], np.int64))
+    train_count = dict(item_counts)
+    return ({key: (int(item_id), train_count[key]) for key, item_id in zip(item_keys, item_ids.tolist())}, items,
+            dict(zip([key for key, _ in trained], user_ids.tolist())), users)
+
+
+def _records_fn(beam, with_weight: bool, min_item_count: int):
+    class RecordsFn(beam.DoFn):
+        """A batch of split rows -> serialized records under "train" / "eval", and {reason: rows} of the eval
+        rows dropped under "dropped" (data.prepare's reasons, in its order)."""
+
+        def setup(self):
+            from data import records
+
+            self.serialize = records._serializer(with_weight)
+
+        def process(self, batch, vocabularies):
+            item_of, _, user_of, _ = vocabularies
+            dropped = {"unseen_item": 0, "rare_item": 0, "unseen_user": 0}
+            for user, item, timestamp, weight, is_eval in batch:
+                item_id, train_count = item_of[item]
+                user_id = user_of.get(user)
+                if is_eval:
+                    reason = ("unseen_item" if train_count == 0 else "rare_item" if train_count < min_item_count
+                              else "unseen_user" if user_id is None else None)
+                    if reason:
+                        dropped[reason] += 1
+                        continue
+                record = self.serialize(user_id, item_id, timestamp, weight)
+                yield beam.pvalue.TaggedOutput("eval" if is_eval else "train", record)
+            yield beam.pvalue.TaggedOutput("dropped", dropped)
+
+    return RecordsFn()
+
+
+def _write_vocabularies(staging: str, vocabularies) -> None:
+    _, items, _, users = vocabularies
+    np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
+    vocabulary.write_tsv(os.path.join(staging, corpus.ITEM_VOCABULARY), items)
+    vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
+
+
+def _write_counts(staging: str, files: List[FileCounts], dropped: List[Dict[str, int]], train: int, eval_rows: int,
+                  vocabularies, min_item_count: int) -> None:
+    item_of, items, _, users = vocabularies
+    document = {
+        "files": [dataclasses.asdict(count) for count in sorted(files, key=lambda count: count.index)],
+        "eval_dropped": {reason: sum(part[reason] for part in dropped) for reason in ("unseen_item", "rare_item",
+                                                                                      "unseen_user")},
+        "train": train, "eval": eval_rows, "num_items": len(items), "num_users": len(users), "oov_id": items.oov_id,
+        "num_items_folded": sum(1 for _, count in item_of.values() if count < min_item_count),
+    }
+    with open(os.path.join(staging, PIPELINE_COUNTS), "w") as file:
+        json.dump(document, file)
+
+
+def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, file_format: str, eval_per_user: int,
+                   min_item_count: int, num_shards: int) -> None:
+    """Adds the whole prepare to `pipeline` (see the module docstring); it writes into staging when run."""
+    import apache_beam as beam
+    from apache_beam.transforms.combiners import Count, ToList
+
+    read = (pipeline | "Files" >> beam.Create(list(enumerate(files))) | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(_read_file_fn(beam, schema, file_format)).with_outputs("counts", main="rows"))
+    file_counts = read.counts | "AllFileCounts" >> beam.combiners.ToList()
+    offsets = file_counts | "Offsets" >> beam.Map(_offsets)
+    split = (read.rows | "ByUser" >> beam.Map(_keyed_by_user, beam.pvalue.AsSingleton(offsets))
+             | "GroupByUser" >> beam.GroupByKey() | "Split" >> beam.FlatMap(_split_user, eval_per_user))
+    vocabularies = _vocabulary_side_input(beam, split, min_item_count)
+    outputs = (split | "Batch" >> beam.BatchElements(min_batch_size=MAX_BATCH // 4, max_batch_size=MAX_BATCH)
+               | "Records" >> beam.ParDo(_records_fn(beam, schema.weight_column is not None, min_item_count),
+                                         beam.pvalue.AsSingleton(vocabularies))
+               .with_outputs("train", "eval", "dropped"))
+    for name in ("train", "eval"):
+        getattr(outputs, name) | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
+            os.path.join(staging, name), file_name_suffix=".tfrecord", num_shards=num_shards,
+            shard_name_template="-SSSSS-of-NNNNN")
+    counts = {name: getattr(outputs, name) | f"Count{name.title()}" >> Count.Globally() for name in ("train", "eval")}
+    dropped = outputs.dropped | "AllDropped" >> ToList()
+    vocabularies | "WriteVocabularies" >> beam.Map(lambda vocab: _write_vocabularies(staging, vocab))
+    (pipeline | "Done" >> beam.Create([None])
+     | "WriteCounts" >> beam.Map(
+         lambda _, files_read, drops, train, eval_rows, vocab: _write_counts(
+             staging, files_read, drops, train, eval_rows, vocab, min_item_count),
+         beam.pvalue.AsSingleton(file_counts), beam.pvalue.AsSingleton(dropped),
+         beam.pvalue.AsSingleton(counts["train"]), beam.pvalue.AsSingleton(counts["eval"]),
+         beam.pvalue.AsSingleton(vocabularies)))
+
+
+def _vocabulary_side_input(beam, split, min_item_count: int):
+    """The singleton PCollection of _vocabularies over the split rows' training counts."""
+    from apache_beam.transforms.combiners import ToList
+
+    def training_counts(name, key_of):
+        return (split | f"{name}Rows" >> beam.Map(lambda row: (key_of(row), 0 if row[4] else 1))
+                | f"{name}Counts" >> beam.CombinePerKey(sum) | f"All{name}Counts" >> ToList())
+
+    item_counts = training_counts("Item", lambda row: row[1])
+    user_counts = training_counts("User", lambda row: row[0])
+    return (item_counts | "Vocabularies" >> beam.Map(
+        lambda items, users: _vocabularies(items, users, min_item_count), beam.pvalue.AsSingleton(user_counts)))

@@ -31,13 +31,13 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from data import atomic, corpus, readers, splits, vocabulary
+from data import atomic, corpus, history, readers, splits, vocabulary
 from data import prepare as prepare_lib
 from data.readers import DataError
 from data.schema import Schema
 
+LATEST_HISTORY = "latest_history"  # data.records.LATEST_HISTORY (records imports TensorFlow; the driver need not)
 PIPELINE_COUNTS = "_pipeline_counts.json"  # written by the pipeline into the staging directory, read and removed
-MAX_BATCH = 4096  # rows serialized per batch (numpy over the batch, not per row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
             eval_input: Optional[str] = None, item_features_input: Optional[str] = None,
             user_features_input: Optional[str] = None, split: str = "last", eval_per_user: int = 1, seed: int = 0,
             min_item_count: int = 1, num_shards: int = prepare_lib.NUM_SHARDS, skip_bad_records: bool = False,
-            overwrite: bool = False, description: str = "",
+            overwrite: bool = False, description: str = "", history_length: Optional[int] = None,
             beam_options: str = "") -> "prepare_lib.Summary":
     """data.prepare.prepare's corpus, by the Beam pipeline (same arguments; split=last only, seed is recorded).
 
@@ -66,7 +66,8 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
     unsupported = unsupported_options(schema, eval_input, item_features_input, user_features_input, split)
     if unsupported:
         raise ValueError(f"{unsupported}: not on --runner=beam yet; prepare this log with --runner=in_process")
-    prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards)
+    prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards,
+                                history_length)
     files = readers.expand(input_pattern)
     finished = {}
 
@@ -76,16 +77,16 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
         runner, options = pipeline_options(beam_options)
         with beam.Pipeline(runner=runner, options=options) as pipeline:
             build_pipeline(pipeline, files, schema, staging, file_format=file_format, eval_per_user=eval_per_user,
-                           min_item_count=min_item_count, num_shards=num_shards)
+                           min_item_count=min_item_count, num_shards=num_shards, history_length=history_length)
         finished["summary"] = _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records,
-                                      eval_per_user, seed, min_item_count, description)
+                                      eval_per_user, seed, min_item_count, description, history_length)
 
     atomic.write_atomically(output_dir, write, overwrite)  # a failure leaves output_dir as it was
     return finished["summary"]
 
 
 def _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records, eval_per_user, seed, min_item_count,
-            description) -> "prepare_lib.Summary":
+            description, history_length) -> "prepare_lib.Summary":
     """Checks the pipeline's counts as data.prepare checks its rows (DataError), writes metadata.json, and
     returns the Summary."""
     with open(os.path.join(staging, PIPELINE_COUNTS)) as file:
@@ -107,12 +108,14 @@ def _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records,
         eval_source_files=None, schema=dataclasses.asdict(schema), split="last", eval_per_user=eval_per_user,
         seed=seed, min_item_count=min_item_count, oov_item_id=counts["oov_id"], eval_dropped_oov=eval_dropped_oov,
         rows=dataclasses.asdict(rows), num_bad_records=bad.count, bad_record_messages=bad.messages,
-        item_features={}, user_features={}, context_columns=[])
+        item_features={}, user_features={}, context_columns=[],
+        **({} if history_length is None else {"history_length": history_length}))
     return prepare_lib.Summary(
         output_dir=output_dir, num_rows_read=sum(rows.read.values()), num_items=counts["num_items"],
         num_users=counts["num_users"], num_train=rows.train, num_eval=rows.eval, oov_item_id=counts["oov_id"],
         num_items_folded=counts["num_items_folded"], eval_dropped_oov=eval_dropped_oov, bad_records=bad,
-        items_without_features={}, rows=rows, feature_bad_records=readers.BadRecords())
+        items_without_features={}, rows=rows, feature_bad_records=readers.BadRecords(),
+        history_length=history_length)
 
 
 def _bad_records(files: List[Dict], skip_bad_records: bool) -> readers.BadRecords:
@@ -196,15 +199,20 @@ def _keyed_by_user(row, offsets: Dict[int, int]):
     return user, (order, item, order if timestamp is None else timestamp, weight)
 
 
-def _split_user(element, eval_per_user: int) -> Iterable[Tuple]:
-    """(user, rows) -> (user, item, timestamp, weight, is_eval) of each row: data.splits.held_out on the user's
-    rows in log order (its tie rule: file order)."""
+def _split_user(element, eval_per_user: int) -> Tuple[str, List[Tuple], np.ndarray]:
+    """(user, rows) -> (user, its rows (order, item, timestamp, weight) in log order, is_eval [n] bool):
+    data.splits.held_out on the user's rows in log order (its tie rule: file order)."""
     user, rows = element
     rows = sorted(rows)  # by order
     timestamps = np.array([row[2] for row in rows], np.int64)
-    is_eval = splits.held_out(np.zeros(len(rows), np.int64), timestamps, "last", eval_per_user)
-    for (_, item, timestamp, weight), held_out in zip(rows, is_eval.tolist()):
-        yield user, item, timestamp, weight, held_out
+    return user, rows, splits.held_out(np.zeros(len(rows), np.int64), timestamps, "last", eval_per_user)
+
+
+def _training_counts(element, eval_per_user: int) -> Iterable[Tuple[str, str, int]]:
+    """(user, rows) -> (user, item, 1 for a training row / 0 for a held-out one) of each row."""
+    user, rows, is_eval = _split_user(element, eval_per_user)
+    for (_, item, _, _), held_out in zip(rows, is_eval.tolist()):
+        yield user, item, 0 if held_out else 1
 
 
 def _vocabularies(item_counts: List[Tuple[str, int]], user_counts: List[Tuple[str, int]], min_item_count: int):
@@ -220,33 +228,77 @@ def _vocabularies(item_counts: List[Tuple[str, int]], user_counts: List[Tuple[st
             dict(zip([key for key, _ in trained], user_ids.tolist())), users)
 
 
-def _records_fn(beam, with_weight: bool, min_item_count: int):
-    class RecordsFn(beam.DoFn):
-        """A batch of split rows -> serialized records under "train" / "eval", and {reason: rows} of the eval
-        rows dropped under "dropped" (data.prepare's reasons, in its order)."""
+DROP_REASONS = ("unseen_item", "rare_item", "unseen_user")  # data.prepare.EVAL_DROP_REASONS, in its order
+
+
+def _user_records_fn(beam, with_weight: bool, eval_per_user: int, min_item_count: int,
+                     history_length: Optional[int]):
+    class UserRecordsFn(beam.DoFn):
+        """(user, rows) -> the user's serialized records under "train" / "eval" (with their histories, and the
+        user's latest history under "latest", when history_length is given), and {reason: rows} of its eval rows
+        dropped under "dropped" (data.prepare's reasons and rules)."""
 
         def setup(self):
             from data import records
 
-            self.serialize = records._serializer(with_weight)
+            self.serialize = records._serializer(with_weight, with_history=history_length is not None)
+            self.serialize_latest = records.latest_history_serializer()
 
-        def process(self, batch, vocabularies):
+        def process(self, element, vocabularies):
             item_of, _, user_of, _ = vocabularies
-            dropped = {"unseen_item": 0, "rare_item": 0, "unseen_user": 0}
-            for user, item, timestamp, weight, is_eval in batch:
-                item_id, train_count = item_of[item]
-                user_id = user_of.get(user)
-                if is_eval:
-                    reason = ("unseen_item" if train_count == 0 else "rare_item" if train_count < min_item_count
-                              else "unseen_user" if user_id is None else None)
-                    if reason:
-                        dropped[reason] += 1
-                        continue
-                record = self.serialize(user_id, item_id, timestamp, weight)
-                yield beam.pvalue.TaggedOutput("eval" if is_eval else "train", record)
-            yield beam.pvalue.TaggedOutput("dropped", dropped)
+            user, rows, is_eval = _split_user(element, eval_per_user)
+            user_id = user_of.get(user)
+            ids, counts = zip(*[item_of[item] for _, item, _, _ in rows])
+            timestamps = np.array([row[2] for row in rows], np.int64)
+            reasons = [_drop_reason(held_out, count, user_id, min_item_count)
+                       for held_out, count in zip(is_eval.tolist(), counts)]
+            yield beam.pvalue.TaggedOutput("dropped", {reason: reasons.count(reason) for reason in DROP_REASONS})
+            if user_id is None:  # no training row: every row was dropped
+                return
+            histories, latest = _user_histories(np.array(ids, np.int64), timestamps, is_eval, history_length)
+            for index, ((_, _, timestamp, weight), held_out, reason) in enumerate(zip(rows, is_eval.tolist(),
+                                                                                     reasons)):
+                if reason is None:
+                    record = self.serialize(user_id, ids[index], timestamp, weight, history=histories[index])
+                    yield beam.pvalue.TaggedOutput("eval" if held_out else "train", record)
+            if latest is not None:
+                yield beam.pvalue.TaggedOutput("latest", self.serialize_latest(user_id, latest))
 
-    return RecordsFn()
+    return UserRecordsFn()
+
+
+def _drop_reason(held_out: bool, train_count: int, user_id: Optional[int], min_item_count: int) -> Optional[str]:
+    """Why data.prepare drops a row (data.prepare._eval_drops: its first reason), or None: it is written."""
+    if not held_out:
+        return None
+    if train_count == 0:
+        return "unseen_item"
+    if train_count < min_item_count:
+        return "rare_item"
+    return "unseen_user" if user_id is None else None
+
+
+def _user_histories(item_ids: np.ndarray, timestamps: np.ndarray, is_eval: np.ndarray,
+                    history_length: Optional[int]):
+    """([each row's history as a list], the user's latest history as a list), or ([()] * n, None) without
+    history_length: data.history over the user's training rows, as data.prepare computes it for the whole log."""
+    if history_length is None:
+        return [()] * len(item_ids), None
+    train = ~is_eval
+    log = history.history_log(np.zeros(int(train.sum()), np.int64), item_ids[train], timestamps[train])
+    queries = np.concatenate([timestamps, [np.iinfo(np.int64).max]])
+    padded = history.histories_from_log(log, np.zeros(len(queries), np.int64), queries, history_length)
+    rows = [row[row != history.PAD].tolist() for row in padded]
+    return rows[:-1], rows[-1]
+
+
+def _sum_counts(parts: Iterable[Dict[str, int]]) -> Dict[str, int]:
+    """{reason: rows} summed (a CombineGlobally function: parts may be partial sums)."""
+    total = dict.fromkeys(DROP_REASONS, 0)
+    for part in parts:
+        for reason, count in part.items():
+            total[reason] += count
+    return total
 
 
 def _write_vocabularies(staging: str, vocabularies) -> None:
@@ -256,13 +308,12 @@ def _write_vocabularies(staging: str, vocabularies) -> None:
     vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
 
 
-def _write_counts(staging: str, files: List[FileCounts], dropped: List[Dict[str, int]], train: int, eval_rows: int,
+def _write_counts(staging: str, files: List[FileCounts], dropped: Dict[str, int], train: int, eval_rows: int,
                   vocabularies, min_item_count: int) -> None:
     item_of, items, _, users = vocabularies
     document = {
         "files": [dataclasses.asdict(count) for count in sorted(files, key=lambda count: count.index)],
-        "eval_dropped": {reason: sum(part[reason] for part in dropped) for reason in ("unseen_item", "rare_item",
-                                                                                      "unseen_user")},
+        "eval_dropped": dropped,
         "train": train, "eval": eval_rows, "num_items": len(items), "num_users": len(users), "oov_id": items.oov_id,
         "num_items_folded": sum(1 for _, count in item_of.values() if count < min_item_count),
     }
@@ -271,28 +322,30 @@ def _write_counts(staging: str, files: List[FileCounts], dropped: List[Dict[str,
 
 
 def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, file_format: str, eval_per_user: int,
-                   min_item_count: int, num_shards: int) -> None:
+                   min_item_count: int, num_shards: int, history_length: Optional[int] = None) -> None:
     """Adds the whole prepare to `pipeline` (see the module docstring); it writes into staging when run."""
     import apache_beam as beam
     from apache_beam.transforms.combiners import Count, ToList
 
     read = (pipeline | "Files" >> beam.Create(list(enumerate(files))) | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(_read_file_fn(beam, schema, file_format)).with_outputs("counts", main="rows"))
-    file_counts = read.counts | "AllFileCounts" >> beam.combiners.ToList()
+    file_counts = read.counts | "AllFileCounts" >> ToList()
     offsets = file_counts | "Offsets" >> beam.Map(_offsets)
-    split = (read.rows | "ByUser" >> beam.Map(_keyed_by_user, beam.pvalue.AsSingleton(offsets))
-             | "GroupByUser" >> beam.GroupByKey() | "Split" >> beam.FlatMap(_split_user, eval_per_user))
-    vocabularies = _vocabulary_side_input(beam, split, min_item_count)
-    outputs = (split | "Batch" >> beam.BatchElements(min_batch_size=MAX_BATCH // 4, max_batch_size=MAX_BATCH)
-               | "Records" >> beam.ParDo(_records_fn(beam, schema.weight_column is not None, min_item_count),
-                                         beam.pvalue.AsSingleton(vocabularies))
-               .with_outputs("train", "eval", "dropped"))
-    for name in ("train", "eval"):
+    users = (read.rows | "ByUser" >> beam.Map(_keyed_by_user, beam.pvalue.AsSingleton(offsets))
+             | "GroupByUser" >> beam.GroupByKey())
+    vocabularies = _vocabulary_side_input(
+        beam, users | "TrainingCounts" >> beam.FlatMap(_training_counts, eval_per_user), min_item_count)
+    records_fn = _user_records_fn(beam, schema.weight_column is not None, eval_per_user, min_item_count,
+                                  history_length)
+    outputs = (users | "Records" >> beam.ParDo(records_fn, beam.pvalue.AsSingleton(vocabularies))
+               .with_outputs("train", "eval", "latest", "dropped"))
+    names = ("train", "eval") + (("latest",) if history_length is not None else ())
+    for name in names:
         getattr(outputs, name) | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(staging, name), file_name_suffix=".tfrecord", num_shards=num_shards,
-            shard_name_template="-SSSSS-of-NNNNN")
+            os.path.join(staging, LATEST_HISTORY if name == "latest" else name), file_name_suffix=".tfrecord",
+            num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN")
     counts = {name: getattr(outputs, name) | f"Count{name.title()}" >> Count.Globally() for name in ("train", "eval")}
-    dropped = outputs.dropped | "AllDropped" >> ToList()
+    dropped = outputs.dropped | "SumDropped" >> beam.CombineGlobally(_sum_counts)
     vocabularies | "WriteVocabularies" >> beam.Map(lambda vocab: _write_vocabularies(staging, vocab))
     (pipeline | "Done" >> beam.Create([None])
      | "WriteCounts" >> beam.Map(
@@ -303,15 +356,15 @@ def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, 
          beam.pvalue.AsSingleton(vocabularies)))
 
 
-def _vocabulary_side_input(beam, split, min_item_count: int):
-    """The singleton PCollection of _vocabularies over the split rows' training counts."""
+def _vocabulary_side_input(beam, training_counts, min_item_count: int):
+    """The singleton PCollection of _vocabularies over (user, item, 1 / 0) of every row (1: a training row)."""
     from apache_beam.transforms.combiners import ToList
 
-    def training_counts(name, key_of):
-        return (split | f"{name}Rows" >> beam.Map(lambda row: (key_of(row), 0 if row[4] else 1))
+    def counts(name, key_of):
+        return (training_counts | f"{name}Rows" >> beam.Map(lambda row: (key_of(row), row[2]))
                 | f"{name}Counts" >> beam.CombinePerKey(sum) | f"All{name}Counts" >> ToList())
 
-    item_counts = training_counts("Item", lambda row: row[1])
-    user_counts = training_counts("User", lambda row: row[0])
+    item_counts = counts("Item", lambda row: row[1])
+    user_counts = counts("User", lambda row: row[0])
     return (item_counts | "Vocabularies" >> beam.Map(
         lambda items, users: _vocabularies(items, users, min_item_count), beam.pvalue.AsSingleton(user_counts)))

@@ -38,6 +38,9 @@ from data import splits
 
 PAD = -1  # fills the history slots a user has no earlier item for
 DEFAULT_HISTORY_LENGTH = 50
+# The longest history data.prepare writes into records (the trainer's --history_length bound, 10,000, is for
+# histories looked up at load; written ones cost 8 bytes per item per record on disk).
+MAX_WRITTEN_HISTORY_LENGTH = 1000
 
 
 def histories_before(

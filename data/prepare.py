@@ -11,11 +11,15 @@
          (data.features)
       -> a prepared corpus directory (data.corpus), written under a staging name and renamed when complete
 
-Each interaction's history (the user's earlier items, for a history query tower) is not written: it is a window
-of the training split sorted by (user, time), which the trainer sorts once when it loads the corpus
-(data.history.history_log) and reads per batch (data.pipeline.QueryInputs), so one prepared corpus serves any
---history_length. Timestamps are the time order of histories (same-second rows never see each other); without
---timestamp_column, file order is.
+Each interaction's history (the user's earlier training items, for a history query tower) is by default not
+written: it is a window of the training split sorted by (user, time), which the trainer sorts once when it loads
+the corpus (data.history.history_log) and reads per batch (data.pipeline.QueryInputs), so one prepared corpus
+serves any --history_length. With --history_length=N each record carries its history (at most N items) and
+latest_history-*.tfrecord every user's latest (data.records): the trainer then streams the records and never
+reads the training split whole, the way for logs beyond one machine's memory. Timestamps are the time order of
+histories (same-second rows never see each other); without --timestamp_column, file order is.
+
+--runner=beam computes the same corpus with an Apache Beam pipeline (data.beam_prepare).
 
 Eval interactions that the model cannot be asked about are dropped and counted by reason: an item never in
 training or rarer than --min_item_count (its id is the OOV bucket: a recommender cannot retrieve "some rare
@@ -54,7 +58,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from data import atomic, corpus, features, readers, records, splits, vocabulary
+from data import atomic, corpus, features, history, readers, records, splits, vocabulary
 from data import context as context_lib
 from data.readers import DataError
 from data.schema import Schema, SchemaError
@@ -119,6 +123,7 @@ class Summary:
     feature_bad_records: readers.BadRecords  # of the feature side files
     logged_negatives: Optional[Dict] = None  # metadata.json's "logged_negatives", with a negative column
     context_columns: Tuple[context_lib.ContextColumn, ...] = ()
+    history_length: Optional[int] = None  # N when the records carry their history
 
     def report(self) -> str:
         lines = [
@@ -140,6 +145,9 @@ class Summary:
                 f"{sum(counts['dropped'].values())} dropped ({dropped}); up to {counts['max_negatives']} per row"
             )
         lines.extend(context_lib.report(self.context_columns))
+        if self.history_length is not None:
+            lines.append(f"histories written: each record's last {self.history_length} earlier training items of "
+                         "its user, and every user's latest (latest_history-*.tfrecord)")
         for column, missing in sorted(self.items_without_features.items()):
             if missing:
                 lines.append(f"feature {column!r}: {missing} ids have no value")
@@ -167,6 +175,7 @@ def prepare(
     skip_bad_records: bool = False,
     overwrite: bool = False,
     description: str = "",
+    history_length: Optional[int] = None,
 ) -> Summary:
     """Reads, validates, splits and writes a prepared corpus to output_dir (see the module docstring).
 
@@ -175,9 +184,10 @@ def prepare(
     item_features_input / user_features_input: optional side files (same format and delimiter as the log)
     keyed by the schema's item / user column and holding its feature columns; without them the feature
     columns are read from the log itself (the first row of each item or user).
+    history_length: N to write each record's history (at most N items) and every user's latest one.
     Raises DataError (bad input), SchemaError, or FileExistsError; output_dir is then left as it was.
     """
-    check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards)
+    check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards, history_length)
     log = readers.read_log(
         input_pattern,
         schema,
@@ -251,12 +261,17 @@ def prepare(
         schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
     )
 
+    histories = None if history_length is None else _histories(columns, ~is_eval, kept_eval, len(users),
+                                                                history_length)
+
     def write(staging: str) -> None:
         for split_name, mask in (("train", ~is_eval), ("eval", kept_eval)):
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
             split_context = [(part.column, part.values[mask]) for part in context]
             records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask),
-                                       split_context)
+                                       split_context, None if histories is None else histories[split_name])
+        if histories is not None:
+            records.write_latest_histories(staging, histories["latest"], num_shards)
         np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
         vocabulary.write_tsv(os.path.join(staging, corpus.ITEM_VOCABULARY), items)
         vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
@@ -286,6 +301,7 @@ def prepare(
             item_features=feature_metadata["item"],
             user_features=feature_metadata["user"],
             context_columns=[part.column.metadata() for part in context],
+            **({} if history_length is None else {"history_length": history_length}),
             **({} if logged_negatives is None else {
                 "logged_negatives": logged_negatives, "max_negatives": logged_negatives["max_negatives"]}),
         )
@@ -307,11 +323,26 @@ def prepare(
         feature_bad_records=feature_bad_records,
         logged_negatives=logged_negatives,
         context_columns=tuple(part.column for part in context),
+        history_length=history_length,
     )
 
 
+def _histories(columns, is_train: np.ndarray, is_eval: np.ndarray, num_users: int, history_length: int):
+    """{"train": [t, N], "eval": [e, N], "latest": [num_users, N]} int64 PAD-padded: each written row's history
+    (data.history: the user's training items strictly before the row's time) and each user's after all of them."""
+    train = {name: columns[name][is_train] for name in ("user_id", "item_id", "timestamp")}
+    log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
+    users = np.arange(num_users, dtype=np.int64)
+    return {
+        "train": history.histories_from_log(log, train["user_id"], train["timestamp"], history_length),
+        "eval": history.histories_from_log(log, columns["user_id"][is_eval], columns["timestamp"][is_eval],
+                                           history_length),
+        "latest": history.histories_from_log(log, users, np.full(num_users, np.iinfo(np.int64).max), history_length),
+    }
+
+
 def check_arguments(output_dir: str, overwrite: bool, split: str, eval_per_user: int, min_item_count: int,
-                    num_shards: int) -> None:
+                    num_shards: int, history_length: Optional[int] = None) -> None:
     """FileExistsError or ValueError for arguments no runner can prepare with."""
     if os.path.exists(output_dir) and not (overwrite and os.path.isdir(output_dir)):
         raise FileExistsError(f"{output_dir} exists; choose a new --output_dir or pass --overwrite")
@@ -320,6 +351,8 @@ def check_arguments(output_dir: str, overwrite: bool, split: str, eval_per_user:
             f"split={split!r} (expected {' or '.join(splits.METHODS)}), eval_per_user={eval_per_user}, "
             f"min_item_count={min_item_count}, num_shards={num_shards} (expected >= 1)"
         )
+    if history_length is not None and not 1 <= history_length <= history.MAX_WRITTEN_HISTORY_LENGTH:
+        raise ValueError(f"--history_length={history_length}: expected 1 to {history.MAX_WRITTEN_HISTORY_LENGTH}")
 
 
 def _negative_ids(negative_keys, lengths, item_keys, item_id_of, oov_id, row_item_id, written):
@@ -496,6 +529,11 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of --split=random.")
     flags.DEFINE_bool("skip_bad_records", False, "Count, report and skip malformed records instead of stopping.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir (only once the new one is complete).")
+    flags.DEFINE_integer(
+        "history_length", None, "Write each record's history (its user's last N earlier training items) and every "
+        "user's latest history, so trainers.train streams the records and never reads the log whole (needed for "
+        "logs beyond one machine's memory; default: histories computed by the trainer at load, any length).",
+        lower_bound=1, upper_bound=history.MAX_WRITTEN_HISTORY_LENGTH)
     flags.DEFINE_enum("runner", RUNNERS[0], list(RUNNERS), "in_process: this process reads the whole log (the "
                       "embedded default); beam: an Apache Beam pipeline (data.beam_prepare; pip install -e '.[beam]'), "
                       "local worker processes or the runner --beam_options names.")
@@ -572,6 +610,7 @@ def main(argv):
             num_shards=values.num_shards,
             skip_bad_records=values.skip_bad_records,
             overwrite=values.overwrite,
+            history_length=values.history_length,
             **runner_arguments,
         )
     except (DataError, SchemaError, FileExistsError, ValueError) as error:

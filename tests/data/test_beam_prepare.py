@@ -41,11 +41,12 @@ def _rows(directory, split):
     prepared = corpus.PreparedCorpus.load(str(directory))
     columns = records.read_all(prepared.eval_files if split == "eval" else prepared.train_files)
     names = sorted(columns)
-    return names, sorted(zip(*[np.round(columns[name], 6).tolist() for name in names]))
+    return names, sorted(map(repr, zip(*[np.round(columns[name], 6).tolist() for name in names])))
 
 
-@pytest.mark.parametrize("schema", [["--timestamp_column=time", "--weight_column=weight"], []],
-                         ids=["timestamps_and_weights", "file_order"])
+@pytest.mark.parametrize("schema", [["--timestamp_column=time", "--weight_column=weight"], [],
+                                    ["--timestamp_column=time", "--weight_column=weight", "--history_length=2"]],
+                         ids=["timestamps_and_weights", "file_order", "written_histories"])
 def test_both_runners_prepare_the_same_corpus(tmp_path, schema):
     pattern = _log_files(tmp_path)
     args = [*schema, "--min_item_count=2", "--eval_per_user=1", "--skip_bad_records", "--num_shards=3"]
@@ -69,6 +70,26 @@ def test_both_runners_prepare_the_same_corpus(tmp_path, schema):
     assert sorted(path.name for path in (tmp_path / "beam").iterdir()) == sorted(
         path.name for path in (tmp_path / "in_process").iterdir())
     assert beam.stdout.splitlines()[1] == in_process.stdout.splitlines()[1]  # the rows line of the report
+    if "--history_length=2" in schema:
+        for runner in ("beam", "in_process"):
+            _assert_histories_are_data_history(tmp_path / runner, metadata[runner]["num_users"])
+
+
+def _assert_histories_are_data_history(directory, num_users):
+    """Each record's written history is data.history's over the training split; every user's latest too."""
+    from data import history
+
+    prepared = corpus.PreparedCorpus.load(str(directory))
+    train, held_out = records.read_all(prepared.train_files), records.read_all(prepared.eval_files)
+    log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
+    for rows in (train, held_out):
+        assert rows["history"].shape == (len(rows["user_id"]), 2)
+        np.testing.assert_array_equal(rows["history"],
+                                      history.histories_from_log(log, rows["user_id"], rows["timestamp"], 2))
+    assert (train["history"] != history.PAD).any() and (train["history"] == history.PAD).any()
+    users = np.arange(num_users)
+    np.testing.assert_array_equal(records.read_latest_histories(str(directory), num_users, 2),
+                                  history.histories_from_log(log, users, np.full(num_users, 2**62), 2))
 
 
 def test_the_first_bad_record_stops_the_beam_run_in_one_line_and_nothing_is_written(tmp_path):

@@ -5,6 +5,7 @@ Layout of a prepared directory (written by the built-in generator and by `data.p
   item_counts.npy         [num_items] int64 training count per item id (non-increasing: ids ranked by frequency)
   train-*-of-*.tfrecord   training interactions (see data.records)
   eval-*-of-*.tfrecord    held-out interactions
+  latest_history-*.tfrecord  every user's latest history, when the records carry theirs (data.records)
 Optional, written by `data.prepare` for logs with their own keys (the built-in corpus has none):
   item_vocabulary.tsv     header `key\tid\tcount`, one row per item id in id order (id 0 = most frequent)
   user_vocabulary.tsv     header `key\tid`, one row per user id in id order
@@ -53,6 +54,9 @@ class PreparedCorpus:
     context_columns: Tuple[ContextColumn, ...] = ()  # the log's declared context columns, with their value keys
     # False for a log prepared without --timestamp_column: its timestamps are row numbers, so no time of day.
     has_timestamps: bool = True
+    # N when the records carry their history (data.prepare --history_length=N; data.records): the trainer streams
+    # them and reads no split whole. None: histories are looked up in the training split, any length.
+    history_length: Optional[int] = None
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -100,6 +104,7 @@ class PreparedCorpus:
             user_features=user_features,
             context_columns=_context_columns(directory, metadata),
             has_timestamps=metadata.get("schema", {}).get("timestamp_column", "") is not None,
+            history_length=metadata.get("history_length"),
         )
 
 

@@ -52,7 +52,8 @@ MAX_IN_MEMORY_BYTES = 1 << 30
 class QueryInputs:
     """The query features a batch gets beyond user_id, and the users whose rows are left out.
 
-    history_log: the training log sorted for lookups (data.history.history_log), or None for no history.
+    history_log: the training log sorted for lookups (data.history.history_log), or None for no history (or
+      a written one).
     history_length: L, the history's width.
     time_features: add hour_of_day and day_of_week of the row's timestamp (Unix seconds, UTC).
     excluded_users: [k] user ids whose rows never reach training (cold users), or None.
@@ -62,13 +63,15 @@ class QueryInputs:
     history_length: int = history.DEFAULT_HISTORY_LENGTH
     time_features: bool = False
     excluded_users: Optional[np.ndarray] = None
+    # The records carry their history (data.records; at least history_length items): cut to history_length.
+    written_history: bool = False
 
     def batch_function(self):
         """A function batch -> batch with history [b, L] int64 and/or hour_of_day, day_of_week [b] int64
         added, for tf.data map (its lookup tables are captured as constants). A batch that carries its rows'
         HISTORY_POSITIONS (in memory: `with_history_positions`) skips the binary searches."""
         lookup = None if self.history_log is None else history_lookup(self.history_log, self.history_length)
-        time_features = self.time_features
+        time_features, written_history, history_length = self.time_features, self.written_history, self.history_length
 
         def add(batch):
             batch = dict(batch)
@@ -78,6 +81,10 @@ class QueryInputs:
             if lookup is not None:
                 positions = tuple(batch.pop(name, None) for name in HISTORY_POSITIONS)
                 batch["history"] = lookup(batch["user_id"], time, *positions)
+            elif written_history:  # the most recent history_length of the records' own (wider) histories
+                batch["history"] = batch["history"][:, :history_length]
+            elif "history" in batch:  # written, but this model reads none
+                del batch["history"]
             if time_features:
                 batch.update(time_feature_columns(time))
             return batch
@@ -190,9 +197,10 @@ def training_dataset(
 def read_in_memory(
     files: List[str], num_true: int = 1, max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES
 ) -> Optional[Dict[str, np.ndarray]]:
-    """The split's columns {name: [n]} when training_dataset batches it in memory; None when it streams."""
+    """The split's columns {name: [n]} when training_dataset batches it in memory; None when it streams: a split
+    above max_in_memory_bytes, num_true > 1, or records that carry their history (prepared to be streamed)."""
     on_disk = sum(os.path.getsize(path) for path in files)
-    if num_true == 1 and on_disk <= max_in_memory_bytes:
+    if num_true == 1 and on_disk <= max_in_memory_bytes and records.written_history_length(files) is None:
         return records.read_all(files)
     return None
 
@@ -292,6 +300,7 @@ def streaming_batches(
     batch_size = shard_size(batch_size, num_shards)
     width = records.max_negatives(files)  # of the corpus: the same for every shard
     context = records.context_columns(files)
+    written = records.written_history_length(files)
     if num_shards > 1:
         if len(files) < num_shards:
             raise ValueError(f"{len(files)} files cannot be sharded over {num_shards} input pipelines by file")
@@ -305,14 +314,14 @@ def streaming_batches(
     if repeat:
         dataset = dataset.repeat()
     if num_true > 1:
-        dataset = _rows_of_one_user(dataset, num_true, keep, width, context)
+        dataset = _rows_of_one_user(dataset, num_true, keep, width, context, written)
         dataset = dataset.batch(batch_size, drop_remainder=True)
     elif keep is not None:  # records parsed one by one, to drop rows before batching
-        dataset = dataset.map(lambda record: records.parse_single(record, width, context))
+        dataset = dataset.map(lambda record: records.parse_single(record, width, context, written))
         dataset = dataset.filter(keep).batch(batch_size, drop_remainder=True)
     else:
         dataset = dataset.batch(batch_size, drop_remainder=True)
-        dataset = dataset.map(lambda batch: records.parse_batch(batch, width, context),
+        dataset = dataset.map(lambda batch: records.parse_batch(batch, width, context, written),
                               num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(query_inputs.batch_function(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The same seed gives the same order, so skipping what a previous run consumed resumes where it stopped.
@@ -320,11 +329,12 @@ def streaming_batches(
 
 
 def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, width=None,
-                      context=()) -> tf.data.Dataset:
+                      context=(), history_length=None) -> tf.data.Dataset:
     """Serialized records -> rows {user_id: [], item_id, timestamp, weight: [num_true]} of one user each,
     negative_ids [num_true * width] when width (max_negatives) is given, and the earliest interaction's value of
-    each context column; keep: an optional predicate on a parsed record."""
-    parsed = serialized.map(lambda record: records.parse_single(record, width, context),
+    each context column and of its written history (history_length: the records carry one); keep: an optional
+    predicate on a parsed record."""
+    parsed = serialized.map(lambda record: records.parse_single(record, width, context, history_length),
                             num_parallel_calls=tf.data.AUTOTUNE)
     if keep is not None:
         parsed = parsed.filter(keep)
@@ -340,6 +350,8 @@ def _rows_of_one_user(serialized: tf.data.Dataset, num_true: int, keep=None, wid
             values[records.NEGATIVES] = tf.reshape(rows[records.NEGATIVES], [num_true * width])
         earliest = tf.argmin(rows["timestamp"])
         values.update({column.name: tf.gather(rows[column.name], earliest) for column in context})
+        if history_length is not None:  # the earliest interaction's: it holds no target of the row
+            values[records.HISTORY] = tf.gather(rows[records.HISTORY], earliest)
         return {"user_id": rows["user_id"][0], **values}
 
     return grouped.map(row)

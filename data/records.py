@@ -193,10 +193,11 @@ def read_latest_histories(directory: str, num_users: int, history_length: int) -
     """[num_users, history_length] int64 PAD-padded from latest_history-*.tfrecord (each row cut to the first
     history_length items, the most recent); a user without a record has an empty history."""
     paths = sorted(glob.glob(os.path.join(directory, f"{LATEST_HISTORY}-*.tfrecord")))
+    written = max(written_history_length(paths) or 0, 1)  # a record holds up to the written length
     spec = {"user_id": tf.io.FixedLenFeature([], tf.int64), HISTORY: tf.io.VarLenFeature(tf.int64)}
     histories = np.full([num_users, history_length], PAD, np.int64)
     for batch in tf.data.TFRecordDataset(paths).batch(4096).map(lambda rows: tf.io.parse_example(rows, spec)):
-        dense = _dense(batch[HISTORY], max(history_length, 1))[:, :history_length].numpy()
+        dense = _dense(batch[HISTORY], written)[:, :history_length].numpy()
         histories[batch["user_id"].numpy()] = dense
     return histories
 

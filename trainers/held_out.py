@@ -88,7 +88,9 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
     unique_users, groups = _group_by_user(warm)
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
-    train = records.read_all(corpus.train_files) if exclude_seen or "history" in features or len(cold_ids) else None
+    written = corpus.history_length is not None  # the eval records carry their histories: no training split
+    needs_train = exclude_seen or len(cold_ids) or ("history" in features and not written)
+    train = records.read_all(corpus.train_files) if needs_train else None
     seen_ids = None
     if exclude_seen:
         _, seen = _group_by_user(train, unique_users)
@@ -96,7 +98,9 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
     first_rows = _first_rows(warm, unique_users)  # [q] each user's first held-out row
     moment = warm["timestamp"][first_rows]
     query_history = None
-    if "history" in features:
+    if "history" in features and written:
+        query_history = warm["history"][first_rows][:, :history_length]
+    elif "history" in features:
         log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
         query_history = history.histories_from_log(log, unique_users, moment, history_length)
     context_names = [column.name for column in corpus.context_columns]

@@ -23,11 +23,29 @@ def load_corpus(config: RunConfig) -> PreparedCorpus:
         seed=config.seed,
     )
     corpus = sources.load_corpus(data.data, data.cache_dir, synthetic_config)
+    check_written_histories(corpus, config)
     if data.cold_users:
         from trainers import training_input
 
         corpus = training_input.without_cold_users(corpus, config)
     return corpus
+
+
+def check_written_histories(corpus: PreparedCorpus, config: RunConfig) -> None:
+    """ValueError naming the flag when a corpus whose records carry their histories (prepared to be streamed,
+    data.prepare --history_length) meets a setting that reads its training split whole, or a longer history."""
+    written = corpus.history_length
+    if written is None:
+        return
+    why = (f"this corpus was prepared with --history_length={written}, its records carry their histories and "
+           "the trainer streams them, reading no split whole")
+    if "history" in config.model.query_features and config.data.history_length > written:
+        raise ValueError(f"--history_length={config.data.history_length}: {why}, so histories are at most {written} "
+                         f"items; train with --history_length<={written} or prepare the log again")
+    for flag, value in (("cold_users", config.data.cold_users), ("exclude_seen", config.evaluation.exclude_seen)):
+        if value:
+            raise ValueError(f"--{flag}={value} needs the training split read whole: {why}; drop --{flag}, or "
+                             "prepare the log without --history_length")
 
 
 def build_model(

@@ -3,7 +3,8 @@
 Read into memory once when it fits (data.pipeline.read_in_memory), streamed otherwise; either way the batches
 of a run are a function of (seed, step), so `dataset_creator(start_step)` resumes at the exact data position.
 Each batch also carries what the query tower reads (data.pipeline.QueryInputs): the history of every row, looked
-up in the training split sorted once here, and the time features; cold users' rows never reach it.
+up in the training split sorted once here (or read from the records, for a corpus prepared with
+--history_length: then nothing here reads a split whole), and the time features; cold users' rows never reach it.
 """
 
 import dataclasses
@@ -35,6 +36,9 @@ def query_inputs(corpus: PreparedCorpus, config, columns: Optional[Dict[str, np.
     files unless `columns` holds it) when the query tower reads a history, time features for its context, and
     the cold users left out."""
     features, excluded = config.model.query_features, cold_users(corpus, config)
+    if corpus.history_length is not None:  # the records carry it (data.prepare --history_length)
+        return pipeline.QueryInputs(None, config.data.history_length, "context" in features, excluded,
+                                    written_history="history" in features)
     log = None
     if "history" in features:
         columns = columns if columns is not None else records.read_all(corpus.train_files)
@@ -45,7 +49,10 @@ def query_inputs(corpus: PreparedCorpus, config, columns: Optional[Dict[str, np.
 
 def latest_histories(corpus: PreparedCorpus, config) -> np.ndarray:
     """[num_users, history_length] int64: every user's last training items, most recent first (PAD-padded; empty
-    for cold users): the history a history model's export queries for a known user."""
+    for cold users): the history a history model's export queries for a known user (the corpus's
+    latest_history-*.tfrecord when its records carry their histories)."""
+    if corpus.history_length is not None:
+        return records.read_latest_histories(corpus.directory, corpus.num_users, config.data.history_length)
     log = query_inputs(corpus, config).history_log
     users = np.arange(corpus.num_users, dtype=np.int64)
     latest = np.full(corpus.num_users, np.iinfo(np.int64).max)

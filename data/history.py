@@ -22,6 +22,8 @@ two binary searches and one gather, inside the tf.data pipeline. Measured on the
 training interactions): the sorted log takes 0.16 s and 16 MB; the histories themselves as an [n, 50] array
 would take 392 MB of memory (1.3 s), and written into every TFRecord (as variable-length int64 lists) they make
 the training files 1.9x larger (150 MB instead of 79 MB) and fix history_length when the corpus is prepared.
+That is the price a log beyond one machine's memory pays: `data.prepare --history_length=N` (either runner)
+writes them with these functions' rules, and the trainer then streams the records (data.records, "history").
 
 Cold users. `cold_user_ids` picks, from a seed, the users a run keeps wholly out of training; their
 interactions are queried at evaluation with `cold_user_queries`.

@@ -26,6 +26,8 @@ here from the columns the batch already holds: `history` [batch, history_length]
 before the row's timestamp, looked up in the training log sorted by data.history.history_log) and the time
 features `hour_of_day`, `day_of_week` [batch]. A row of num_true interactions takes the history and time of its
 earliest one, so no history holds a target of its row. Rows of `excluded_users` (cold users) are dropped.
+Records that carry their history (`data.prepare --history_length`: QueryInputs.written_history) are always
+streamed, never read whole, and their history is cut to history_length.
 
 Sharding for tf.distribute: with num_shards > 1 each input pipeline takes its contiguous slice of every
 global batch (in memory), or every num_shards-th file (streaming), so the shards together see what a single
@@ -201,8 +203,16 @@ def read_in_memory(
     above max_in_memory_bytes, num_true > 1, or records that carry their history (prepared to be streamed)."""
     on_disk = sum(os.path.getsize(path) for path in files)
     if num_true == 1 and on_disk <= max_in_memory_bytes and records.written_history_length(files) is None:
-        return records.read_all(files)
+        return canonical_order(records.read_all(files))
     return None
+
+
+def canonical_order(columns: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The rows {name: [n, ...]} by (user_id, timestamp, item_id), equal keys as read: a seed's batches then depend
+    on the split's rows, not on the order a writer put them in its shards (data.prepare's two runners write the
+    same rows in different orders). Some 0.2 s for a million rows."""
+    order = np.lexsort((columns["item_id"], columns["timestamp"], columns["user_id"]))
+    return {name: values[order] for name, values in columns.items()}
 
 
 def shard_size(batch_size: int, num_shards: int) -> int:

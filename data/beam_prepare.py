@@ -11,7 +11,8 @@ workers hold one user's rows and a batch of records at a time, never the log.
          the vocabularies are side inputs (they grow with the catalogue, not with the log)
       -> per user: ids, eval drops by reason (data.prepare's rules), histories (data.history on the user's
          training rows, with --history_length), data.records' serializer
-      -> WriteToTFRecord, sharded as data.records.shard_paths names the files
+      -> WriteToTFRecord, named as data.records.shard_paths names the files, as many as the runner's bundles
+         unless --num_shards fixes them (Beam then groups each shard's records on one worker)
       -> the counts, in one small JSON the driver turns into metadata.json (data.corpus) and the report
 
 It runs on Beam's FnApiRunner in local processes by default (direct_running_mode=multi_processing; nothing is
@@ -56,11 +57,13 @@ class FileCounts:
 def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format: str = "csv",
             eval_input: Optional[str] = None, item_features_input: Optional[str] = None,
             user_features_input: Optional[str] = None, split: str = "last", eval_per_user: int = 1, seed: int = 0,
-            min_item_count: int = 1, num_shards: int = prepare_lib.NUM_SHARDS, skip_bad_records: bool = False,
+            min_item_count: int = 1, num_shards: Optional[int] = None, skip_bad_records: bool = False,
             overwrite: bool = False, description: str = "", history_length: Optional[int] = None,
             beam_options: str = "") -> "prepare_lib.Summary":
     """data.prepare.prepare's corpus, by the Beam pipeline (same arguments; split=last only, seed is recorded).
 
+    num_shards: files per split; None lets the runner pick (one per bundle: here one per worker process). A fixed
+      number makes Beam group each shard's records on one worker (a group as large as the log / num_shards).
     beam_options: Beam's own pipeline options (a command line; see pipeline_options).
     Raises ValueError (an option not on this runner yet, bad arguments), DataError, FileExistsError; output_dir
     is then left as it was.
@@ -68,7 +71,7 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
     unsupported = unsupported_options(schema, eval_input, item_features_input, user_features_input, split)
     if unsupported:
         raise ValueError(f"{unsupported}: not on --runner=beam yet; prepare this log with --runner=in_process")
-    prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards,
+    prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards or 1,
                                 history_length)
     files = readers.expand(input_pattern)
     finished = {}
@@ -366,7 +369,7 @@ def _write_counts(staging: str, files: List[FileCounts], counts: Dict[str, int],
 
 
 def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, file_format: str, eval_per_user: int,
-                   min_item_count: int, num_shards: int, history_length: Optional[int] = None) -> None:
+                   min_item_count: int, num_shards: Optional[int], history_length: Optional[int] = None) -> None:
     """Adds the whole prepare to `pipeline` (see the module docstring); it writes into staging when run."""
     import apache_beam as beam
     from apache_beam.transforms.combiners import ToList
@@ -387,7 +390,7 @@ def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, 
     for name in names:
         getattr(outputs, name) | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
             os.path.join(staging, LATEST_HISTORY if name == "latest" else name), file_name_suffix=".tfrecord",
-            num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN")
+            num_shards=num_shards or 0, shard_name_template="-SSSSS-of-NNNNN")
     counts = outputs.counts | "SumCounts" >> beam.CombineGlobally(_sum_counts)
     vocabularies | "WriteVocabularies" >> beam.Map(lambda vocab: _write_vocabularies(staging, vocab))
     (pipeline | "Done" >> beam.Create([None])

@@ -525,7 +525,8 @@ def _define_flags():
     flags.DEFINE_enum("split", "last", list(splits.METHODS), "Held-out interactions per user: latest or random.")
     flags.DEFINE_integer("eval_per_user", 1, "Interactions held out per user.", lower_bound=1)
     flags.DEFINE_integer("min_item_count", 1, "Items with fewer training interactions share an OOV id.", lower_bound=1)
-    flags.DEFINE_integer("num_shards", NUM_SHARDS, "TFRecord shards per split.", lower_bound=1)
+    flags.DEFINE_integer("num_shards", NUM_SHARDS, "TFRecord shards per split (--runner=beam: the runner's bundles "
+                         "unless given).", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of --split=random.")
     flags.DEFINE_bool("skip_bad_records", False, "Count, report and skip malformed records instead of stopping.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir (only once the new one is complete).")
@@ -594,6 +595,8 @@ def main(argv):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' lifecycle, a page per run
 
         run, runner_arguments = beam_prepare.prepare, {"beam_options": values.beam_options}
+        if not values["num_shards"].present:  # the runner picks: one file per bundle
+            runner_arguments["num_shards"] = None
     try:
         summary = run(
             values.input,
@@ -607,7 +610,7 @@ def main(argv):
             eval_per_user=values.eval_per_user,
             seed=values.seed,
             min_item_count=values.min_item_count,
-            num_shards=values.num_shards,
+            **({"num_shards": values.num_shards} if "num_shards" not in runner_arguments else {}),
             skip_bad_records=values.skip_bad_records,
             overwrite=values.overwrite,
             history_length=values.history_length,

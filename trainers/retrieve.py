@@ -80,7 +80,6 @@ def _rows(outputs, k: int, keys):
 
 
 MULTI_VALUE_SEPARATOR = "|"  # between the values of a multi-valued context column in --context
-FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: a numeric context value beyond it is refused
 
 
 def parse_context(pairs, names, kinds=None) -> dict:
@@ -114,9 +113,9 @@ def _context_value(pair: str, kind, value: str):
             number = float(value)
         except ValueError:
             number = math.nan
-        if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        if not math.isfinite(number) or abs(number) > context.MAX_NUMBER:
             raise ValueError(f"--context {pair}: expected a finite number for the numeric context column "
-                             f"(at most {FLOAT32_MAX:.6g} in magnitude, a float32)")
+                             f"(at most {context.MAX_NUMBER:.6g} in magnitude, a float32)")
         return [number]
     if not re.fullmatch(r"-?[0-9]+", value):
         raise ValueError(f"--context {pair}: expected name=integer for the time feature")

@@ -568,6 +568,26 @@ def schema_from_flags(values) -> Schema:
     return Schema(**{key: value for key, value in overrides.items() if value is not None})
 
 
+def _runner(values):
+    """(the prepare function of --runner, its runner-only arguments): on Beam, --num_shards only when given (the
+    runner picks the files otherwise: one per bundle)."""
+    if values.runner != "beam":
+        return prepare, {"num_shards": values.num_shards}
+    import logging
+
+    from absl import app
+
+    try:
+        import apache_beam  # noqa: F401
+
+        from data import beam_prepare
+    except ImportError:
+        raise app.UsageError("--runner=beam needs Apache Beam: pip install -e '.[beam]'") from None
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' lifecycle, a page per run
+    num_shards = values.num_shards if values["num_shards"].present else None
+    return beam_prepare.prepare, {"beam_options": values.beam_options, "num_shards": num_shards}
+
+
 def main(argv):
     from absl import app, flags
 
@@ -585,18 +605,7 @@ def main(argv):
         )
     if values.beam_options and values.runner != "beam":
         raise app.UsageError("--beam_options is read only with --runner=beam")
-    run = prepare
-    runner_arguments = {}
-    if values.runner == "beam":
-        import logging
-
-        from data import beam_prepare
-
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' lifecycle, a page per run
-
-        run, runner_arguments = beam_prepare.prepare, {"beam_options": values.beam_options}
-        if not values["num_shards"].present:  # the runner picks: one file per bundle
-            runner_arguments["num_shards"] = None
+    run, runner_arguments = _runner(values)
     try:
         summary = run(
             values.input,
@@ -610,7 +619,6 @@ def main(argv):
             eval_per_user=values.eval_per_user,
             seed=values.seed,
             min_item_count=values.min_item_count,
-            **({"num_shards": values.num_shards} if "num_shards" not in runner_arguments else {}),
             skip_bad_records=values.skip_bad_records,
             overwrite=values.overwrite,
             history_length=values.history_length,

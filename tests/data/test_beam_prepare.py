@@ -44,16 +44,32 @@ def _rows(directory, split):
     return names, sorted(map(repr, zip(*[np.round(columns[name], 6).tolist() for name in names])))
 
 
-@pytest.mark.parametrize("schema", [["--timestamp_column=time", "--weight_column=weight", "--history_length=2"], []],
-                         ids=["timestamps_weights_and_histories", "file_order"])
-def test_both_runners_prepare_the_same_corpus(tmp_path, schema):
-    pattern = _log_files(tmp_path)
-    args = [*schema, "--min_item_count=2", "--eval_per_user=1", "--skip_bad_records"]
-    shards = ["--num_shards=3"] if schema else []  # without: Beam's runner picks the files (one per bundle)
-    in_process = _prepare(pattern, tmp_path / "in_process", *args, *shards)
-    assert in_process.returncode == 0, in_process.stderr[-3000:]
-    beam = _prepare(pattern, tmp_path / "beam", *args, *shards, *BEAM)
-    assert beam.returncode == 0, beam.stderr[-3000:]
+VARIANTS = {"timestamps_weights_and_histories": ["--timestamp_column=time", "--weight_column=weight",
+                                                 "--history_length=2", "--num_shards=3"],
+            # Without --num_shards Beam's runner picks the files (one per bundle), the in-process runner writes 4.
+            "file_order": []}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """{variant: (directory, {runner: CompletedProcess})}: each variant's log prepared by both runners."""
+    outputs = {}
+    for variant, schema in VARIANTS.items():
+        root = tmp_path_factory.mktemp(variant)
+        pattern = _log_files(root)
+        args = [*schema, "--min_item_count=2", "--eval_per_user=1", "--skip_bad_records"]
+        results = {runner: _prepare(pattern, root / runner, *args, *extra)
+                   for runner, extra in (("in_process", []), ("beam", BEAM))}
+        for runner, result in results.items():
+            assert result.returncode == 0, (variant, runner, result.stderr[-3000:])
+        outputs[variant] = (root, results)
+    return outputs
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_both_runners_prepare_the_same_corpus(prepared, variant):
+    tmp_path, results = prepared[variant]
+    schema = VARIANTS[variant]
     for name in ("item_vocabulary.tsv", "user_vocabulary.tsv"):
         assert (tmp_path / "beam" / name).read_text() == (tmp_path / "in_process" / name).read_text(), name
     np.testing.assert_array_equal(np.load(tmp_path / "beam" / "item_counts.npy"),
@@ -67,12 +83,13 @@ def test_both_runners_prepare_the_same_corpus(tmp_path, schema):
     assert rows["eval_dropped"]["rare_item"] + rows["eval_dropped"]["unseen_item"] >= 1  # u4's y
     for split in ("train", "eval"):
         assert _rows(tmp_path / "beam", split) == _rows(tmp_path / "in_process", split), split
+
     def listing(runner):
         names = sorted(path.name for path in (tmp_path / runner).iterdir())
-        return names if shards else [name for name in names if not name.endswith(".tfrecord")]
+        return names if schema else [name for name in names if not name.endswith(".tfrecord")]
 
     assert listing("beam") == listing("in_process")
-    assert beam.stdout.splitlines()[1] == in_process.stdout.splitlines()[1]  # the rows line of the report
+    assert results["beam"].stdout.splitlines()[1] == results["in_process"].stdout.splitlines()[1]  # rows line
     if "--history_length=2" in schema:
         for runner in ("beam", "in_process"):
             _assert_histories_are_data_history(tmp_path / runner, metadata[runner]["num_users"])
@@ -95,17 +112,14 @@ def _assert_histories_are_data_history(directory, num_users):
                                   history.histories_from_log(log, users, np.full(num_users, 2**62), 2))
 
 
-def test_a_model_trained_on_either_runners_corpus_gets_the_same_held_out_metrics(tmp_path):
+def test_a_model_trained_on_either_runners_corpus_gets_the_same_held_out_metrics(prepared, tmp_path):
     """Same rows, same seed: the in-memory batches are of the rows in canonical order (data.pipeline), so the
-    runners' different shard layouts train the same model."""
-    pattern = _log_files(tmp_path)
-    args = ["--timestamp_column=time", "--weight_column=weight", "--skip_bad_records", "--num_shards=2"]
+    runners' different shard layouts (4 files in process, the runner's own with Beam) train the same model."""
+    root, _ = prepared["file_order"]
     metrics = {}
-    for runner, extra in (("in_process", []), ("beam", BEAM)):
-        prepared = _prepare(pattern, tmp_path / runner, *args, *extra)
-        assert prepared.returncode == 0, prepared.stderr[-3000:]
+    for runner in ("in_process", "beam"):
         model_dir = tmp_path / f"model-{runner}"
-        trained = run_module("trainers.train", f"--data={tmp_path / runner}", f"--model_dir={model_dir}",
+        trained = run_module("trainers.train", f"--data={root / runner}", f"--model_dir={model_dir}",
                              "--batch_size=4", "--num_sampled=3", "--embedding_dim=8", "--epochs=2",
                              "--steps_per_epoch=5", "--eval_top_k=3", "--noexport", "--projector_items=0", "--seed=5")
         assert trained.returncode == 0, trained.stderr[-3000:]

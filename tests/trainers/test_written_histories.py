@@ -71,20 +71,32 @@ def test_the_history_model_trains_evaluates_and_exports_on_written_histories(cor
     for line in (corpora / "log.csv").read_text().splitlines()[1:]:
         user, item, _ = line.split(",")
         held_out[user] = item  # each user's last row is the held-out one
-    users = [f"u{user}" for user in range(0, NUM_USERS, 50)]  # 4 users: a retrieve process each
-    found = sum(held_out[user] in [row[2] for row in _retrieve_rows(f"--export_dir={export}", f"--user_id={user}")]
-                for user in users)
-    assert found >= len(users) // 2, found
+    for user in ("u0", "u100"):  # a retrieve process each; the walk makes the next item easy (recall@10 ~ 1)
+        assert held_out[user] in [row[2] for row in _retrieve_rows(f"--export_dir={export}", f"--user_id={user}")]
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--history_length=9"], "--history_length=9: this corpus was prepared with --history_length=8"),
-    (["--cold_users=0.1"], "--cold_users=0.1 needs the training split read whole"),
-    (["--exclude_seen"], "--exclude_seen=True needs the training split read whole"),
-])
-def test_settings_that_need_the_whole_split_are_refused_in_one_line(corpora, tmp_path, flags, expected):
+def test_a_longer_history_is_refused_at_the_command_line(corpora, tmp_path):
     result = run_module("trainers.train", f"--data={corpora / 'written'}", f"--model_dir={tmp_path / 'model'}",
-                        *TRAIN, *flags)
+                        *TRAIN, "--history_length=9")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--history_length=9: this corpus was prepared with --history_length=8" in line, line
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("section, name, value, expected", [
+    ("data", "cold_users", 0.1, "--cold_users=0.1 needs the training split read whole"),
+    ("evaluation", "exclude_seen", True, "--exclude_seen=True needs the training split read whole"),
+])
+def test_settings_that_read_the_whole_split_are_refused(corpora, section, name, value, expected):
+    """The same check as the command line's (model_builder.load_corpus runs it before reading anything)."""
+    import dataclasses
+
+    from data import corpus
+    from trainers import model_builder, run_config
+
+    config = run_config.RunConfig()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, history_length=WRITTEN))
+    config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: value})})
+    with pytest.raises(ValueError, match=expected):
+        model_builder.check_written_histories(corpus.PreparedCorpus.load(str(corpora / "written")), config)

@@ -36,12 +36,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from data import atomic, corpus, history, readers, splits, vocabulary
+from data import atomic, corpus, history, readers, records, splits, vocabulary
 from data import prepare as prepare_lib
 from data.readers import DataError
 from data.schema import Schema
 
-LATEST_HISTORY = "latest_history"  # data.records.LATEST_HISTORY (records imports TensorFlow; the driver need not)
 PIPELINE_COUNTS = "_pipeline_counts.json"  # written by the pipeline into the staging directory, read and removed
 
 
@@ -254,18 +253,16 @@ def _vocabularies(counts: List[Tuple[Tuple[str, str], int]], min_item_count: int
     training count) pairs: every item read (eval-only ones with 0) and the users with training rows (data.prepare's
     rules: an item below min_item_count in the OOV bucket)."""
     item_counts = [(key, count) for (kind, key), count in counts if kind == "item"]
-    user_counts = [(key, count) for (kind, key), count in counts if kind == "user" and count > 0]
-    item_keys = [key for key, _ in item_counts]
-    items, item_ids = vocabulary.build(item_keys, np.array([count for _, count in item_counts], np.int64),
-                                       min_item_count)
-    users, user_ids = vocabulary.build([key for key, _ in user_counts],
-                                       np.array([count for _, count in user_counts], np.int64), 0)
+    user_counts = [(key, count) for (kind, key), count in counts if kind == "user"]
+    items, item_ids = vocabulary.build([key for key, _ in item_counts],
+                                       np.array([count for _, count in item_counts], np.int64), min_item_count)
+    user_keys = [key for key, _ in user_counts]
+    users, user_ids = prepare_lib.trained_user_vocabulary(user_keys, np.array([c for _, c in user_counts], np.int64))
     return ({key: (item_id, count) for (key, count), item_id in zip(item_counts, item_ids.tolist())}, items,
-            dict(zip([key for key, _ in user_counts], user_ids.tolist())), users)
+            {key: user_id for key, user_id in zip(user_keys, user_ids.tolist()) if user_id >= 0}, users)
 
 
-DROP_REASONS = ("unseen_item", "rare_item", "unseen_user")  # data.prepare.EVAL_DROP_REASONS, in its order
-COUNTED = ("train", "eval") + DROP_REASONS + (None,)  # what a records bundle counts (None: a row counted twice)
+COUNTED = ("train", "eval") + prepare_lib.EVAL_DROP_REASONS  # what a records bundle counts: rows written, dropped
 
 
 def _user_records_fn(beam, with_weight: bool, eval_per_user: int, min_item_count: int,
@@ -276,8 +273,6 @@ def _user_records_fn(beam, with_weight: bool, eval_per_user: int, min_item_count
         reason: rows} under "counts" (the eval rows dropped by data.prepare's reasons and rules)."""
 
         def setup(self):
-            from data import records
-
             self.serialize = records._serializer(with_weight, with_history=history_length is not None)
             self.serialize_latest = records.latest_history_serializer()
 
@@ -287,23 +282,23 @@ def _user_records_fn(beam, with_weight: bool, eval_per_user: int, min_item_count
         def process(self, element, vocabularies, offsets):
             item_of, _, user_of, _ = vocabularies
             user, rows, is_eval = _split_user(element, eval_per_user, offsets)
-            user_id = user_of.get(user)
-            ids, counts = zip(*[item_of[item] for _, item, _, _ in rows])
-            timestamps = np.array([row[2] for row in rows], np.int64)
-            reasons = [_drop_reason(held_out, count, user_id, min_item_count)
-                       for held_out, count in zip(is_eval.tolist(), counts)]
-            for reason in reasons:
-                self.counts[reason] += 1  # None: written
-            if user_id is None:  # no training row: every row was dropped
+            user_id = user_of.get(user, -1)
+            ids, item_counts = (np.array(column, np.int64) for column in zip(*[item_of[row[1]] for row in rows]))
+            user_counts = np.full(len(rows), int((~is_eval).sum()), np.int64)
+            drops = prepare_lib.eval_drops(is_eval, item_counts, user_counts, min_item_count)
+            for reason, mask in drops.items():
+                self.counts[reason] += int(mask.sum())
+            if user_id < 0:  # no training row: every row was dropped
                 return
-            histories, latest = _user_histories(np.array(ids, np.int64), timestamps, is_eval, history_length)
-            for index, ((_, _, timestamp, weight), held_out, reason) in enumerate(zip(rows, is_eval.tolist(),
-                                                                                     reasons)):
-                if reason is None:
-                    split = "eval" if held_out else "train"
-                    self.counts[split] += 1
-                    record = self.serialize(user_id, ids[index], timestamp, weight, history=histories[index])
-                    yield beam.pvalue.TaggedOutput(split, record)
+            written = ~np.logical_or.reduce(list(drops.values()))
+            histories, latest = _user_histories(ids, np.array([row[2] for row in rows], np.int64), is_eval,
+                                                history_length)
+            for index in np.flatnonzero(written).tolist():
+                split = "eval" if is_eval[index] else "train"
+                self.counts[split] += 1
+                _, _, timestamp, weight = rows[index]
+                record = self.serialize(user_id, int(ids[index]), timestamp, weight, history=histories[index])
+                yield beam.pvalue.TaggedOutput(split, record)
             if latest is not None:
                 yield beam.pvalue.TaggedOutput("latest", self.serialize_latest(user_id, latest))
 
@@ -311,21 +306,9 @@ def _user_records_fn(beam, with_weight: bool, eval_per_user: int, min_item_count
             from apache_beam.transforms.window import GlobalWindow
             from apache_beam.utils.windowed_value import WindowedValue
 
-            del self.counts[None]
             yield beam.pvalue.TaggedOutput("counts", WindowedValue(self.counts, 0, [GlobalWindow()]))
 
     return UserRecordsFn()
-
-
-def _drop_reason(held_out: bool, train_count: int, user_id: Optional[int], min_item_count: int) -> Optional[str]:
-    """Why data.prepare drops a row (data.prepare._eval_drops: its first reason), or None: it is written."""
-    if not held_out:
-        return None
-    if train_count == 0:
-        return "unseen_item"
-    if train_count < min_item_count:
-        return "rare_item"
-    return "unseen_user" if user_id is None else None
 
 
 def _user_histories(item_ids: np.ndarray, timestamps: np.ndarray, is_eval: np.ndarray,
@@ -344,7 +327,7 @@ def _user_histories(item_ids: np.ndarray, timestamps: np.ndarray, is_eval: np.nd
 
 def _sum_counts(parts: Iterable[Dict[str, int]]) -> Dict[str, int]:
     """{name: rows} summed (a CombineGlobally function: parts may be partial sums)."""
-    total = dict.fromkeys(COUNTED[:-1], 0)
+    total = dict.fromkeys(COUNTED, 0)
     for part in parts:
         for name, count in part.items():
             total[name] += count
@@ -363,7 +346,7 @@ def _write_counts(staging: str, files: List[FileCounts], counts: Dict[str, int],
     item_of, items, _, users = vocabularies
     document = {
         "files": [dataclasses.asdict(count) for count in sorted(files, key=lambda count: count.index)],
-        "eval_dropped": {reason: counts[reason] for reason in DROP_REASONS},
+        "eval_dropped": {reason: counts[reason] for reason in prepare_lib.EVAL_DROP_REASONS},
         "train": counts["train"], "eval": counts["eval"], "num_items": len(items), "num_users": len(users),
         "oov_id": items.oov_id, "num_items_folded": sum(1 for _, count in item_of.values() if count < min_item_count),
     }
@@ -392,7 +375,7 @@ def build_pipeline(pipeline, files: List[str], schema: Schema, staging: str, *, 
     names = ("train", "eval") + (("latest",) if history_length is not None else ())
     for name in names:
         getattr(outputs, name) | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(staging, LATEST_HISTORY if name == "latest" else name), file_name_suffix=".tfrecord",
+            os.path.join(staging, records.LATEST_HISTORY if name == "latest" else name), file_name_suffix=".tfrecord",
             num_shards=num_shards or 0, shard_name_template="-SSSSS-of-NNNNN")
     counts = outputs.counts | "SumCounts" >> beam.CombineGlobally(_sum_counts)
     vocabularies | "WriteVocabularies" >> beam.Map(lambda vocab: _write_vocabularies(staging, vocab))

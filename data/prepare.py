@@ -228,9 +228,9 @@ def prepare(
         items, item_id_of = vocabulary.build(item_keys, train_item_counts, min_item_count)
     except ValueError as error:
         raise DataError(f"--input {input_pattern}: {error}") from None
-    users, user_id_of = _trained_user_vocabulary(user_keys, train_user_counts)
+    users, user_id_of = trained_user_vocabulary(user_keys, train_user_counts)
     item_id, user_id = item_id_of[item_code], user_id_of[user_code]
-    drops = _eval_drops(is_eval, train_item_counts[item_code], train_user_counts[user_code], min_item_count)
+    drops = eval_drops(is_eval, train_item_counts[item_code], train_user_counts[user_code], min_item_count)
     kept_eval = is_eval & ~np.logical_or.reduce(list(drops.values()))
     if not kept_eval.any():
         eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
@@ -442,7 +442,7 @@ def _joined_columns(log: readers.RawLog, held_out_log: Optional[readers.RawLog],
     return timestamps, weights
 
 
-def _trained_user_vocabulary(user_keys: List[str], train_counts: np.ndarray):
+def trained_user_vocabulary(user_keys: List[str], train_counts: np.ndarray):
     """(vocabulary of the users with training rows, id [k] of each key, -1 for a user never in training)."""
     trained = np.flatnonzero(train_counts > 0)
     users, id_of_trained = vocabulary.build([user_keys[index] for index in trained], train_counts[trained], 0)
@@ -451,7 +451,7 @@ def _trained_user_vocabulary(user_keys: List[str], train_counts: np.ndarray):
     return users, id_of
 
 
-def _eval_drops(is_eval, item_train_count, user_train_count, min_item_count: int) -> Dict[str, np.ndarray]:
+def eval_drops(is_eval, item_train_count, user_train_count, min_item_count: int) -> Dict[str, np.ndarray]:
     """{reason: [n] bool} the eval rows dropped for each of EVAL_DROP_REASONS, each row for its first reason.
 
     item_train_count, user_train_count: [n] the training count of each row's item and user.

@@ -74,7 +74,8 @@ def test_both_runners_prepare_the_same_corpus(prepared, variant):
         assert (tmp_path / "beam" / name).read_text() == (tmp_path / "in_process" / name).read_text(), name
     np.testing.assert_array_equal(np.load(tmp_path / "beam" / "item_counts.npy"),
                                   np.load(tmp_path / "in_process" / "item_counts.npy"))
-    metadata = {runner: json.loads((tmp_path / runner / "metadata.json").read_text()) for runner in ("beam", "in_process")}
+    metadata = {runner: json.loads((tmp_path / runner / "metadata.json").read_text())
+                for runner in ("beam", "in_process")}
     assert metadata["beam"] == metadata["in_process"]
     rows = metadata["beam"]["rows"]
     bad = 3 if schema else 1  # without the time and weight columns only the empty item is bad

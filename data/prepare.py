@@ -539,8 +539,8 @@ def _define_flags():
                       "embedded default); beam: an Apache Beam pipeline (data.beam_prepare; pip install -e '.[beam]'), "
                       "local worker processes or the runner --beam_options names.")
     flags.DEFINE_string("beam_options", "", "With --runner=beam: Beam's own pipeline options, e.g. "
-                        "'--direct_num_workers=4' or '--runner=DataflowRunner --project=P --region=R "
-                        "--temp_location=gs://B/tmp' (default: every local core, multi_processing).")
+                        "'--direct_num_workers=4' or '--runner=FlinkRunner --flink_master=host:8081' (default: every local core, "
+                        "multi_processing; README: 'Logs that outgrow one machine').")
 
 
 def schema_from_flags(values) -> Schema:

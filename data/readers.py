@@ -160,14 +160,15 @@ def read_log(
     columns += (negative_column,) if negative_column else ()  # last: the other columns keep their positions
     multi_valued = set(schema.multi_valued_columns)
     has_weight = schema.weight_column is not None
-    first_feature = len(schema.interaction_columns())
+    interaction_columns = schema.interaction_columns()
+    first_feature = len(interaction_columns)
     user_keys, item_keys, timestamps, weights, negative_keys, negative_lengths = [], [], [], [], [], []
     item_rows, user_rows = {}, {}
     bad = BadRecords()
 
     for path in files:
         for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
-            interaction = _interaction(values, schema, location, bad, skip_bad_records)
+            interaction = _interaction(values, interaction_columns, schema, location, bad, skip_bad_records)
             if interaction is None:  # each bad record is counted once, for its first fault
                 continue
             user, item, timestamp, weight = interaction
@@ -588,15 +589,15 @@ def interactions_of_file(path: str, schema: Schema, file_format: str, bad: BadRe
     file, in file order, validated as read_log validates them; the bad ones counted in bad (or DataError)."""
     columns = schema.interaction_columns()
     for location, values in _records(path, file_format, schema, columns, bad, skip):
-        interaction = _interaction(values, schema, location, bad, skip)
+        interaction = _interaction(values, columns, schema, location, bad, skip)
         if interaction is not None:
             yield interaction
 
 
-def _interaction(values, schema: Schema, location: str, bad: BadRecords, skip: bool):
-    """(user, item, timestamp or None, weight or None) of a record's leading schema.interaction_columns()
-    values, or None (counted in bad) for the first fault found."""
-    columns = schema.interaction_columns()
+def _interaction(values, columns: Tuple[str, ...], schema: Schema, location: str, bad: BadRecords, skip: bool):
+    """(user, item, timestamp or None, weight or None) of a record's leading values, those of columns (the
+    schema's interaction_columns(), passed in: this runs once per row), or None (counted in bad) for the first
+    fault found."""
     user = _key(values[0], columns[0], location, bad, skip)
     item = None if user is None else _key(values[1], columns[1], location, bad, skip)
     if item is None:

@@ -1,13 +1,28 @@
-"""How every command of the project starts and fails: absl's app.run, with usage errors as one line, and
-commands stopped by a signal while they wait as one line too."""
+"""How every command of the project starts, talks and fails: absl's app.run, with usage errors as one line, and
+commands stopped by a signal while they wait as one line too; TensorFlow's C++ log quiet unless asked for, and
+the command's own log lines plain (no absl prefix), each once.
+
+Output at the default --verbosity: the command's own lines only. --verbosity=1 (absl's debug) or more: every
+TensorFlow and absl record, in their own formats. A TF_CPP_MIN_LOG_LEVEL of the user's own is always kept.
+"""
 
 import contextlib
+import logging
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Callable, Mapping, Optional, Sequence
 
 from absl import app
+from absl import logging as absl_logging
+
+# TF_CPP_MIN_LOG_LEVEL when the user set none. We differ from TensorFlow (0, everything): at 0, 1 or 2 a healthy
+# CPU run prints CUDA probing, oneDNN and CPU-feature notices, "Local rendezvous is aborting" and an E-level
+# "failed call to cuInit" line; 3 keeps FATAL only. A failure that stops a run reaches the user as a Python error.
+QUIET_TF_CPP_LOG_LEVEL = "3"
+VERBOSE_TF_CPP_LOG_LEVEL = "0"
+# absl's --verbosity from which a command shows everything: 1, absl's debug.
+VERBOSE = 1
 
 
 class Stopped(Exception):
@@ -40,12 +55,74 @@ def stop_on_signals(describe: Callable[[str], str]):
                 signal.signal(number, old)
 
 
+def verbosity_ahead_of_absl(argv: Sequence[str]) -> int:
+    """--verbosity (-v) as app.run will parse it from argv (--flagfile included); -1, absl's default, when it is
+    absent or no integer (app.run reports that). Read ahead of absl because TensorFlow reads its C++ log level
+    once, when first imported, and a command's imports take TensorFlow in before app.run parses the flags."""
+    from absl import flags
+
+    ahead = flags.FlagValues()
+    flags.DEFINE_integer("verbosity", -1, "", short_name="v", flag_values=ahead)
+    try:
+        ahead(list(argv), known_only=True)
+    except flags.Error:
+        return -1
+    return ahead.verbosity
+
+
+def tensorflow_cpp_log_level(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The TF_CPP_MIN_LOG_LEVEL a command sets: None when the user set one (theirs stands), else everything (0)
+    from --verbosity=1 up and FATAL only (3) below."""
+    if "TF_CPP_MIN_LOG_LEVEL" in environ:
+        return None
+    return VERBOSE_TF_CPP_LOG_LEVEL if verbosity_ahead_of_absl(argv) >= VERBOSE else QUIET_TF_CPP_LOG_LEVEL
+
+
+def quiet_tensorflow_for_commands() -> None:
+    """Sets TF_CPP_MIN_LOG_LEVEL for `python -m <package>.<command>` before TensorFlow is imported; nothing when
+    other code imports the package (a test, a notebook, a script decide their own output), or too late.
+
+    The packages' __init__ call this: while Python locates the module of -m it imports the module's package
+    with sys.argv[0] set to "-m". Worker processes a command starts inherit the level it set.
+    """
+    if sys.argv[:1] != ["-m"] or "tensorflow" in sys.modules:
+        return
+    level = tensorflow_cpp_log_level(sys.argv, os.environ)
+    if level is not None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+
+
+class PlainFormatter(logging.Formatter):
+    """A command's log lines as a person reads them: an INFO record is its message alone, a warning or error
+    "warning: <message>". We differ from absl's format ("I1203 15:44:37.435321 140021026061184 train.py:48] ..."),
+    which is for log files and greps: --verbosity=1 brings it back."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
+def show_plain_lines() -> None:
+    """After app.run parsed --verbosity (and put absl's handler on the root logger): each record once, plainly,
+    unless --verbosity=1 or more asks for every TensorFlow record in absl's format."""
+    tensorflow_logger = logging.getLogger("tensorflow")
+    # TensorFlow gives its logger a stderr handler of its own when it is imported while the root logger has none,
+    # as a command's imports do; absl's handler on the root printed each record again: every warning twice.
+    for handler in list(tensorflow_logger.handlers):
+        tensorflow_logger.removeHandler(handler)
+    if absl_logging.get_verbosity() >= VERBOSE:
+        tensorflow_logger.setLevel(logging.NOTSET)  # its INFO records too (trainers/__init__ keeps warnings only)
+        return
+    absl_logging.get_absl_handler().setFormatter(PlainFormatter())
+
+
 def run(main) -> None:
     """app.run(main), except that an app.UsageError raised in main prints one line (and a hint to --helpfull)
     instead of absl's page of flag help above it, exit code 1 like absl's; and Stopped prints its line, exit code
-    128 + the signal's number."""
+    128 + the signal's number. Log records print as show_plain_lines says."""
 
     def main_with_one_line_errors(argv):
+        show_plain_lines()
         program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] != "-m" else "error"
         try:
             return main(argv)

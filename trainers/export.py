@@ -27,7 +27,9 @@ The default brute-force index loads with plain `tf.saved_model.load`; `--index=s
 loading process first (its custom ops).
 """
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -43,6 +45,26 @@ from trainers import cli
 
 METADATA = os.path.join("assets.extra", "export.json")
 INDEXES = ("brute_force", "scann")
+# tf-keras' warning when tf.saved_model.save asks a subclassed Model for its config (twice per export).
+_NO_CONFIG_WARNING = "Model's `__init__()` arguments contain non-serializable objects"
+
+
+class _WithoutNoConfigWarning(logging.Filter):
+    def filter(self, record):
+        return _NO_CONFIG_WARNING not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_config_warning():
+    """Within the block, TensorFlow's logger drops tf-keras' no-config warning, and only it. It is about
+    re-creating the Keras model from its config (keras.models.load_model), which this export is not for: the
+    SavedModel serves through its signatures, and the trainer rebuilds models from config.json."""
+    tensorflow_logger, without = logging.getLogger("tensorflow"), _WithoutNoConfigWarning()
+    tensorflow_logger.addFilter(without)
+    try:
+        yield
+    finally:
+        tensorflow_logger.removeFilter(without)
 
 
 def _write_lines(path, lines):
@@ -330,7 +352,8 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         # Vocabularies are read at save time and copied into the SavedModel's assets/.
         with tempfile.TemporaryDirectory(prefix="vocabulary-") as vocabulary_dir:
             module, signatures = _serving_module(model, corpus, k, index, vocabulary_dir, user_histories)
-            tf.saved_model.save(module, saved_model_dir, signatures=signatures)
+            with _no_config_warning():
+                tf.saved_model.save(module, saved_model_dir, signatures=signatures)
         os.makedirs(os.path.join(saved_model_dir, "assets.extra"), exist_ok=True)
         with open(os.path.join(saved_model_dir, METADATA), "w") as file:
             json.dump({**metadata, "has_vocabulary": "serving_keys" in signatures,

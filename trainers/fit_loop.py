@@ -156,12 +156,13 @@ def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCall
     frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
     model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
+    step = int(model.optimizer.iterations.numpy())
     if config.logging.projector_items:
         num_shown = min(config.logging.projector_items, corpus.num_items)
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
-        summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys)
+        summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys,
+                                  step)
     baseline = held_out.popularity_baseline(corpus.item_counts, evaluation.held_out, ks)
-    step = int(model.optimizer.iterations.numpy())
     for at_step in sorted({0, step}):  # a flat line beside the model's curves (eval/most_popular/...)
         summaries.write_scalars(evaluation.writer, at_step, held_out.baseline_scalars(baseline), flush=True)
     return {"metrics": model_metrics, "most_popular": baseline}

@@ -71,25 +71,50 @@ def write_hparams(log_dir: str, hparams: Dict[str, object]) -> None:
         hparams_api.hparams(values)
 
 
-def write_projector(log_dir: str, item_embeddings: np.ndarray, item_counts: np.ndarray, item_keys=None) -> None:
-    """The embedding projector of the given (most frequent) items, with key and count as metadata.
+PROJECTOR_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"  # Checkpoint(embedding=...)'s name for the table
+PROJECTOR_METADATA = "metadata.tsv"
+
+
+def write_projector(log_dir: str, item_embeddings: np.ndarray, item_counts: np.ndarray, item_keys=None,
+                    step: int = 0) -> None:
+    """The embedding projector of the given (most frequent) items, labelled by their keys, with counts.
 
     item_embeddings: [n, dim] for item ids 0..n-1 (ids are ranked by frequency, so these are the n most
-    frequent). Written as a checkpoint plus projector_config.pbtxt in log_dir.
+    frequent). Written into log_dir as a checkpoint, projector_config.pbtxt, metadata.tsv and an event file:
+    TensorBoard's projector plugin looks for the config only in the directories of runs, and a run is a
+    directory holding an event file (Keras' TensorBoard callback puts its config beside its train/ events).
     """
     os.makedirs(log_dir, exist_ok=True)
-    with open(os.path.join(log_dir, "metadata.tsv"), "w") as file:
-        file.write("item_id\tkey\tcount\n")
-        for item_id, count in enumerate(item_counts[: len(item_embeddings)]):
-            key = item_keys[item_id] if item_keys is not None else item_id
-            file.write(f"{item_id}\t{key}\t{int(count)}\n")
+    _write_projector_metadata(os.path.join(log_dir, PROJECTOR_METADATA), item_counts[: len(item_embeddings)],
+                              item_keys)
     embedding = tf.Variable(item_embeddings, name="item_embedding")
     tf.train.Checkpoint(embedding=embedding).save(os.path.join(log_dir, "embedding.ckpt"))
     config = projector.ProjectorConfig()
     entry = config.embeddings.add()
-    entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    entry.metadata_path = "metadata.tsv"
+    entry.tensor_name = PROJECTOR_TENSOR
+    entry.metadata_path = PROJECTOR_METADATA
     projector.visualize_embeddings(log_dir, config)
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=step), tf.summary.record_if(True):
+        tf.summary.text("projector", f"the {len(item_embeddings)} most frequent items' embeddings "
+                                     f"({item_embeddings.shape[1]} dimensions), labelled by {PROJECTOR_METADATA}")
+    writer.close()
+
+
+def _write_projector_metadata(path: str, item_counts: np.ndarray, item_keys) -> None:
+    """One row per item: key (when the corpus has a vocabulary), item_id, count. The key comes first because the
+    projector labels points by the first non-numeric column, else by the first one (keys such as MovieLens ids
+    are numeric)."""
+    with open(path, "w") as file:
+        file.write("key\titem_id\tcount\n" if item_keys is not None else "item_id\tcount\n")
+        for item_id, count in enumerate(item_counts):
+            key = _one_cell(item_keys[item_id]) + "\t" if item_keys is not None else ""
+            file.write(f"{key}{item_id}\t{int(count)}\n")
+
+
+def _one_cell(key) -> str:
+    """A key as one TSV cell: its tabs and line breaks, which would split its row, as spaces."""
+    return str(key).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def check_initial_loss(model, first_batch, expected: Optional[float], writer) -> None:

@@ -152,8 +152,8 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_c
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
     """The final held-out metrics (the best epoch's with --keep_best, else the last epoch's, when an epoch ran),
-    the most-popular baseline on the same queries (also in TensorBoard), and the embedding projector of the most
-    frequent items."""
+    the most-popular baseline on the same queries (also in TensorBoard, as the run tensorboard/most_popular), and
+    the embedding projector of the most frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
     model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
     step = int(model.optimizer.iterations.numpy())
@@ -163,6 +163,17 @@ def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCall
         summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys,
                                   step)
     baseline = held_out.popularity_baseline(corpus.item_counts, evaluation.held_out, ks)
-    for at_step in sorted({0, step}):  # a flat line beside the model's curves (eval/most_popular/...)
-        summaries.write_scalars(evaluation.writer, at_step, held_out.baseline_scalars(baseline), flush=True)
+    write_baseline_events(write_dir.events(BASELINE_RUN), baseline, step)
     return {"metrics": model_metrics, "most_popular": baseline}
+
+
+BASELINE_RUN = "most_popular"  # tensorboard/most_popular: the baseline's TensorBoard run, named as in metrics.json
+
+
+def write_baseline_events(log_dir: str, baseline: Dict[str, float], step: int) -> None:
+    """The baseline as a run of its own under the eval run's tag names (recall_at_10, cold_users/recall_at_10),
+    so TensorBoard draws it on the model's charts; a flat line from step 0 to the final step."""
+    writer = tf.summary.create_file_writer(log_dir)
+    for at_step in sorted({0, step}):
+        summaries.write_scalars(writer, at_step, baseline)
+    writer.close()

@@ -8,7 +8,8 @@ features and its values of the corpus's context columns), when the model reads t
 kept wholly out of training): one query per held-out interaction, each user's last eval_per_user interactions
 (the corpus's split), with the user's other items before it as its history (data.history.cold_user_queries)
 and the interaction's own context; their metrics are named COLD + name ("cold_users/recall_at_100" in
-TensorBoard), and the most-popular baseline is computed for each group. No ranking holds the `<oov>` bucket.
+TensorBoard), and the most-popular baseline is computed for each group under the same names (TensorBoard shows
+it as a run of its own, tensorboard/most_popular, so each chart overlays model and baseline). No ranking holds the `<oov>` bucket.
 """
 
 import dataclasses
@@ -264,14 +265,6 @@ def metrics_document(model_metrics: Dict[str, float], baseline_metrics: Dict[str
     if model_cold:
         document["cold_users"] = {"model": model_cold, "most_popular": baseline_cold}
     return document
-
-
-def baseline_scalars(baseline_metrics: Dict[str, float]) -> Dict[str, float]:
-    """The baseline's TensorBoard tags beside the model's: most_popular/<name>, cold_users/most_popular/<name>."""
-    warm, cold = split_cold(baseline_metrics)
-    tags = {f"most_popular/{name}": value for name, value in warm.items()}
-    tags.update({f"{COLD}most_popular/{name}": value for name, value in cold.items()})
-    return tags
 
 
 # The report's rows: (metric name prefix, label); both name their averaging, as users compare them with others'.

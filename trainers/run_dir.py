@@ -6,7 +6,12 @@
                           damaged/    damaged checkpoints the restore policy set aside (never deleted)
                           best/       --keep_best: the best epoch's checkpoint and best.json
                backup/             BackupAndRestore's state of an interrupted multi_worker job
-               tensorboard/        train/, eval/ events, hparams, projector/, the profiler's plugins/
+               tensorboard/        hparams (its own events), the profiler's plugins/, and one run per directory:
+                          train/        per-step loss, throughput, sampler diagnostics
+                          eval/         held-out metrics per epoch (recall_at_10, cold_users/recall_at_10, ...)
+                          most_popular/ the most-popular baseline under eval/'s tag names, so charts overlay them
+                          projector/    item embeddings checkpoint, projector_config.pbtxt, metadata.tsv (key,
+                                        item_id, count) and an event file, without which TensorBoard sees no run
                metrics.json        final held-out metrics of the model and the most-popular baseline
                run_summary.json    what the chief's run did (steps, restore, placement, fingerprint, metrics)
                task_summaries/     the same from each other task of a distributed job (<task>.json)
@@ -61,7 +66,7 @@ class RunDir:
         return self.join("tensorboard")
 
     def events(self, name: str) -> str:
-        """tensorboard/<name>: "train", "eval", "projector"."""
+        """tensorboard/<name>, one TensorBoard run: "train", "eval", "most_popular", "projector"."""
         return self.join("tensorboard", name)
 
     def evaluation(self, step: int) -> str:

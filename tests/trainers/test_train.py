@@ -40,6 +40,11 @@ def test_tensorboard_shows_loss_and_recall_curves(trained_run):
         recall = eval_scalars[f"recall_at_{k}"]
         assert len(recall) == 3, "one point per epoch"
     assert eval_scalars["recall_at_100"][-1][1] > eval_scalars["recall_at_100"][0][1] * 0.9
+    # The baseline is a run of its own under the same tags, so TensorBoard overlays it on the model's charts.
+    baseline = read_scalars(str(model_dir / "tensorboard" / "most_popular"))["recall_at_100"]
+    final = json.loads((model_dir / "metrics.json").read_text())["most_popular"]["recall_at_100"]
+    assert [step for step, _ in baseline] == [0, eval_scalars["recall_at_100"][-1][0]]
+    assert all(value == pytest.approx(final, rel=1e-6) for _, value in baseline)
 
 
 def test_config_and_checkpoints_are_written(trained_run):

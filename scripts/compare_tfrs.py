@@ -8,13 +8,16 @@ What runs:
   user-id and an item-id embedding of dim 32, `tfrs.tasks.Retrieval()` (in-batch softmax; TFRS sums the loss over
   the batch), Adagrad at 0.1, batches of 8,192 from a 100,000-row shuffle buffer, 3 epochs, trained on the
   prepared split's training rows (the ids stand for the tutorial's string lookups).
+- The same tutorial model with its task swapped for `retrieval.task.Retrieval` (sampled softmax over
+  log-uniform negatives, num_sampled=1000, log-Q correction and accidental hits removed: the trainer's defaults),
+  everything else as the tutorial writes it (README: "Your own TFRS model").
 - This project: `python -m trainers.train` twice, with --query_features=user_id and --query_features=history
   (everything else at its defaults, plus the flags after `--`), in <work_dir>/user_id and <work_dir>/history.
 - Every model is then ranked by trainers.held_out on the same held-out queries: exact top-K over every item but
   the `<oov>` bucket, one query per held-out user (her training history for the history model), recall@K averaged
   over users, NDCG@K and MRR; --exclude_seen leaves each user's training items out of every ranking.
 Prints one table and writes the figures as JSON (--output): {"data", "exclude_seen", "ks", "models": {"most_popular",
-"tfrs_tutorial", "user_id", "history": {metric: value}}, "model_dirs": {...}}.
+"tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history": {metric: value}}, "model_dirs": {...}}.
 """
 
 import json
@@ -42,9 +45,10 @@ flags.DEFINE_integer("seed", 42, "Seed of every model (and of the built-in corpu
 FLAGS = flags.FLAGS
 
 PROJECT_MODELS = ("user_id", "history")
-ROWS = ("most_popular", "tfrs_tutorial", "user_id", "history")
-LABELS = {"most_popular": "most popular", "tfrs_tutorial": "TFRS tutorial", "user_id": "this project: user id",
-          "history": "this project: history"}
+ROWS = ("most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history")
+LABELS = {"most_popular": "most popular", "tfrs_tutorial": "TFRS tutorial", "tfrs_tutorial_sampled": "TFRS tutorial, our task",
+          "user_id": "this project: user id", "history": "this project: history"}
+TUTORIAL_TASKS = {"tfrs_tutorial": "tfrs", "tfrs_tutorial_sampled": "retrieval.task"}
 
 
 def train_project_model(query_features: str, trainer_args):
@@ -62,9 +66,12 @@ def train_project_model(query_features: str, trainer_args):
 class TutorialModel:
     """The TFRS basic-retrieval model, with the two calls trainers.held_out.evaluate makes of a model."""
 
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int):
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int, task: str, item_counts):
+        """task: "tfrs" (the tutorial's tfrs.tasks.Retrieval) or "retrieval.task" (this project's, swapped in)."""
         import tensorflow as tf
         import tensorflow_recommenders as tfrs
+
+        from retrieval.task import Retrieval
 
         self.num_items = num_items
         user_model = tf.keras.layers.Embedding(num_users, embedding_dim)
@@ -74,10 +81,13 @@ class TutorialModel:
             def __init__(self):
                 super().__init__()
                 self.user_model, self.item_model = user_model, item_model
-                self.task = tfrs.tasks.Retrieval()  # the tutorial's, without its (slow) top-K metrics
+                # The tutorial's task, without its (slow) top-K metrics; or ours, on the corpus's popularity-ranked ids.
+                self.task = tfrs.tasks.Retrieval() if task == "tfrs" else Retrieval(
+                    item_model, num_items=num_items, candidate_counts=item_counts)
 
             def compute_loss(self, features, training=False):
-                return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]))
+                return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]),
+                                 candidate_ids=features["item_id"])
 
         self.keras_model = Model()
         self.item_tower = self  # held_out.evaluate reads model.item_tower.embed_all()
@@ -91,8 +101,8 @@ class TutorialModel:
         return self.keras_model.user_model(features["user_id"])
 
 
-def train_tutorial_model(corpus):
-    """The TFRS tutorial model trained on the corpus's training rows."""
+def train_tutorial_model(corpus, task: str):
+    """The TFRS tutorial model with `task` (TutorialModel) trained on the corpus's training rows."""
     import tensorflow as tf
 
     from data import records
@@ -101,7 +111,7 @@ def train_tutorial_model(corpus):
     columns = records.read_all(corpus.train_files)
     train = tf.data.Dataset.from_tensor_slices({"user_id": columns["user_id"], "item_id": columns["item_id"]})
     cached_train = train.shuffle(100_000, seed=FLAGS.seed).batch(FLAGS.tfrs_batch_size).cache()
-    model = TutorialModel(corpus.num_users, corpus.num_items, FLAGS.tfrs_embedding_dim)
+    model = TutorialModel(corpus.num_users, corpus.num_items, FLAGS.tfrs_embedding_dim, task, corpus.item_counts)
     model.keras_model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=FLAGS.tfrs_learning_rate))
     model.keras_model.fit(cached_train, epochs=FLAGS.tfrs_epochs, verbose=0)
     return model
@@ -122,16 +132,17 @@ def compare(trainer_args):
         figures[name] = held_out.evaluate(restored.model, queries, ks)
     queries = held_out.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen)  # user ids: the same users
     figures["most_popular"] = held_out.popularity_baseline(corpus.item_counts, queries, ks)
-    figures["tfrs_tutorial"] = held_out.evaluate(train_tutorial_model(corpus), queries, ks)
+    for name, task in TUTORIAL_TASKS.items():
+        figures[name] = held_out.evaluate(train_tutorial_model(corpus, task), queries, ks)
     return {"data": FLAGS.data, "exclude_seen": FLAGS.exclude_seen, "ks": list(ks), "num_queries": len(queries.user_ids),
             "models": {name: figures[name] for name in ROWS}, "model_dirs": model_dirs}
 
 
 def table(result) -> str:
     names = [f"recall_at_{k}" for k in result["ks"]] + [f"ndcg_at_{k}" for k in result["ks"]] + ["mrr"]
-    lines = [f"{'model':<26}" + "".join(f"{name.replace('_at_', '@'):>12}" for name in names)]
+    lines = [f"{'model':<28}" + "".join(f"{name.replace('_at_', '@'):>12}" for name in names)]
     for row in ROWS:
-        lines.append(f"{LABELS[row]:<26}" + "".join(f"{result['models'][row][name]:>12.4f}" for name in names))
+        lines.append(f"{LABELS[row]:<28}" + "".join(f"{result['models'][row][name]:>12.4f}" for name in names))
     protocol = "each user's training items excluded" if result["exclude_seen"] else "seen items not excluded"
     return "\n".join([f"--data={result['data']}: {result['num_queries']} held-out users, {protocol}", *lines])
 

@@ -9,11 +9,11 @@ import pytest
 
 from tests.conftest import REPO_ROOT, TINY_CORPUS
 
-MODELS = ["most_popular", "tfrs_tutorial", "user_id", "history"]
+MODELS = ["most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history"]
 
 
 @pytest.mark.slow
-def test_compare_tfrs_ranks_four_models_on_one_protocol(tmp_path):
+def test_compare_tfrs_ranks_five_models_on_one_protocol(tmp_path):
     output = tmp_path / "compare.json"
     command = [sys.executable, "scripts/compare_tfrs.py", "--data=builtin", f"--work_dir={tmp_path / 'work'}",
                f"--output={output}", "--seed=7", "--tfrs_batch_size=1024", "--",
@@ -36,6 +36,6 @@ def test_compare_tfrs_ranks_four_models_on_one_protocol(tmp_path):
             assert models[name]["recall_at_100"] == pytest.approx(trainer["model"]["recall_at_100"], abs=1e-6)
         assert models["most_popular"]["recall_at_50"] == pytest.approx(trainer["most_popular"]["recall_at_50"],
                                                                        abs=1e-6)
-    # ... and all three learn something: each beats the most popular items at K=100.
-    for name in ("tfrs_tutorial", "user_id", "history"):
+    # ... and all four learn something: each beats the most popular items at K=100.
+    for name in ("tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history"):
         assert models[name]["recall_at_100"] > models["most_popular"]["recall_at_100"], name

@@ -7,8 +7,10 @@ TensorFlow and absl record, in their own formats. A TF_CPP_MIN_LOG_LEVEL of the 
 """
 
 import contextlib
+import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Callable, Mapping, Optional, Sequence
@@ -116,6 +118,31 @@ def show_plain_lines() -> None:
     absl_logging.get_absl_handler().setFormatter(PlainFormatter())
 
 
+def absl_cpp_log_level_as_tensorflows() -> None:
+    """Gives absl's C++ log TF_CPP_MIN_LOG_LEVEL's threshold (both number severities 0 INFO .. 3 FATAL). We differ
+    from TensorFlow 2.20, which leaves it at INFO whatever TF_CPP_MIN_LOG_LEVEL says: the gRPC servers of
+    distributed runs log through it ("I0000 ... grpc_server_lib.cc:466] Started server ...", after absl's
+    "WARNING: All log messages before absl::InitializeLog() ..."). Call it after TensorFlow's import and before
+    a server starts; a no-op when TensorFlow is not imported or its library does not export the setter."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    set_min_log_level = _absl_set_min_log_level() if "tensorflow" in sys.modules and level.isdigit() else None
+    if set_min_log_level is not None:
+        set_min_log_level(ctypes.c_int(min(int(level), 3)))
+
+
+def _absl_set_min_log_level():
+    """absl::SetMinLogLevel in TensorFlow's framework library, or None. Its C++ name holds absl's inline
+    namespace (lts_<date>), which the headers TensorFlow ships name."""
+    tensorflow_dir = os.path.dirname(sys.modules["tensorflow"].__file__)
+    try:
+        with open(os.path.join(tensorflow_dir, "include", "absl", "base", "options.h")) as file:
+            namespace = re.search(r"#define ABSL_OPTION_INLINE_NAMESPACE_NAME (\w+)", file.read()).group(1)
+        library = ctypes.CDLL(os.path.join(tensorflow_dir, "libtensorflow_framework.so.2"))
+        return getattr(library, f"_ZN4absl{len(namespace)}{namespace}14SetMinLogLevelENS0_18LogSeverityAtLeastE")
+    except (OSError, AttributeError):  # no such file, library or symbol (another platform or TensorFlow)
+        return None
+
+
 def run(main) -> None:
     """app.run(main), except that an app.UsageError raised in main prints one line (and a hint to --helpfull)
     instead of absl's page of flag help above it, exit code 1 like absl's; and Stopped prints its line, exit code
@@ -123,6 +150,7 @@ def run(main) -> None:
 
     def main_with_one_line_errors(argv):
         show_plain_lines()
+        absl_cpp_log_level_as_tensorflows()
         program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] != "-m" else "error"
         try:
             return main(argv)

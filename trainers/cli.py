@@ -11,8 +11,10 @@ import ctypes
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import time
 from typing import Callable, Mapping, Optional, Sequence
 
 from absl import app
@@ -25,6 +27,8 @@ QUIET_TF_CPP_LOG_LEVEL = "3"
 VERBOSE_TF_CPP_LOG_LEVEL = "0"
 # absl's --verbosity from which a command shows everything: 1, absl's debug.
 VERBOSE = 1
+# Back to the start of the terminal's line and erase it (ANSI): a progress line is redrawn in place.
+CLEAR_LINE = "\r\x1b[K"
 
 
 class Stopped(Exception):
@@ -97,11 +101,46 @@ def quiet_tensorflow_for_commands() -> None:
 class PlainFormatter(logging.Formatter):
     """A command's log lines as a person reads them: an INFO record is its message alone, a warning or error
     "warning: <message>". We differ from absl's format ("I1203 15:44:37.435321 140021026061184 train.py:48] ..."),
-    which is for log files and greps: --verbosity=1 brings it back."""
+    which is for log files and greps: --verbosity=1 brings it back. On a terminal each line first erases a
+    ProgressLine drawn there, so the two do not run into one line."""
+
+    def __init__(self, on_terminal: bool = False):
+        super().__init__()
+        self.start = CLEAR_LINE if on_terminal else ""
 
     def format(self, record: logging.LogRecord) -> str:
         message = super().format(record)
-        return message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}"
+        return self.start + (message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}")
+
+
+class ProgressLine:
+    """One status line redrawn in place on a terminal, 'epoch 1/3  400/957 [========>           ]  loss 5.8648
+    12.3 steps/s  ETA 45s', cut to the terminal's width (a wider line wraps, and each redraw would leave a line
+    behind, as Keras' bar of every metric did)."""
+
+    BAR_WIDTH = 20
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.epoch, self.epochs, self.steps, self.started = 0, 0, 0, 0.0
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epoch, self.epochs, self.steps, self.started = epoch, epochs, steps, time.monotonic()
+
+    def draw(self, done: int, loss: Optional[float]) -> None:
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        filled = self.BAR_WIDTH * done // max(self.steps, 1)
+        bar = "=" * filled + (">" if filled < self.BAR_WIDTH else "") + " " * (self.BAR_WIDTH - filled - 1)
+        parts = [f"epoch {self.epoch}/{self.epochs}", f"{done}/{self.steps} [{bar}]"]
+        parts += [f"loss {loss:.4f}"] if loss is not None else []
+        parts += [f"{rate:.1f} steps/s", f"ETA {(self.steps - done) / rate:.0f}s"]
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write(CLEAR_LINE + "  ".join(parts)[:width])
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write(CLEAR_LINE)
+        self.stream.flush()
 
 
 def show_plain_lines() -> None:
@@ -115,7 +154,7 @@ def show_plain_lines() -> None:
     if absl_logging.get_verbosity() >= VERBOSE:
         tensorflow_logger.setLevel(logging.NOTSET)  # its INFO records too (trainers/__init__ keeps warnings only)
         return
-    absl_logging.get_absl_handler().setFormatter(PlainFormatter())
+    absl_logging.get_absl_handler().setFormatter(PlainFormatter(on_terminal=sys.stderr.isatty()))
 
 
 def absl_cpp_log_level_as_tensorflows() -> None:

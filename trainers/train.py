@@ -124,7 +124,9 @@ def _train(tf, strategy, config, corpus, task: Task):
                                                              first_batch if not resume.step else None)
     settings = fit_loop.callback_settings(config, task, schedule)
     fit_callbacks = callbacks.make_callbacks(settings, manager, train_writer, evaluation, first_batch)
-    fit_loop.fit(tf, model, training_input, resume, schedule, fit_callbacks, verbose=_verbosity(is_chief))
+    clear, draw = _progress_line(tf, schedule.epochs) if is_chief and sys.stdout.isatty() else ([], [])
+    fit_loop.fit(tf, model, training_input, resume, schedule, [*clear, *fit_callbacks, *draw],
+                 verbose=_verbosity(is_chief))
     replicas = {"num_replicas": strategy.num_replicas_in_sync, "devices": distribute.replica_devices(strategy)}
     summary = fit_loop.task_summary(model, task, resume, placement, replicas, fit_callbacks)
     if not is_chief:
@@ -134,7 +136,22 @@ def _train(tf, strategy, config, corpus, task: Task):
 
 
 def _verbosity(is_chief: bool) -> int:
-    return (1 if sys.stdout.isatty() else 2) if is_chief else 0
+    """Keras' own output: on the chief one line per epoch (2), on a terminal too; the steps within an epoch are
+    _progress_line's. We differ from Keras' terminal default (1, a bar of every metric, redrawn with each
+    execution of steps): this model's metrics make it wider than a terminal, so each redraw left a wrapped line
+    behind, and it ran into the log lines between its redraws."""
+    return 2 if is_chief else 0
+
+
+def _progress_line(tf, epochs: int):
+    """([a callback that erases the line at each epoch's end], [one that draws it after each execution]): first
+    and last in fit's list, so the line is drawn after the execution's log lines and gone before the epoch's."""
+    line = cli.ProgressLine(sys.stdout)
+    draw = tf.keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: line.start_epoch(epoch + 1, epochs, draw.params["steps"]),
+        on_train_batch_end=lambda batch, logs: line.draw(batch + 1, (logs or {}).get("loss")),
+    )
+    return [tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: line.clear())], [draw]
 
 
 def _resolve_strategy(tf, config):

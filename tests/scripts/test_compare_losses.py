@@ -11,8 +11,11 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SETTINGS = ["full_softmax", "hard_negatives", "in_batch_streaming", "cross_batch_streaming", "mixed_uniform"]  # script order
-DRIFT = ["in_batch_streaming", "in_batch_corpus", "in_batch_phase_counts", "in_batch_old_counts", "in_batch_no_log_q"]
+# A few of each kind, in the script's order (every trainer run is some 10 s of the suite's budget): the baseline
+# the others approximate, a stateful one, a mixed one; in the drift protocol the streaming estimate, the oracle
+# counts and the counts that stop the run.
+SETTINGS = ["full_softmax", "cross_batch_streaming", "mixed_uniform"]
+DRIFT = ["in_batch_streaming", "in_batch_phase_counts", "in_batch_old_counts"]
 EPOCHS, STEPS_PER_EPOCH = 2, 10
 
 
@@ -43,7 +46,7 @@ def outputs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("compare_losses")
     result = run_script(
         tmp_path, "--data=builtin", f"--only={','.join(SETTINGS)}", "--repeat_seeds=43",
-        "--repeat_settings=in_batch_streaming", f"--drift_only={','.join(DRIFT)}",
+        "--repeat_settings=mixed_uniform", f"--drift_only={','.join(DRIFT)}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / "out", json.loads((tmp_path / "out" / "compare_losses.json").read_text())
@@ -58,7 +61,7 @@ def test_every_setting_has_finite_recall_positive_speed_and_the_whole_budget(out
     _, figures = outputs
     builtin = figures["datasets"]["builtin"]
     assert builtin["available"] and [row["key"] for row in builtin["rows"]] == SETTINGS
-    assert [(row["key"], row["seed"]) for row in builtin["repeats"]] == [("in_batch_streaming", 43)]
+    assert [(row["key"], row["seed"]) for row in builtin["repeats"]] == [("mixed_uniform", 43)]
     for row in builtin["rows"] + builtin["repeats"]:
         for name in ("recall_at_10", "recall_at_50", "recall_at_100", "baseline_recall_at_100"):
             assert _finite_share(row[name]), (row["key"], name, row[name])
@@ -94,10 +97,7 @@ def test_drift_phase_b_continues_phase_a_on_the_same_model_dir(outputs):
         assert row["config_data_after_b"] == phase_b_dir  # config.json rewritten by the second run
         assert all(_finite_share(run[name]) for run in (a, b) for name in ("recall_at_10", "recall_at_100"))
         assert {step for step, _ in b["curve"]} == {phase_steps, 2 * phase_steps}  # one eval event log, both phases
-        if row["key"] == "in_batch_no_log_q":
-            assert row["q_error_top100"] is None
-        else:
-            assert math.isfinite(row["q_error_top100"]) and row["q_error_top100"] >= 0.0
+        assert math.isfinite(row["q_error_top100"]) and row["q_error_top100"] >= 0.0
     oracle = next(row for row in drift["rows"] if row["key"] == "in_batch_phase_counts")
     assert oracle["q_error_top100"] == pytest.approx(0.0, abs=1e-9)  # it reads phase B's own counts
 

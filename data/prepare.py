@@ -54,6 +54,7 @@ import dataclasses
 import itertools
 import os
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -176,6 +177,7 @@ def prepare(
     overwrite: bool = False,
     description: str = "",
     history_length: Optional[int] = None,
+    progress: Optional[readers.Progress] = None,
 ) -> Summary:
     """Reads, validates, splits and writes a prepared corpus to output_dir (see the module docstring).
 
@@ -185,6 +187,7 @@ def prepare(
     keyed by the schema's item / user column and holding its feature columns; without them the feature
     columns are read from the log itself (the first row of each item or user).
     history_length: N to write each record's history (at most N items) and every user's latest one.
+    progress: told the rows read of --input and --eval_input as they are read (readers.read_log).
     Raises DataError (bad input), SchemaError, or FileExistsError; output_dir is then left as it was.
     """
     check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards, history_length)
@@ -195,12 +198,13 @@ def prepare(
         skip_bad_records,
         item_features_in_log=not item_features_input,
         user_features_in_log=not user_features_input,
+        progress=progress,
     )
     held_out_log = None
     if eval_input:
         held_out_log = readers.read_log(
             eval_input, schema, file_format, skip_bad_records, item_features_in_log=False, user_features_in_log=False,
-            flag="--eval_input",
+            flag="--eval_input", progress=progress,
         )
     item_rows, user_rows = log.item_features, log.user_features
     feature_bad_records = readers.BadRecords()
@@ -485,6 +489,25 @@ def _codes(keys: List[str]):
     return list(index), code
 
 
+class ReadProgress:
+    """The command's progress while it reads a log (a readers.Progress): "reading --input: 1,200,000 rows,
+    310,000 rows/s" on stderr every `every_seconds`, so a short log prints none. Only the reading reports: it is
+    a third of an in-process run (2,000,000 rows: 6.7 s of 20 s); the split and the writing after it do not."""
+
+    def __init__(self, every_seconds: float):
+        self.every_seconds = every_seconds
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, flag: str, rows: int) -> None:
+        now = time.monotonic()
+        if not rows:  # a read starts
+            self.started = self.last = now
+        elif now - self.last >= self.every_seconds:
+            self.last = now
+            rate = rows / max(now - self.started, 1e-9)
+            print(f"reading {flag}: {rows:,} rows, {rate:,.0f} rows/s", file=sys.stderr, flush=True)
+
+
 def _define_flags():
     from absl import flags
 
@@ -538,6 +561,8 @@ def _define_flags():
     flags.DEFINE_enum("runner", RUNNERS[0], list(RUNNERS), "in_process: this process reads the whole log (the "
                       "embedded default); beam: an Apache Beam pipeline (data.beam_prepare; pip install -e '.[beam]'), "
                       "local worker processes or the runner --beam_options names.")
+    flags.DEFINE_float("progress_seconds", 5.0, "While reading in process, print the rows read and rows/s to stderr "
+                       f"every N seconds (0: every {readers.PROGRESS_EVERY_ROWS:,} rows).", lower_bound=0.0)
     flags.DEFINE_string("beam_options", "", "With --runner=beam: Beam's own pipeline options, e.g. "
                         "'--direct_num_workers=4' or '--runner=FlinkRunner --flink_master=host:8081' (default: every local core, "
                         "multi_processing; README: 'Logs that outgrow one machine').")
@@ -570,9 +595,9 @@ def schema_from_flags(values) -> Schema:
 
 def _runner(values):
     """(the prepare function of --runner, its runner-only arguments): on Beam, --num_shards only when given (the
-    runner picks the files otherwise: one per bundle)."""
+    runner picks the files otherwise: one per bundle); in process, the progress of reading (Beam's workers read)."""
     if values.runner != "beam":
-        return prepare, {"num_shards": values.num_shards}
+        return prepare, {"num_shards": values.num_shards, "progress": ReadProgress(values.progress_seconds)}
     import logging
 
     from absl import app

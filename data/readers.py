@@ -27,7 +27,7 @@ import itertools
 import math
 import os
 import re
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,6 +61,10 @@ LineBlock = Tuple[int, Optional[List[str]], Optional[str]]
 
 # item or user key -> {feature column: values}
 FeatureRows = Dict[str, Dict[str, List[str]]]
+# read_log's progress hook: (the flag of the files being read, rows read so far): 0 as it starts, then every
+# PROGRESS_EVERY_ROWS rows. A caller that prints decides how often (data.prepare: every few seconds).
+Progress = Callable[[str, int], None]
+PROGRESS_EVERY_ROWS = 10_000
 
 
 class DataError(ValueError):
@@ -136,6 +140,7 @@ def read_log(
     item_features_in_log: bool = True,
     user_features_in_log: bool = True,
     flag: str = "--input",
+    progress: Optional[Progress] = None,
 ) -> RawLog:
     """Reads every interaction of the files matching `pattern`.
 
@@ -147,6 +152,7 @@ def read_log(
       item_features_in_log, user_features_in_log: read the schema's item / user feature columns from the log
         (False when they come from a side file).
       flag: the flag that gave the pattern, for messages.
+      progress: called with (flag, rows read) as reading starts and every PROGRESS_EVERY_ROWS rows (records).
     Raises:
       DataError: no matching file, no interaction at all, or (without skip_bad_records) a bad record.
     """
@@ -165,9 +171,14 @@ def read_log(
     user_keys, item_keys, timestamps, weights, negative_keys, negative_lengths = [], [], [], [], [], []
     item_rows, user_rows = {}, {}
     bad = BadRecords()
+    rows_read, report = 0, progress or (lambda flag, rows: None)
+    report(flag, 0)
 
     for path in files:
         for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
+            rows_read += 1
+            if not rows_read % PROGRESS_EVERY_ROWS:
+                report(flag, rows_read)
             interaction = _interaction(values, interaction_columns, schema, location, bad, skip_bad_records)
             if interaction is None:  # each bad record is counted once, for its first fault
                 continue

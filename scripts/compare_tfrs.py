@@ -13,11 +13,21 @@ What runs:
   everything else as the tutorial writes it (README: "Your own TFRS model").
 - This project: `python -m trainers.train` twice, with --query_features=user_id and --query_features=history
   (everything else at its defaults, plus the flags after `--`), in <work_dir>/user_id and <work_dir>/history.
+- Classic baselines (retrieval.baselines), fitted on the training split: item-to-item transitions from the
+  query's last item (ties and the rest by popularity), and, when the catalogue has at most
+  retrieval.baselines.MAX_DENSE_ITEMS items, EASE^R and item-kNN on the user's whole history. EASE's l2 and
+  item-kNN's num_neighbours and shrink are chosen on a validation split of the training rows (each user's last
+  training interaction held out, the rest fitted; NDCG at the largest K, under the same --exclude_seen), then
+  refitted on the whole training split and ranked on the test queries once.
 - Every model is then ranked by trainers.held_out on the same held-out queries: exact top-K over every item but
-  the `<oov>` bucket, one query per held-out user (her training history for the history model), recall@K averaged
-  over users, NDCG@K and MRR; --exclude_seen leaves each user's training items out of every ranking.
+  the `<oov>` bucket, one query per held-out user (her training history strictly before the held-out row for the
+  history model and the baselines), recall@K averaged over users, NDCG@K and MRR; --exclude_seen leaves each
+  user's training items out of every ranking.
 Prints one table and writes the figures as JSON (--output): {"data", "exclude_seen", "ks", "models": {"most_popular",
-"tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history": {metric: value}}, "model_dirs": {...}}.
+"tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history", "item_transitions", "ease", "item_knn":
+{metric: value}}, "model_dirs": {...}, "baselines": {"selected_by", "validation_queries", "history_length",
+"ease": {"l2", "grid"}, "item_knn": {"num_neighbours", "shrink", "grid"}}} (ease and item_knn absent, and
+"dense_baselines_skipped" set, above the dense size bound).
 """
 
 import json
@@ -25,12 +35,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from retrieval import baselines  # noqa: E402
 
 flags.DEFINE_string("data", "movielens", "The corpus, as trainers.train's --data (builtin, movielens, a directory).")
 flags.DEFINE_bool("exclude_seen", False, "Leave each user's training items out of every ranking.")
@@ -42,12 +54,18 @@ flags.DEFINE_float("tfrs_learning_rate", 0.1, "TFRS tutorial: Adagrad's learning
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K.")
 flags.DEFINE_integer("tfrs_embedding_dim", 32, "TFRS tutorial: embedding size.")
 flags.DEFINE_integer("seed", 42, "Seed of every model (and of the built-in corpus).")
+flags.DEFINE_list("ease_l2", ["10", "50", "100", "200", "500", "1000", "2000", "5000"],
+                  "EASE^R: the l2 values tried on the validation split.")
+flags.DEFINE_list("knn_neighbours", ["20", "50", "100", "200"], "item-kNN: the num_neighbours values tried.")
+flags.DEFINE_list("knn_shrink", ["0", "10", "100"], "item-kNN: the shrink values tried (with every num_neighbours).")
 FLAGS = flags.FLAGS
 
 PROJECT_MODELS = ("user_id", "history")
-ROWS = ("most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history")
+BASELINE_ROWS = ("item_transitions", "ease", "item_knn")
+ROWS = ("most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history", *BASELINE_ROWS)
 LABELS = {"most_popular": "most popular", "tfrs_tutorial": "TFRS tutorial", "tfrs_tutorial_sampled": "TFRS tutorial, our task",
-          "user_id": "this project: user id", "history": "this project: history"}
+          "user_id": "this project: user id", "history": "this project: history",
+          "item_transitions": "item transitions", "ease": "EASE^R", "item_knn": "item-kNN"}
 TUTORIAL_TASKS = {"tfrs_tutorial": "tfrs", "tfrs_tutorial_sampled": "retrieval.task"}
 
 
@@ -117,8 +135,106 @@ def train_tutorial_model(corpus, task: str):
     return model
 
 
+def baseline_queries(corpus, history_length: int):
+    """trainers.held_out's test queries with the history a history model of history_length would read (the
+    user's training items strictly before her first held-out row, newest first), the same users as the other rows."""
+    from trainers import held_out, run_config
+
+    config = run_config.RunConfig(data=run_config.DataConfig(history_length=history_length),
+                                  model=run_config.ModelConfig(query_features=("history",)))
+    return held_out.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen, config=config)
+
+
+def rank_baseline(model, queries, ks):
+    """held_out's metrics of a fitted baseline's top-max(ks) for queries (a HeldOut with history): the transitions
+    read the newest history item, EASE and item-kNN the whole history; exclusions as every other row's."""
+    from trainers import held_out
+
+    inputs = queries.history[:, 0] if isinstance(model, baselines.ItemTransitions) else queries.history
+    top_ids = model.top_k(inputs, max(ks), queries.exclude_ids())
+    return held_out.both_protocols(top_ids, queries.relevant_ids, ks)
+
+
+def _items_by_user(columns, user_ids):
+    """[len(user_ids), s] int64: each user's distinct items in the columns, -1 padded."""
+    from retrieval import metrics
+
+    order = np.argsort(columns["user_id"], kind="stable")
+    users, starts = np.unique(columns["user_id"][order], return_index=True)
+    groups = dict(zip(users.tolist(), np.split(columns["item_id"][order], starts[1:])))
+    empty = np.zeros([0], np.int64)
+    return metrics.pad_ragged([np.unique(groups.get(user, empty)) for user in user_ids.tolist()])
+
+
+def validation_split(train, oov_item_id, history_length: int):
+    """(fit rows {user_id, item_id, timestamp}, a HeldOut of validation queries) from the training rows: each
+    user's last training interaction (data.splits' rule) is held out, as the test split holds out her last one;
+    its query reads her other training items strictly before it; its seen items (with --exclude_seen) are her
+    fitted items. Rows of the `<oov>` bucket are never a query, as in held_out."""
+    from data import history, splits
+    from trainers import held_out
+
+    is_validation = splits.held_out(train["user_id"], train["timestamp"], "last", 1)
+    fit = {name: train[name][~is_validation] for name in ("user_id", "item_id", "timestamp")}
+    rows = np.flatnonzero(is_validation & (train["item_id"] != (-1 if oov_item_id is None else oov_item_id)))
+    users, times = train["user_id"][rows], train["timestamp"][rows]
+    query_history = history.histories_before(fit["user_id"], fit["item_id"], fit["timestamp"], users, times,
+                                             history_length)
+    seen_ids = _items_by_user(fit, users) if FLAGS.exclude_seen else None
+    return fit, held_out.HeldOut(users, train["item_id"][rows][:, np.newaxis], seen_ids, query_history,
+                                 oov_item_id=oov_item_id)
+
+
+def select_dense_settings(fit, validation, num_items: int, ks, metric: str):
+    """{"ease": {"l2", "grid"}, "item_knn": {"num_neighbours", "shrink", "grid"}}: each grid's validation values
+    of metric (--ease_l2; --knn_neighbours x --knn_shrink), and the best setting (the first in grid order on a
+    tie). One X^T X serves every fit."""
+    gram = baselines.item_cooccurrence(fit["user_id"], fit["item_id"], num_items)
+    ease_grid = {str(l2): rank_baseline(baselines.Ease(l2).fit_cooccurrence(gram), validation, ks)[metric]
+                 for l2 in map(float, FLAGS.ease_l2)}
+    knn_grid = {f"{neighbours}/{shrink}": rank_baseline(
+        baselines.ItemKnn(neighbours, shrink).fit_cooccurrence(gram), validation, ks)[metric]
+        for neighbours in map(int, FLAGS.knn_neighbours) for shrink in map(float, FLAGS.knn_shrink)}
+    neighbours, shrink = max(knn_grid, key=knn_grid.get).split("/")
+    return {"ease": {"l2": float(max(ease_grid, key=ease_grid.get)), "grid": ease_grid},
+            "item_knn": {"num_neighbours": int(neighbours), "shrink": float(shrink), "grid": knn_grid}}
+
+
+def baseline_figures(corpus, ks):
+    """({row: metrics} of the baselines on the test queries, their settings for the JSON).
+
+    Every baseline is fitted on the corpus's training split; the queries read the user's whole training
+    history before the held-out row (history_length: the longest user's training count).
+    """
+    from data import records
+
+    train = records.read_all(corpus.train_files)
+    history_length = int(np.bincount(train["user_id"]).max())
+    queries = baseline_queries(corpus, history_length)
+    transitions = baselines.ItemTransitions().fit(train["user_id"], train["item_id"], train["timestamp"],
+                                                  corpus.num_items)
+    figures = {"item_transitions": rank_baseline(transitions, queries, ks)}
+    settings = {"history_length": history_length}
+    if corpus.num_items > baselines.MAX_DENSE_ITEMS:
+        settings["dense_baselines_skipped"] = (f"{corpus.num_items} items: above the dense item x item bound of "
+                                               f"{baselines.MAX_DENSE_ITEMS}")
+        print(f"compare_tfrs: EASE^R and item-kNN left out ({settings['dense_baselines_skipped']})", flush=True)
+        return figures, queries, settings
+    metric = f"ndcg_at_{max(ks)}"
+    fit, validation = validation_split(train, queries.oov_item_id, history_length)
+    settings.update(selected_by=metric, validation_queries=len(validation.user_ids),
+                    **select_dense_settings(fit, validation, corpus.num_items, ks, metric))
+    gram = baselines.item_cooccurrence(train["user_id"], train["item_id"], corpus.num_items)
+    ease = baselines.Ease(settings["ease"]["l2"]).fit_cooccurrence(gram)
+    knn = baselines.ItemKnn(settings["item_knn"]["num_neighbours"], settings["item_knn"]["shrink"])
+    figures["ease"] = rank_baseline(ease, queries, ks)
+    figures["item_knn"] = rank_baseline(knn.fit_cooccurrence(gram), queries, ks)
+    return figures, queries, settings
+
+
 def compare(trainer_args):
-    """{"models": {row: metrics}, ...}: trains the four and ranks them on one set of held-out queries."""
+    """{"models": {row: metrics}, ...}: trains the four models, fits the baselines, and ranks all on one set of
+    held-out queries."""
     from trainers import held_out, run_dir, train_flags
 
     ks = train_flags.positive_ints("eval_top_k", FLAGS.eval_top_k)
@@ -134,16 +250,27 @@ def compare(trainer_args):
     figures["most_popular"] = held_out.popularity_baseline(corpus.item_counts, queries, ks)
     for name, task in TUTORIAL_TASKS.items():
         figures[name] = held_out.evaluate(train_tutorial_model(corpus, task), queries, ks)
+    baseline_metrics, baseline_held_out, settings = baseline_figures(corpus, ks)
+    if not np.array_equal(baseline_held_out.user_ids, queries.user_ids):
+        raise AssertionError("the baselines' held-out users differ from the other rows'")
+    figures.update(baseline_metrics)
+    models = {name: figures[name] for name in ROWS if name in figures}  # ease, item_knn: dense size bound
     return {"data": FLAGS.data, "exclude_seen": FLAGS.exclude_seen, "ks": list(ks), "num_queries": len(queries.user_ids),
-            "models": {name: figures[name] for name in ROWS}, "model_dirs": model_dirs}
+            "models": models, "model_dirs": model_dirs, "baselines": settings}
 
 
 def table(result) -> str:
     names = [f"recall_at_{k}" for k in result["ks"]] + [f"ndcg_at_{k}" for k in result["ks"]] + ["mrr"]
     lines = [f"{'model':<28}" + "".join(f"{name.replace('_at_', '@'):>12}" for name in names)]
-    for row in ROWS:
+    for row in result["models"]:
         lines.append(f"{LABELS[row]:<28}" + "".join(f"{result['models'][row][name]:>12.4f}" for name in names))
     protocol = "each user's training items excluded" if result["exclude_seen"] else "seen items not excluded"
+    settings = result["baselines"]
+    if "ease" in settings:
+        knn = settings["item_knn"]
+        lines.append(f"chosen on {settings['validation_queries']} validation queries by {settings['selected_by']}: "
+                     f"EASE^R l2={settings['ease']['l2']:g}, item-kNN num_neighbours={knn['num_neighbours']} "
+                     f"shrink={knn['shrink']:g}")
     return "\n".join([f"--data={result['data']}: {result['num_queries']} held-out users, {protocol}", *lines])
 
 

@@ -9,14 +9,16 @@ import pytest
 
 from tests.conftest import REPO_ROOT, TINY_CORPUS
 
-MODELS = ["most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history"]
+MODELS = ["most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history", "item_transitions", "ease",
+          "item_knn"]
 
 
 @pytest.mark.slow
-def test_compare_tfrs_ranks_five_models_on_one_protocol(tmp_path):
+def test_compare_tfrs_ranks_five_models_and_three_baselines_on_one_protocol(tmp_path):
     output = tmp_path / "compare.json"
     command = [sys.executable, "scripts/compare_tfrs.py", "--data=builtin", f"--work_dir={tmp_path / 'work'}",
-               f"--output={output}", "--seed=7", "--tfrs_batch_size=1024", "--",
+               f"--output={output}", "--seed=7", "--tfrs_batch_size=1024", "--ease_l2=10,1000",
+               "--knn_neighbours=20,200", "--knn_shrink=0,10", "--",
                *[flag for flag in TINY_CORPUS if not flag.startswith("--seed")], f"--cache_dir={tmp_path / 'cache'}",
                "--epochs=2", "--projector_items=0"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
@@ -39,3 +41,15 @@ def test_compare_tfrs_ranks_five_models_on_one_protocol(tmp_path):
     # ... and all four learn something: each beats the most popular items at K=100.
     for name in ("tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history"):
         assert models[name]["recall_at_100"] > models["most_popular"]["recall_at_100"], name
+    # The dense baselines' settings: the best of their validation grids (trimmed by the flags, to stay cheap; a
+    # query per user with 2+ training rows), the queries reading each user's whole training history.
+    settings = figures["baselines"]
+    assert settings["selected_by"] == "ndcg_at_100" and settings["validation_queries"] == 1000
+    assert settings["history_length"] >= 39  # 39,000 training rows over 1,000 users: the longest has the mean
+    ease, knn = settings["ease"], settings["item_knn"]
+    assert list(ease["grid"]) == ["10.0", "1000.0"] and ease["grid"][str(ease["l2"])] == max(ease["grid"].values())
+    assert list(knn["grid"]) == ["20/0.0", "20/10.0", "200/0.0", "200/10.0"]
+    assert knn["grid"][f"{knn['num_neighbours']}/{knn['shrink']}"] == max(knn["grid"].values())
+    # The built-in corpus's users follow tastes that item co-occurrence reads: every baseline beats popularity.
+    for name in ("item_transitions", "ease", "item_knn"):
+        assert models[name]["recall_at_100"] > models["most_popular"]["recall_at_100"] + 0.1, name

@@ -88,6 +88,7 @@ class ItemTransitions:
         sources, followers = pair_keys // num_items, pair_keys % num_items
         ranked = np.lexsort((popularity_rank[followers], -counts, sources))
         self.targets, self.counts = followers[ranked], counts[ranked].astype(np.int64)
+        self._padded_targets = np.append(self.targets, PAD)  # a gather index past the end reads the pad
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(sources, minlength=num_items))]).astype(np.int64)
         return self
 
@@ -116,9 +117,8 @@ class ItemTransitions:
         start = self.offsets[source]
         length = np.where(has_last, self.offsets[source + 1] - start, 0)
         held = np.arange(window) < length[:, np.newaxis]
-        padded_targets = np.append(self.targets, PAD)  # a gather index past the end reads the pad
         positions = np.where(held, start[:, np.newaxis] + np.arange(window), len(self.targets))
-        return padded_targets[positions], held
+        return self._padded_targets[positions], held
 
     def _chunk_top_k(self, last_items: np.ndarray, k: int, exclude_ids: Optional[np.ndarray]) -> np.ndarray:
         """top_k of one chunk of queries: followers, then popularity fill, minus excluded and repeated items."""

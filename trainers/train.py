@@ -146,11 +146,14 @@ def _verbosity(is_chief: bool) -> int:
 def _progress_line(tf, epochs: int):
     """([a callback that erases the line at each epoch's end], [one that draws it after each execution]): first
     and last in fit's list, so the line is drawn after the execution's log lines and gone before the epoch's."""
+    from trainers.callbacks import _logged_float  # None for a parameter_server step still in flight
+
     line = cli.ProgressLine(sys.stdout)
     draw = tf.keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: line.start_epoch(epoch + 1, epochs, draw.params["steps"]),
-        on_train_batch_end=lambda batch, logs: line.draw(batch + 1, (logs or {}).get("loss")),
+        on_train_batch_end=lambda batch, logs: line.draw(batch + 1, _logged_float(logs, "loss")),
     )
+    draw._supports_tf_logs = True  # Keras refuses batch hooks without it under parameter_server
     return [tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: line.clear())], [draw]
 
 

@@ -3,6 +3,7 @@ records): at the default verbosity the run's own lines and no TensorFlow or absl
 TF_CPP_MIN_LOG_LEVEL gets TensorFlow's records back. The commands run as a user runs them: a fresh process whose
 environment does not set TF_CPP_MIN_LOG_LEVEL (conftest's run_module sets it), stdout and stderr read together."""
 
+import io
 import os
 import re
 import subprocess
@@ -66,3 +67,14 @@ def test_verbosity_is_read_before_absl_parses_it():
         assert cli.tensorflow_cpp_log_level(["-m", *verbose], {}) == cli.VERBOSE_TF_CPP_LOG_LEVEL, verbose
     assert cli.tensorflow_cpp_log_level(["-m", "--verbosity=many"], {}) == cli.QUIET_TF_CPP_LOG_LEVEL  # absl says
     assert cli.tensorflow_cpp_log_level(["-m", "--verbosity=1"], {"TF_CPP_MIN_LOG_LEVEL": "2"}) is None
+
+
+def test_progress_line_is_redrawn_in_place_within_the_terminals_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # shutil.get_terminal_size reads it first
+    stream = io.StringIO()
+    line = cli.ProgressLine(stream)
+    line.start_epoch(2, 3, 100)
+    line.draw(50, 5.8648)
+    line.clear()
+    drawn, cleared = stream.getvalue().split(cli.CLEAR_LINE)[1:]
+    assert drawn == "epoch 2/3  50/100 [==========>         ]"[:39] and cleared == ""

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
 from trainers import health, run_dir, summaries
+from trainers.distribute import LOCAL_TASK
 from trainers import held_out as held_out_lib
 
 
@@ -71,7 +73,8 @@ class BestKeeper:
 
 class EvaluationCallback(tf.keras.callbacks.Callback):
     """Exact full-corpus metrics on held-out users after every epoch, written to TensorBoard (eval/...), offered
-    to the BestKeeper when --keep_best is set (which may stop training early)."""
+    to the BestKeeper when --keep_best is set (which may stop training early), and the chief's one line of the
+    epoch: its loss, the held-out recall and its time (in place of Keras' line of every metric)."""
 
     def __init__(self, held_out: held_out_lib.HeldOut, ks: Sequence[int], summary_dir: str,
                  keeper: Optional[BestKeeper] = None):
@@ -81,13 +84,20 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(summary_dir)
         self.keeper = keeper
         self.last_metrics = {}
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        loss = _logged_float(logs, "loss")  # before the eval_ metrics join the logs
         self.last_metrics = held_out_lib.evaluate(self.model, self.held_out, self.ks)
         step = int(self.model.optimizer.iterations.numpy())
         summaries.write_scalars(self.writer, step, self.last_metrics, flush=True)
         summary = "  ".join(f"recall@{k}={self.last_metrics[f'recall_at_{k}']:.4f}" for k in self.ks)
-        logging.info("epoch %d step %d held-out %s", epoch + 1, step, summary)
+        loss_text = f"loss {loss:.4f}  " if loss is not None else ""
+        logging.info("epoch %d/%d step %d: %sheld-out %s  (%.1f s)", epoch + 1, self.params.get("epochs", 0), step,
+                     loss_text, summary, time.perf_counter() - self.epoch_start)
         if logs is not None:
             logs.update({f"eval_{name}": value for name, value in self.last_metrics.items()})
         if self.keeper is not None and self.keeper.offer(self.model, epoch + 1, self.last_metrics):
@@ -229,7 +239,9 @@ def reports(fit_callbacks) -> Dict[str, Any]:
 
 
 class ProgressLogger(tf.keras.callbacks.Callback):
-    """One log line per `every_steps` steps on every task, prefixed with the task ('worker 1: step 40/120 ...')."""
+    """One log line per `every_steps` steps, prefixed with the task ('worker 1: step 40/120 ...'): on every task
+    of a distributed job, whose logs an operator reads apart. A local run has the epoch lines instead (and a
+    progress line on a terminal), see make_callbacks."""
 
     def __init__(self, task_name: str, every_steps: int, total_steps: int):
         super().__init__()
@@ -330,7 +342,9 @@ def make_callbacks(
     held-out evaluation runs last, on the weights the epoch's checkpoint holds. probe_batch: the run's first
     batch, for the loss-progress check (settings.run_config).
     """
-    ordered = [ProgressLogger(settings.task_name, settings.log_every_steps, settings.total_steps)]
+    ordered = []
+    if settings.task_name != LOCAL_TASK:
+        ordered.append(ProgressLogger(settings.task_name, settings.log_every_steps, settings.total_steps))
     if settings.tensorboard_dir:
         profile_batch = tuple(settings.profile_steps) if settings.profile_steps else 0
         ordered.append(tf.keras.callbacks.TensorBoard(

@@ -25,6 +25,8 @@ from absl import logging
 
 from trainers import cli
 
+LOCAL_TASK = "local"  # the task name of a single process (no TF_CONFIG)
+
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server")
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 
@@ -61,7 +63,7 @@ class ClusterSpec:
     @property
     def task_name(self) -> str:
         """'worker 1', 'chief 0', ... ('local' without TF_CONFIG): the prefix of this task's log lines."""
-        return "local" if self.task_type is None else f"{self.task_type} {self.task_id}"
+        return LOCAL_TASK if self.task_type is None else f"{self.task_type} {self.task_id}"
 
 
 def parse_tf_config(text: Optional[str]) -> ClusterSpec:

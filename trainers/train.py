@@ -125,22 +125,17 @@ def _train(tf, strategy, config, corpus, task: Task):
     settings = fit_loop.callback_settings(config, task, schedule)
     fit_callbacks = callbacks.make_callbacks(settings, manager, train_writer, evaluation, first_batch)
     clear, draw = _progress_line(tf, schedule.epochs) if is_chief and sys.stdout.isatty() else ([], [])
-    fit_loop.fit(tf, model, training_input, resume, schedule, [*clear, *fit_callbacks, *draw],
-                 verbose=_verbosity(is_chief))
+    # Keras prints nothing (verbose=0): the chief's line of each epoch is the evaluation callback's (loss,
+    # held-out recall, time), the steps within it _progress_line's on a terminal and ProgressLogger's on the tasks
+    # of a distributed job. We differ from Keras' defaults (a bar, or a line, of every metric): its 18 metrics here
+    # make a line wider than a terminal, and each redraw of its bar left a wrapped line behind.
+    fit_loop.fit(tf, model, training_input, resume, schedule, [*clear, *fit_callbacks, *draw], verbose=0)
     replicas = {"num_replicas": strategy.num_replicas_in_sync, "devices": distribute.replica_devices(strategy)}
     summary = fit_loop.task_summary(model, task, resume, placement, replicas, fit_callbacks)
     if not is_chief:
         run_dir.write_summary(task.job_dir, task_name, False, summary)
         return None
     return {**summary, **fit_loop.chief_evaluation(model, corpus, config, evaluation, task.write_dir)}
-
-
-def _verbosity(is_chief: bool) -> int:
-    """Keras' own output: on the chief one line per epoch (2), on a terminal too; the steps within an epoch are
-    _progress_line's. We differ from Keras' terminal default (1, a bar of every metric, redrawn with each
-    execution of steps): this model's metrics make it wider than a terminal, so each redraw left a wrapped line
-    behind, and it ran into the log lines between its redraws."""
-    return 2 if is_chief else 0
 
 
 def _progress_line(tf, epochs: int):

@@ -23,7 +23,7 @@ Files are sharded as <split>-00000-of-00004.tfrecord so that tf.distribute can s
 import glob
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -280,13 +280,23 @@ def read_all(paths: List[str], width: Optional[int] = None,
     width = max_negatives(paths) if width is None else width
     context = context_columns(paths) if context is None else context
     length = written_history_length(paths)
-    dataset = tf.data.TFRecordDataset(paths).batch(65536).map(
-        lambda batch: parse_batch(batch, width, context, length))
-    parts = list(dataset.as_numpy_iterator())
+    parts = list(read_batches(paths, width, context))
     spec = feature_spec(width, context, length)
     if not parts:
         return {name: _empty(name, spec[name], _list_widths(width, context, length)) for name in spec}
     return {name: np.concatenate([part[name] for part in parts]) for name in spec}
+
+
+def read_batches(paths: List[str], width: Optional[int] = None, context: Optional[Sequence[ContextColumn]] = None,
+                 batch_size: int = 65536) -> Iterator[Dict[str, np.ndarray]]:
+    """The records of the files in batches of batch_size, each as read_all's columns: for a split read in parts
+    (a training split too large to hold), in file order."""
+    width = max_negatives(paths) if width is None else width
+    context = context_columns(paths) if context is None else context
+    length = written_history_length(paths)
+    dataset = tf.data.TFRecordDataset(paths).batch(batch_size).map(
+        lambda batch: parse_batch(batch, width, context, length))
+    yield from dataset.as_numpy_iterator()
 
 
 def _empty(name: str, spec, widths: Dict[str, int]) -> np.ndarray:

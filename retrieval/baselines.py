@@ -80,14 +80,23 @@ class ItemTransitions:
         consecutive = users[1:] == users[:-1]
         pair_keys, counts = np.unique(items_in_order[:-1][consecutive] * num_items + items_in_order[1:][consecutive],
                                       return_counts=True)
+        popularity = np.bincount(items, minlength=num_items)
+        return self.fit_pair_counts(pair_keys // num_items, pair_keys % num_items, counts, popularity)
+
+    def fit_pair_counts(self, sources, followers, counts, popularity) -> "ItemTransitions":
+        """From counted pairs: sources [p] -> followers [p] seen counts [p] times (each pair once), and popularity
+        [num_items] the training interactions per item. For logs read in parts (`merge_pair_counts`)."""
+        num_items = len(popularity)
+        sources = _check_ids("sources", sources, num_items)
+        followers = _check_ids("followers", followers, num_items)
+        counts = np.asarray(counts, np.int64)
         self.num_items = num_items
-        self.popularity = np.bincount(items, minlength=num_items).astype(np.int64)
+        self.popularity = np.asarray(popularity, np.int64)
         self.popularity_order = np.argsort(-self.popularity, kind="stable")
         popularity_rank = np.empty(num_items, np.int64)
         popularity_rank[self.popularity_order] = np.arange(num_items)
-        sources, followers = pair_keys // num_items, pair_keys % num_items
         ranked = np.lexsort((popularity_rank[followers], -counts, sources))
-        self.targets, self.counts = followers[ranked], counts[ranked].astype(np.int64)
+        self.targets, self.counts = followers[ranked], counts[ranked]
         self._padded_targets = np.append(self.targets, PAD)  # a gather index past the end reads the pad
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(sources, minlength=num_items))]).astype(np.int64)
         return self
@@ -139,6 +148,13 @@ class ItemTransitions:
         top = np.full([num_queries, k], PAD, np.int64)
         top[rows, position[rows, columns] - 1] = candidates[rows, columns]
         return top
+
+
+def merge_pair_counts(pair_keys, counts, more_keys, more_counts):
+    """(keys, counts) of two countings of pairs (int64 keys source * num_items + follower, each once per counting)
+    added up, each key once, sorted: O(distinct pairs), whatever the log's length."""
+    keys, positions = np.unique(np.concatenate([pair_keys, more_keys]), return_inverse=True)
+    return keys, np.bincount(positions, weights=np.concatenate([counts, more_counts])).astype(np.int64)
 
 
 def item_cooccurrence(user_ids, item_ids, num_items: int) -> np.ndarray:

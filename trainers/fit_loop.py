@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 import tensorflow as tf
 from absl import logging
 
-from trainers import callbacks, held_out, run_dir, summaries
+from trainers import baselines, callbacks, held_out, run_dir, summaries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +152,8 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_c
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
     """The final held-out metrics (the best epoch's with --keep_best, else the last epoch's, when an epoch ran),
-    the most-popular baseline on the same queries (also in TensorBoard, as the run tensorboard/most_popular), and
-    the embedding projector of the most frequent items."""
+    the classic baselines on the same queries (trainers.baselines; also in TensorBoard, each a run of its own,
+    tensorboard/<name>), and the embedding projector of the most frequent items."""
     ks: List[int] = list(config.evaluation.eval_top_k)
     model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
     step = int(model.optimizer.iterations.numpy())
@@ -162,12 +162,10 @@ def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCall
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
         summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys,
                                   step)
-    baseline = held_out.popularity_baseline(corpus.item_counts, evaluation.held_out, ks)
-    write_baseline_events(write_dir.events(BASELINE_RUN), baseline, step)
-    return {"metrics": model_metrics, "most_popular": baseline}
-
-
-BASELINE_RUN = "most_popular"  # tensorboard/most_popular: the baseline's TensorBoard run, named as in metrics.json
+    results = baselines.evaluate(corpus, evaluation.held_out, ks)
+    for name, values in results.items():  # tensorboard/<name>, named as in metrics.json
+        write_baseline_events(write_dir.events(name), values, step)
+    return {"metrics": model_metrics, "baselines": results}
 
 
 def write_baseline_events(log_dir: str, baseline: Dict[str, float], step: int) -> None:

@@ -8,8 +8,9 @@ features and its values of the corpus's context columns), when the model reads t
 kept wholly out of training): one query per held-out interaction, each user's last eval_per_user interactions
 (the corpus's split), with the user's other items before it as its history (data.history.cold_user_queries)
 and the interaction's own context; their metrics are named COLD + name ("cold_users/recall_at_100" in
-TensorBoard), and the most-popular baseline is computed for each group under the same names (TensorBoard shows
-it as a run of its own, tensorboard/most_popular, so each chart overlays model and baseline). No ranking holds the `<oov>` bucket.
+TensorBoard), and the baselines (trainers.baselines) are computed for each group under the same names
+(TensorBoard shows each as a run of its own, tensorboard/<baseline>, so each chart overlays model and
+baselines). No ranking holds the `<oov>` bucket.
 """
 
 import dataclasses
@@ -41,6 +42,9 @@ class HeldOut:
     context: Optional[Dict[str, np.ndarray]] = None
     oov_item_id: Optional[int] = None  # never ranked
     cold: Optional["HeldOut"] = None  # the cold users' queries
+    # [num_queries] int64 the user's newest training item strictly before the query's row (-1: none), which the
+    # item-to-item baseline reads whatever the model reads
+    last_items: Optional[np.ndarray] = None
 
     def features(self, rows: slice = slice(None)) -> Dict[str, np.ndarray]:
         """The query tower's inputs of some queries: user_id, and history and context when held."""
@@ -90,7 +94,7 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
     written = corpus.history_length is not None  # the eval records carry their histories: no training split
-    needs_train = exclude_seen or len(cold_ids) or ("history" in features and not written)
+    needs_train = exclude_seen or len(cold_ids) or not written  # (without written histories, the last items)
     train = records.read_all(corpus.train_files) if needs_train else None
     seen_ids = None
     if exclude_seen:
@@ -99,11 +103,15 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
     first_rows = _first_rows(warm, unique_users)  # [q] each user's first held-out row
     moment = warm["timestamp"][first_rows]
     query_history = None
-    if "history" in features and written:
-        query_history = warm["history"][first_rows][:, :history_length]
-    elif "history" in features:
+    if written:
+        last_items = warm["history"][first_rows][:, 0]
+        if "history" in features:
+            query_history = warm["history"][first_rows][:, :history_length]
+    else:
         log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
-        query_history = history.histories_from_log(log, unique_users, moment, history_length)
+        if "history" in features:
+            query_history = history.histories_from_log(log, unique_users, moment, history_length)
+        last_items = history.histories_from_log(log, unique_users, moment, 1)[:, 0]
     context_names = [column.name for column in corpus.context_columns]
     context = _context(warm, first_rows, context_names) if "context" in features else None
     oov = _oov_item_id(corpus)
@@ -114,7 +122,8 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
         cold_rows = _rows_of(cold_rows, np.isin(cold_rows["user_id"], cold_ids))
         cold = _cold_held_out(cold_rows, _eval_per_user(corpus), history_length,
                               context_names if "context" in features else None, exclude_seen, oov)
-    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold)
+    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold,
+                   last_items)
 
 
 def _cold_held_out(rows, eval_per_user: int, history_length: int, context_names: Optional[Sequence[str]],
@@ -134,7 +143,8 @@ def _cold_held_out(rows, eval_per_user: int, history_length: int, context_names:
         _, seen = _group_by_user(_rows_of(rows, kept), user_ids)
         seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
     context = _context(rows, query_rows, context_names) if context_names is not None else None
-    return HeldOut(user_ids, rows["item_id"][query_rows][:, np.newaxis], seen_ids, query_history, context, oov)
+    return HeldOut(user_ids, rows["item_id"][query_rows][:, np.newaxis], seen_ids, query_history, context, oov,
+                   last_items=queries.history[keep][:, 0])
 
 
 def _rows_of(columns: Dict[str, np.ndarray], mask: np.ndarray) -> Dict[str, np.ndarray]:
@@ -257,13 +267,14 @@ def split_cold(values: Dict[str, float]):
     return warm, cold
 
 
-def metrics_document(model_metrics: Dict[str, float], baseline_metrics: Dict[str, float]) -> Dict[str, Any]:
-    """metrics.json: {"model", "most_popular"} of the warm queries, and "cold_users": {"model", "most_popular"}
-    when the run kept users out of training."""
-    (model_warm, model_cold), (baseline_warm, baseline_cold) = split_cold(model_metrics), split_cold(baseline_metrics)
-    document: Dict[str, Any] = {"model": model_warm, "most_popular": baseline_warm}
+def metrics_document(model_metrics: Dict[str, float], baselines: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
+    """metrics.json: {"model", <each baseline's name>} of the warm queries, and "cold_users": the same of the cold
+    ones when the run kept users out of training. baselines: {name: metrics}, e.g. trainers.baselines.evaluate's."""
+    model_warm, model_cold = split_cold(model_metrics)
+    split = {name: split_cold(values) for name, values in baselines.items()}
+    document: Dict[str, Any] = {"model": model_warm, **{name: warm for name, (warm, _) in split.items()}}
     if model_cold:
-        document["cold_users"] = {"model": model_cold, "most_popular": baseline_cold}
+        document["cold_users"] = {"model": model_cold, **{name: cold for name, (_, cold) in split.items()}}
     return document
 
 
@@ -271,24 +282,34 @@ def metrics_document(model_metrics: Dict[str, float], baseline_metrics: Dict[str
 PROTOCOLS = (("recall_at_", "recall@{k} per user"), ("top_k_accuracy_at_", "top-{k} accuracy per row"))
 
 
-def report(model_metrics: Dict[str, float], baseline_metrics: Dict[str, float], ks: Sequence[int]) -> str:
+def report(model_metrics: Dict[str, float], baselines: Dict[str, Dict[str, float]], ks: Sequence[int],
+           labels: Optional[Dict[str, str]] = None) -> str:
     """The table the trainer prints: recall@K (the mean over held-out users) and top-K accuracy (the mean over
-    held-out rows, TFRS's) of the model beside the most-popular baseline, and their ratio; with cold users, the
-    same table for them, with NDCG@K and MRR."""
-    (model_warm, model_cold), (baseline_warm, baseline_cold) = split_cold(model_metrics), split_cold(baseline_metrics)
-    lines = _table("held-out metric", model_warm, baseline_warm, ks, with_ranks=bool(model_cold))
+    held-out rows, TFRS's) of the model beside each baseline ({name: metrics}, columns headed labels[name]) and
+    the model's ratio to the best of them; with cold users, the same table for them, with NDCG@K and MRR."""
+    model_warm, model_cold = split_cold(model_metrics)
+    split = {name: split_cold(values) for name, values in baselines.items()}
+    heads = [(labels or {}).get(name, name) for name in baselines]
+    lines = _table("held-out metric", model_warm, [warm for warm, _ in split.values()], heads, ks,
+                   with_ranks=bool(model_cold))
     if model_cold:
-        lines += _table("cold users", model_cold, baseline_cold, ks, with_ranks=True)
+        lines += _table("cold users", model_cold, [cold for _, cold in split.values()], heads, ks, with_ranks=True)
     return "\n".join(lines)
 
 
-def _table(title: str, model_metrics, baseline_metrics, ks: Sequence[int], with_ranks: bool):
+def _table(title: str, model_metrics, baseline_metrics, heads: Sequence[str], ks: Sequence[int], with_ranks: bool):
+    """Rows of one group: label, the model, each baseline, and the model's ratio to the best baseline."""
     rows = [(f"{prefix}{k}", label.format(k=k)) for prefix, label in PROTOCOLS for k in ks]
     if with_ranks:
         rows += [(f"ndcg_at_{k}", f"NDCG@{k}") for k in ks] + [("mrr", "MRR")]
-    lines = [f"{title:<28}{'model':>10}{'most-popular':>14}{'ratio':>8}"]
+    widths = [max(len(head) + 2, 10) for head in heads]
+    lines = [f"{title:<28}{'model':>10}" + "".join(f"{head:>{width}}" for head, width in zip(heads, widths))
+             + f"{'vs best':>9}"]
     for name, label in rows:
-        model_value, baseline_value = model_metrics[name], baseline_metrics[name]
-        ratio = model_value / baseline_value if baseline_value else math.inf
-        lines.append(f"{label:<28}{model_value:>10.4f}{baseline_value:>14.4f}{ratio:>7.2f}x")
+        model_value = model_metrics[name]
+        values = [metrics_of[name] for metrics_of in baseline_metrics]
+        best = max(values, default=0.0)
+        ratio = model_value / best if best else math.inf
+        lines.append(f"{label:<28}{model_value:>10.4f}" + "".join(f"{value:>{width}.4f}" for value, width
+                                                                 in zip(values, widths)) + f"{ratio:>8.2f}x")
     return lines

@@ -9,7 +9,8 @@
                tensorboard/        hparams (its own events), the profiler's plugins/, and one run per directory:
                           train/        per-step loss, throughput, sampler diagnostics
                           eval/         held-out metrics per epoch (recall_at_10, cold_users/recall_at_10, ...)
-                          most_popular/ the most-popular baseline under eval/'s tag names, so charts overlay them
+                          most_popular/, item_transitions/  the baselines (trainers.baselines) under eval/'s
+                                        tag names, so charts overlay them
                           projector/    item embeddings checkpoint, projector_config.pbtxt, metadata.tsv (key,
                                         item_id, count) and an event file, without which TensorBoard sees no run
                metrics.json        final held-out metrics of the model and the most-popular baseline
@@ -66,7 +67,8 @@ class RunDir:
         return self.join("tensorboard")
 
     def events(self, name: str) -> str:
-        """tensorboard/<name>, one TensorBoard run: "train", "eval", "most_popular", "projector"."""
+        """tensorboard/<name>, one TensorBoard run: "train", "eval", a baseline's name ("most_popular",
+        "item_transitions"), "projector"."""
         return self.join("tensorboard", name)
 
     def evaluation(self, step: int) -> str:

@@ -6,7 +6,7 @@ The data path, one call each:
     model = model_builder.model_from_config(corpus, config)       -> TwoTowerModel, in the strategy's scope
     resume = run_dir.restore_for_training(...)                    -> the step (and data position) to continue at
     model.fit(TrainingInput.dataset_creator(step), callbacks=make_callbacks(...))
-    held_out.evaluate / popularity_baseline -> metrics.json, run_summary.json; export.export_from_model_dir
+    held_out.evaluate / baselines.evaluate -> metrics.json, run_summary.json; export.export_from_model_dir
 What goes to --model_dir is laid out in trainers/run_dir.py.
 """
 
@@ -196,11 +196,12 @@ def main(argv):
 
 def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
     """metrics.json, the report, the export, and last run_summary.json (which names the export)."""
-    from trainers import export, held_out
+    from trainers import baselines, export, held_out
 
     run_dir.write_json(model_dir.join(run_dir.METRICS), held_out.metrics_document(summary["metrics"],
-                                                                                   summary["most_popular"]))
-    print(held_out.report(summary["metrics"], summary["most_popular"], config.evaluation.eval_top_k), flush=True)
+                                                                                   summary["baselines"]))
+    print(held_out.report(summary["metrics"], summary["baselines"], config.evaluation.eval_top_k, baselines.LABELS),
+          flush=True)
     if config.evaluation.export:
         path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k,
                                                   best=bool(config.evaluation.keep_best))

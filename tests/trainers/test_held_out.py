@@ -9,7 +9,7 @@ import pytest
 
 from data import corpus as corpus_lib
 from data import history, records
-from trainers import held_out
+from trainers import baselines, held_out
 from trainers.run_config import DataConfig, ModelConfig, RunConfig
 
 PAD = history.PAD
@@ -105,21 +105,39 @@ def test_cold_metrics_sit_beside_their_own_baseline_and_oov_is_never_ranked(tmp_
     queries = held_out.load_held_out(corpus, config=config)
     assert queries.oov_item_id == 0 and queries.cold.oov_item_id == 0 and len(queries.cold.user_ids) == 4
     model_metrics = held_out.evaluate(_LastItem(), queries, ks=[1, 3])
-    baseline = held_out.popularity_baseline(corpus.item_counts, queries, ks=[1, 3])
+    results = baselines.evaluate(corpus, queries, ks=[1, 3])
+    baseline = results["most_popular"]
     assert model_metrics["recall_at_1"] == 1.0 and model_metrics["cold_users/recall_at_1"] == 1.0
     assert baseline["recall_at_1"] == 0.0 and baseline["cold_users/recall_at_1"] == 0.0
-    document = held_out.metrics_document(model_metrics, baseline)
-    assert set(document) == {"model", "most_popular", "cold_users"}
+    # Nothing followed a user's latest item (user % 4 + 4) in training: transitions fall back on popularity.
+    assert results["item_transitions"]["recall_at_1"] == 0.0
+    document = held_out.metrics_document(model_metrics, results)
+    assert set(document) == {"model", "most_popular", "item_transitions", "cold_users"}
+    assert set(document["cold_users"]) == {"model", "most_popular", "item_transitions"}
     assert document["cold_users"]["model"]["mrr"] == 1.0 and "cold_users/mrr" not in document["model"]
-    assert set(baseline) == set(model_metrics)  # one tag name each in TensorBoard's eval and most_popular runs
-    text = held_out.report(model_metrics, baseline, [1, 3])
-    assert "cold users" in text and "NDCG@3" in text and "MRR" in text
+    assert set(baseline) == set(model_metrics)  # one tag name each in TensorBoard's eval and baseline runs
+    text = held_out.report(model_metrics, results, [1, 3], baselines.LABELS)
+    assert "cold users" in text and "NDCG@3" in text and "MRR" in text and "item-to-item" in text
     # The most popular item is the OOV bucket: popularity's first item is the next one.
     first = held_out._popularity(corpus.item_counts, dataclasses.replace(queries, relevant_ids=np.ones((4, 1))), [1])
     assert first["recall_at_1"] == 1.0
 
 
+def test_item_transitions_rank_what_followed_the_last_training_item(tmp_path):
+    # Users 0-3 train on 1, 2, 3 and hold out 4; users 4-7 train on 1, 2 and hold out 3. Pairs: 1 -> 2 eight times,
+    # 2 -> 3 four times. Users 4-7 (last item 2) get 3 first: found. Nothing followed 3, so users 0-3 get
+    # popularity (1 and 2 eight times each, 1 the lower id): not found. Popularity finds no one at K=1.
+    train = [(user, item, MONDAY + step) for user in range(8) for step, item in enumerate([1, 2, 3][: 3 - user // 4])]
+    evaluation = [(user, 4 if user < 4 else 3, MONDAY + DAY) for user in range(8)]
+    corpus = _write_corpus(tmp_path, train, evaluation)
+    queries = held_out.load_held_out(corpus)  # a user-id model's queries: the baselines read the last items
+    np.testing.assert_array_equal(queries.last_items, [3, 3, 3, 3, 2, 2, 2, 2])
+    results = baselines.evaluate(corpus, queries, ks=[1, 2])
+    assert results["item_transitions"]["recall_at_1"] == 0.5 and results["most_popular"]["recall_at_1"] == 0.0
+    assert results["item_transitions"]["recall_at_2"] == 0.5  # users 0-3: popularity's 1, 2; never 4
+
+
 def test_metrics_document_without_cold_users_is_as_before():
-    document = held_out.metrics_document({"recall_at_10": 0.5}, {"recall_at_10": 0.1})
+    document = held_out.metrics_document({"recall_at_10": 0.5}, {"most_popular": {"recall_at_10": 0.1}})
     assert document == {"model": {"recall_at_10": 0.5}, "most_popular": {"recall_at_10": 0.1}}
     json.dumps(document)

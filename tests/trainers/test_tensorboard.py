@@ -60,7 +60,7 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def server(finished_run, tmp_path_factory):
-    """The base URL of `tensorboard --logdir runs` once it lists the run's five TensorBoard runs; killed after."""
+    """The base URL of `tensorboard --logdir runs` once it lists the run's six TensorBoard runs; killed after."""
     runs_dir, _ = finished_run
     port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "tensorboard.log", "w+")
@@ -69,7 +69,8 @@ def server(finished_run, tmp_path_factory):
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        expected = {RUN, *(f"{RUN}/{name}" for name in ("train", "eval", "most_popular", "projector"))}
+        runs = ("train", "eval", "most_popular", "item_transitions", "projector")
+        expected = {RUN, *(f"{RUN}/{name}" for name in runs)}
         wait_for(lambda: expected <= set(get_json(base, "/data/runs")), process, log)
         yield base
     finally:
@@ -158,19 +159,20 @@ def test_projector_plugin_reports_itself_enabled(server):
     assert eventually(lambda: get_json(server, "/data/plugins_listing")["projector"]["enabled"], seconds=20)
 
 
+@pytest.mark.parametrize("baseline_run", ["most_popular", "item_transitions"])
 @pytest.mark.parametrize("tag, group", [("recall_at_10", ()), ("cold_users/recall_at_10", ("cold_users",))])
-def test_baseline_is_a_run_of_its_own_on_the_model_charts(server, finished_run, tag, group):
+def test_baseline_is_a_run_of_its_own_on_the_model_charts(server, finished_run, tag, group, baseline_run):
     _, model_dir = finished_run
     metrics = json.loads((model_dir / "metrics.json").read_text())
     for key in group:
         metrics = metrics[key]
     tags = get_json(server, "/data/plugin/scalars/tags")
-    assert tag in tags[f"{RUN}/eval"] and tag in tags[f"{RUN}/most_popular"]
+    assert tag in tags[f"{RUN}/eval"] and tag in tags[f"{RUN}/{baseline_run}"]
     assert not [name for run in tags.values() for name in run if "most_popular/" in name], "no baseline tags left"
     final_step = json.loads((model_dir / "run_summary.json").read_text())["final_step"]
-    baseline = get_json(server, "/data/plugin/scalars/scalars", run=f"{RUN}/most_popular", tag=tag)
+    baseline = get_json(server, "/data/plugin/scalars/scalars", run=f"{RUN}/{baseline_run}", tag=tag)
     assert [step for _, step, _ in baseline] == [0, final_step]  # a flat line under the model's whole curve
-    assert all(value == pytest.approx(metrics["most_popular"]["recall_at_10"], rel=1e-6) for _, _, value in baseline)
+    assert all(value == pytest.approx(metrics[baseline_run]["recall_at_10"], rel=1e-6) for _, _, value in baseline)
     model = get_json(server, "/data/plugin/scalars/scalars", run=f"{RUN}/eval", tag=tag)
     assert model[-1][1] == final_step and model[-1][2] == pytest.approx(metrics["model"]["recall_at_10"], rel=1e-6)
 

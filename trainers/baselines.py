@@ -1,0 +1,66 @@
+"""The classic baselines the trainer reports beside the model, on the model's own held-out queries and protocol
+(trainers.held_out: exact top-K, --exclude_seen, never the `<oov>` bucket):
+
+    most_popular       the most frequent training items, for everyone
+    item_transitions   what followed the query's last training item in training (retrieval.baselines), ties and
+                       the rest by popularity: the first-order sequential baseline a history model must beat
+
+Each is named as in metrics.json and as its TensorBoard run (tensorboard/<name>). EASE^R and item-kNN, which need a
+dense item x item matrix, are in scripts/compare_tfrs.py for catalogues that small.
+"""
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+from data import records
+from data.corpus import PreparedCorpus
+from retrieval import baselines
+from trainers import held_out as held_out_lib
+
+NAMES = ("most_popular", "item_transitions")
+LABELS = {"most_popular": "most-popular", "item_transitions": "item-to-item"}  # the report's column heads
+
+
+def evaluate(corpus: PreparedCorpus, queries: held_out_lib.HeldOut, ks: Sequence[int]) -> Dict[str, Dict[str, float]]:
+    """{baseline name: its metrics (warm, and COLD + name for cold users)} on the queries."""
+    transitions = fit_transitions(corpus)
+    return {
+        "most_popular": held_out_lib.popularity_baseline(corpus.item_counts, queries, ks),
+        "item_transitions": _for_both_groups(lambda group: _transitions_metrics(transitions, group, ks), queries),
+    }
+
+
+def fit_transitions(corpus: PreparedCorpus) -> baselines.ItemTransitions:
+    """Item-to-item counts of the training split. With histories written into the records (logs of any size) the
+    pairs are (history[0], item) of each record, counted batch by batch (O(distinct pairs) memory); otherwise the
+    split is in memory at the trainer's scale and is read whole, ordered by user and time."""
+    popularity = np.asarray(corpus.item_counts, np.int64)
+    if corpus.history_length is None:
+        train = records.read_all(corpus.train_files)
+        return baselines.ItemTransitions().fit(train["user_id"], train["item_id"], train["timestamp"],
+                                               corpus.num_items)
+    keys, counts = np.zeros([0], np.int64), np.zeros([0], np.int64)
+    for batch in records.read_batches(corpus.train_files):
+        previous = batch[records.HISTORY][:, 0]  # [b] the row's user's newest earlier training item, or PAD
+        has_previous = previous >= 0
+        batch_keys, batch_counts = np.unique(previous[has_previous] * corpus.num_items +
+                                             batch["item_id"][has_previous], return_counts=True)
+        keys, counts = baselines.merge_pair_counts(keys, counts, batch_keys, batch_counts)
+    return baselines.ItemTransitions().fit_pair_counts(keys // corpus.num_items, keys % corpus.num_items, counts,
+                                                       popularity)
+
+
+def _transitions_metrics(transitions: baselines.ItemTransitions, queries: held_out_lib.HeldOut,
+                         ks: Sequence[int]) -> Dict[str, float]:
+    top_ids = transitions.top_k(queries.last_items, max(ks), queries.exclude_ids())
+    top_ids = np.where(top_ids < 0, transitions.num_items, top_ids)  # an empty slot (all else excluded) finds nothing
+    return held_out_lib.both_protocols(top_ids, queries.relevant_ids, ks)
+
+
+def _for_both_groups(metrics_of, queries: held_out_lib.HeldOut) -> Dict[str, float]:
+    """metrics_of(queries) for the warm queries and, named COLD + name, for the cold users' queries."""
+    results = metrics_of(queries)
+    if queries.cold is not None and len(queries.cold.user_ids):
+        results.update({held_out_lib.COLD + name: value for name, value in metrics_of(queries.cold).items()})
+    return results

@@ -30,7 +30,7 @@ train: $(INSTALLED)
 	$(PY) -m trainers.train --data=$(DATA) $(ARGS)
 
 test: $(TEST_INSTALLED)
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra --durations=20 tests
 
 # Everything but the multi-process tests, for a quick local loop.
 test-fast: $(TEST_INSTALLED)

@@ -24,8 +24,8 @@ so the driver and the workers must share that file system (a local disk here; a 
 gs:// and s3:// paths are not supported yet).
 
 Not yet on this runner (refused in one line by `unsupported_options`): --eval_input, feature side files and
-feature columns, context columns, logged negatives and --split=random (the in-process draw is one permutation
-of the whole log).
+feature columns, context columns, logged negatives, --split=random (the in-process draw is one permutation
+of the whole log) and --validation_per_user (a second per-user split of the training rows).
 """
 
 import dataclasses
@@ -60,7 +60,7 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
             user_features_input: Optional[str] = None, split: str = "last", eval_per_user: int = 1, seed: int = 0,
             min_item_count: int = 1, num_shards: Optional[int] = None, skip_bad_records: bool = False,
             overwrite: bool = False, description: str = "", history_length: Optional[int] = None,
-            beam_options: str = "") -> "prepare_lib.Summary":
+            beam_options: str = "", validation_per_user: int = 0) -> "prepare_lib.Summary":
     """data.prepare.prepare's corpus, by the Beam pipeline (same arguments; split=last only, seed is recorded).
 
     num_shards: files per split; None lets the runner pick (one per bundle: here one per worker process). A fixed
@@ -69,7 +69,8 @@ def prepare(input_pattern: str, schema: Schema, output_dir: str, *, file_format:
     Raises ValueError (an option not on this runner yet, bad arguments), DataError, FileExistsError; output_dir
     is then left as it was.
     """
-    unsupported = unsupported_options(schema, eval_input, item_features_input, user_features_input, split)
+    unsupported = unsupported_options(schema, eval_input, item_features_input, user_features_input, split,
+                                      validation_per_user)
     if unsupported:
         raise ValueError(f"{unsupported}: not on --runner=beam yet; prepare this log with --runner=in_process")
     prepare_lib.check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards or 1,
@@ -113,7 +114,7 @@ def _finish(staging, input_pattern, files, schema, output_dir, skip_bad_records,
         num_eval=rows.eval, description=description or f"prepared from {input_pattern}", source_files=files,
         eval_source_files=None, schema=dataclasses.asdict(schema), split="last", eval_per_user=eval_per_user,
         seed=seed, min_item_count=min_item_count, oov_item_id=counts["oov_id"], eval_dropped_oov=eval_dropped_oov,
-        rows=dataclasses.asdict(rows), num_bad_records=bad.count, bad_record_messages=bad.messages,
+        rows=rows.metadata(), num_bad_records=bad.count, bad_record_messages=bad.messages,
         item_features={}, user_features={}, context_columns=[],
         **({} if history_length is None else {"history_length": history_length}))
     return prepare_lib.Summary(
@@ -140,7 +141,7 @@ def _bad_records(files: List[Dict], skip_bad_records: bool) -> readers.BadRecord
 
 
 def unsupported_options(schema: Schema, eval_input, item_features_input, user_features_input,
-                        split: str) -> Optional[str]:
+                        split: str, validation_per_user: int = 0) -> Optional[str]:
     """The first option this runner cannot run yet, as the flag the user typed, or None."""
     checks = (
         (eval_input, "--eval_input"),
@@ -149,6 +150,7 @@ def unsupported_options(schema: Schema, eval_input, item_features_input, user_fe
         (schema.context_columns or schema.numeric_context_columns, "--context_columns / --numeric_context_columns"),
         (schema.negative_column, "--negative_column"),
         (split != "last", f"--split={split}"),
+        (validation_per_user > 0, f"--validation_per_user={validation_per_user}"),
     )
     return next((flag for present, flag in checks if present), None)
 

@@ -13,7 +13,13 @@ NUM_SHARDS = 4
 
 
 def cache_key(config: synthetic.SyntheticConfig) -> str:
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    """The cache directory's name: a hash of the configuration. validation_per_user=0 is left out of it, so the
+    corpora cached before the validation split existed (which had none) are the ones that setting finds, and a
+    corpus with a validation split never is."""
+    fields = dataclasses.asdict(config)
+    if not config.validation_per_user:
+        del fields["validation_per_user"]
+    text = json.dumps(fields, sort_keys=True)
     return "synthetic-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -35,7 +41,10 @@ def prepare(config: synthetic.SyntheticConfig, cache_dir: str) -> corpus.Prepare
 
 def _write(config: synthetic.SyntheticConfig, directory: str) -> None:
     generated = synthetic.generate(config)
-    for split, interactions in (("train", generated.train), ("eval", generated.eval)):
+    splits = [("train", generated.train), ("eval", generated.eval)]
+    if generated.validation is not None:
+        splits.append(("validation", generated.validation))
+    for split, interactions in splits:
         records.write_interactions(directory, split, interactions._asdict(), NUM_SHARDS)
     np.save(os.path.join(directory, "item_counts.npy"), generated.item_counts)
     corpus.write_metadata(
@@ -44,5 +53,7 @@ def _write(config: synthetic.SyntheticConfig, directory: str) -> None:
         num_users=config.num_users,
         num_train=len(generated.train),
         num_eval=len(generated.eval),
+        **({"num_validation": len(generated.validation), "validation_per_user": config.validation_per_user}
+           if generated.validation is not None else {}),
         description=f"built-in synthetic corpus {dataclasses.asdict(config)}",
     )

@@ -4,7 +4,10 @@ Layout of a prepared directory (written by the built-in generator and by `data.p
   metadata.json           {"format": "retrieval-corpus/1", "num_items", "num_users", "num_train", "num_eval", ...}
   item_counts.npy         [num_items] int64 training count per item id (non-increasing: ids ranked by frequency)
   train-*-of-*.tfrecord   training interactions (see data.records)
-  eval-*-of-*.tfrecord    held-out interactions
+  eval-*-of-*.tfrecord    held-out interactions: the test split, read once for the final report
+  validation-*-of-*.tfrecord  optional: held-out interactions of the validation split (each user's last training
+                          rows, data.splits.validation), on which the trainer chooses the model; a corpus
+                          without them (older ones, data.prepare without --validation_per_user) has none
   latest_history-*.tfrecord  every user's latest history, when the records carry theirs (data.records)
 Optional, written by `data.prepare` for logs with their own keys (the built-in corpus has none):
   item_vocabulary.tsv     header `key\tid\tcount`, one row per item id in id order (id 0 = most frequent)
@@ -57,6 +60,9 @@ class PreparedCorpus:
     # N when the records carry their history (data.prepare --history_length=N; data.records): the trainer streams
     # them and reads no split whole. None: histories are looked up in the training split, any length.
     history_length: Optional[int] = None
+    # The validation split's files (empty: none) and rows (metadata.json's "num_validation").
+    validation_files: List[str] = dataclasses.field(default_factory=list)
+    num_validation: int = 0
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -73,6 +79,10 @@ class PreparedCorpus:
         item_counts = np.load(os.path.join(directory, "item_counts.npy"))
         train_files = sorted(glob.glob(os.path.join(directory, "train-*.tfrecord")))
         eval_files = sorted(glob.glob(os.path.join(directory, "eval-*.tfrecord")))
+        validation_files = sorted(glob.glob(os.path.join(directory, "validation-*.tfrecord")))
+        if bool(validation_files) != bool(metadata.get("num_validation")):
+            raise CorpusError(f"{directory}: {len(validation_files)} validation-*.tfrecord files but metadata.json "
+                              f"says num_validation={metadata.get('num_validation', 0)}; prepare the corpus again")
         if not train_files or not eval_files:
             raise CorpusError(f"{directory}: expected train-*.tfrecord and eval-*.tfrecord files")
         if len(item_counts) != metadata["num_items"]:
@@ -105,7 +115,14 @@ class PreparedCorpus:
             context_columns=_context_columns(directory, metadata),
             has_timestamps=metadata.get("schema", {}).get("timestamp_column", "") is not None,
             history_length=metadata.get("history_length"),
+            validation_files=validation_files,
+            num_validation=int(metadata.get("num_validation", 0)),
         )
+
+    @property
+    def has_validation(self) -> bool:
+        """True when the corpus holds a validation split apart from the test split (eval_files)."""
+        return bool(self.validation_files)
 
 
 def write_metadata(directory: str, **metadata) -> None:

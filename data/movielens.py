@@ -6,8 +6,11 @@ The files come from the `recbole==1.2.1` wheel on PyPI, which ships them as RecB
 never installed: it pulls in PyTorch) and only those three files are extracted into the cache. The data are
 GroupLens's, whose licence does not allow redistribution: they stay in the user's cache, never in this repo.
 
-Prepared as: every rating (1 to 5) is an interaction; each user's last rating by timestamp is held out (ties
-by file order); items carry their genres (multi-valued) and release year as features.
+Prepared as: every rating (1 to 5) is an interaction; each user's last rating by timestamp is held out as the
+test split (ties by file order) and the one before it as the validation split (the trainer chooses the model on
+it); items carry their genres (multi-valued) and release year as features. The prepared directory's name says
+the split (PREPARED): a cache prepared before the validation split existed ("prepared-last1") is not read, and
+the corpus is prepared again beside it from the cached files.
 """
 
 import os
@@ -35,7 +38,8 @@ SCHEMA = Schema(
     delimiter="\t",
     quoting=False,  # titles hold quotes ("Pinocchio"): RecBole files are plain tab-separated
 )
-PREPARED = "prepared-last1"
+PREPARED = "prepared-last1-validation1"  # a new split, a new name: see the module docstring
+VALIDATION_PER_USER = 1
 
 
 def directory(cache_dir: str) -> str:
@@ -92,8 +96,10 @@ def prepared(cache_dir: str, raw_dir: Optional[str] = None) -> corpus.PreparedCo
             item_features_input=os.path.join(raw_dir, "ml-100k.item"),
             split="last",
             eval_per_user=1,
+            validation_per_user=VALIDATION_PER_USER,
             description="MovieLens 100K (GroupLens, via the recbole==1.2.1 wheel): every rating an interaction, "
-            "each user's last rating held out; item features genres and release year",
+            "each user's last rating held out (test), the one before it the validation split; item features "
+            "genres and release year",
         )
     return corpus.PreparedCorpus.load(output_dir)
 
@@ -109,7 +115,8 @@ def main(argv):
         sys.exit(f"data.movielens: {error}")
     print(
         f"MovieLens 100K prepared in {prepared_corpus.directory}: {prepared_corpus.num_items} items, "
-        f"{prepared_corpus.num_users} users, {prepared_corpus.num_train} train / {prepared_corpus.num_eval} eval "
+        f"{prepared_corpus.num_users} users, {prepared_corpus.num_train} train / {prepared_corpus.num_validation} validation / "
+        f"{prepared_corpus.num_eval} eval "
         f"interactions\ntrain on it: python -m trainers.train --data=movielens"
     )
 

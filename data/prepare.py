@@ -4,6 +4,8 @@
       -> read and validate every record (data.readers)
       -> train / eval split (data.splits): per user (no interaction in both), or as given by a held-out file
          (--eval_input, same schema and format; its feature columns are not read)
+      -> with --validation_per_user=N, of each user's training rows the last N by time as the validation split
+         (data.splits.validation: model selection reads it, so the eval rows stay the test set, read once)
       -> item ids by descending *training* count (data.vocabulary): id 0 = most frequent, item_counts.npy
          non-increasing as the log-uniform sampler assumes; items seen fewer than --min_item_count times in
          train (items seen only in eval included) share one OOV id, ranked by their summed count
@@ -29,7 +31,9 @@ the result does not depend on the order of rows or files.
 Every row read is accounted for, in the report and in metadata.json's "rows":
     {"read": {"input": n[, "eval_input": m]}, "bad_records": {"input": b[, "eval_input": c]},
      "train": t, "eval": e, "eval_dropped": {"unseen_item": .., "rare_item": .., "unseen_user": ..}}
-with sum(read) == sum(bad_records) + train + eval + sum(eval_dropped). A row is a record: a non-blank CSV line
+with sum(read) == sum(bad_records) + train + eval + sum(eval_dropped); with a validation split also
+"validation": v, "validation_dropped": {reason: ..} (validation rows are dropped for the reasons eval rows are),
+and the sum adds v + sum(validation_dropped). A row is a record: a non-blank CSV line
 after the header, or a TFRecord. Bad records of the feature side files are counted apart (they hold no
 interactions).
 
@@ -81,23 +85,35 @@ _DROP_REASON_TEXT = {
 
 @dataclasses.dataclass
 class RowCounts:
-    """Where every row read went: sum(read) == sum(bad_records) + train + eval + sum(eval_dropped)."""
+    """Where every row read went: sum(read) == sum(bad_records) + train + eval + sum(eval_dropped)
+    [+ validation + sum(validation_dropped), with a validation split]."""
 
     read: Dict[str, int]  # {"input": rows[, "eval_input": rows]}
     bad_records: Dict[str, int]  # the same keys: rows skipped under skip_bad_records
     train: int
     eval: int
     eval_dropped: Dict[str, int]  # {reason in EVAL_DROP_REASONS: rows}
+    # With --validation_per_user > 0 (else None, and absent from metadata.json, as a corpus of before has them):
+    validation: Optional[int] = None
+    validation_dropped: Optional[Dict[str, int]] = None  # {reason in EVAL_DROP_REASONS: rows}, as eval's
+
+    def metadata(self) -> Dict:
+        """metadata.json's "rows": every count, the validation ones only with a validation split."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
 
     def report(self) -> str:
         """One line: the rows read, and where each went."""
         sources = ""
         if len(self.read) > 1:
             sources = " (" + ", ".join(f"{count} --{name}" for name, count in self.read.items()) + ")"
+        validation = ""
+        if self.validation is not None:
+            validation = (f" + {self.validation} validation + {sum(self.validation_dropped.values())} validation "
+                          f"dropped ({_reasons(self.validation_dropped)})")
         return (
             f"rows: {sum(self.read.values())} read{sources} = {self.train} train + {self.eval} eval + "
             f"{sum(self.bad_records.values())} bad records skipped + {sum(self.eval_dropped.values())} eval dropped "
-            f"({_reasons(self.eval_dropped)})"
+            f"({_reasons(self.eval_dropped)}){validation}"
         )
 
 
@@ -125,11 +141,14 @@ class Summary:
     logged_negatives: Optional[Dict] = None  # metadata.json's "logged_negatives", with a negative column
     context_columns: Tuple[context_lib.ContextColumn, ...] = ()
     history_length: Optional[int] = None  # N when the records carry their history
+    num_validation: int = 0  # rows of the validation split (--validation_per_user), apart from train and eval
 
     def report(self) -> str:
+        validation = f", {self.num_validation} validation" if self.num_validation else ""
         lines = [
             f"prepared {self.output_dir}: {self.num_items} items, {self.num_users} users, "
-            f"{self.num_train} train and {self.num_eval} eval interactions (from {self.num_rows_read} rows)",
+            f"{self.num_train} train{validation} and {self.num_eval} eval interactions (from {self.num_rows_read} "
+            "rows)",
             self.rows.report(),
         ]
         if self.oov_item_id is not None:
@@ -178,6 +197,7 @@ def prepare(
     description: str = "",
     history_length: Optional[int] = None,
     progress: Optional[readers.Progress] = None,
+    validation_per_user: int = 0,
 ) -> Summary:
     """Reads, validates, splits and writes a prepared corpus to output_dir (see the module docstring).
 
@@ -187,10 +207,13 @@ def prepare(
     keyed by the schema's item / user column and holding its feature columns; without them the feature
     columns are read from the log itself (the first row of each item or user).
     history_length: N to write each record's history (at most N items) and every user's latest one.
+    validation_per_user: N > 0 holds out, of each user's training rows, the last N as the validation split
+    (validation-*.tfrecord; splits.validation), which is not trained on and not counted in the vocabularies.
     progress: told the rows read of --input and --eval_input as they are read (readers.read_log).
     Raises DataError (bad input), SchemaError, or FileExistsError; output_dir is then left as it was.
     """
-    check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards, history_length)
+    check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards, history_length,
+                    validation_per_user)
     log = readers.read_log(
         input_pattern,
         schema,
@@ -226,8 +249,10 @@ def prepare(
         is_eval = splits.given(len(log), len(held_out_log))
     else:
         is_eval = splits.held_out(user_code, timestamps, split, eval_per_user, seed)
-    train_item_counts = np.bincount(item_code[~is_eval], minlength=len(item_keys))
-    train_user_counts = np.bincount(user_code[~is_eval], minlength=len(user_keys))
+    is_validation = splits.validation(user_code, timestamps, is_eval, validation_per_user)
+    is_train = ~is_eval & ~is_validation
+    train_item_counts = np.bincount(item_code[is_train], minlength=len(item_keys))
+    train_user_counts = np.bincount(user_code[is_train], minlength=len(user_keys))
     try:
         items, item_id_of = vocabulary.build(item_keys, train_item_counts, min_item_count)
     except ValueError as error:
@@ -239,15 +264,21 @@ def prepare(
     if not kept_eval.any():
         eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
         raise DataError(no_eval_message(input_pattern, eval_input, eval_per_user, eval_dropped))
+    kept_validation, validation_dropped = kept_validation_rows(
+        is_validation, train_item_counts[item_code], train_user_counts[user_code], min_item_count,
+        validation_per_user, input_pattern)
     columns = {"user_id": user_id, "item_id": item_id, "timestamp": timestamps, "weight": weights}
     logs = {"input": log, "eval_input": held_out_log} if held_out_log else {"input": log}
     rows = RowCounts(
         read={name: part.num_records_read for name, part in logs.items()},
         bad_records={name: part.bad_records.count for name, part in logs.items()},
-        train=int((~is_eval).sum()),
+        train=int(is_train.sum()),
         eval=int(kept_eval.sum()),
         eval_dropped={reason: int(mask.sum()) for reason, mask in drops.items()},
+        validation=int(kept_validation.sum()) if validation_per_user else None,
+        validation_dropped=validation_dropped,
     )
+    kept_held_out = kept_eval | kept_validation  # the written rows that are not trained on
     bad_records = _merged([part.bad_records for part in logs.values()])
     negatives, logged_negatives = None, None
     if schema.negative_column:
@@ -255,21 +286,24 @@ def prepare(
         negatives, logged_negatives = _negative_ids(
             [key for part in parts for key in part.negative_keys],
             np.concatenate([part.negative_lengths for part in parts]),
-            item_keys, item_id_of, items.oov_id, item_id, ~is_eval | kept_eval,
+            item_keys, item_id_of, items.oov_id, item_id, is_train | kept_held_out,
         )
         logged_negatives["column"] = schema.negative_column
 
-    context = _context_columns(schema, [part for part in (log, held_out_log) if part is not None], ~is_eval, kept_eval)
+    context = _context_columns(schema, [part for part in (log, held_out_log) if part is not None], is_train,
+                               kept_held_out)
 
     tables, feature_vocabularies, feature_metadata, without = _feature_tables(
         schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
     )
 
-    histories = None if history_length is None else _histories(columns, ~is_eval, kept_eval, len(users),
-                                                                history_length)
+    histories = None if history_length is None else _histories(columns, is_train, kept_eval, len(users),
+                                                                history_length, kept_validation)
+    written_splits = (("train", is_train), ("eval", kept_eval)) + ((("validation", kept_validation),)
+                                                                    if validation_per_user else ())
 
     def write(staging: str) -> None:
-        for split_name, mask in (("train", ~is_eval), ("eval", kept_eval)):
+        for split_name, mask in written_splits:
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
             split_context = [(part.column, part.values[mask]) for part in context]
             records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask),
@@ -299,13 +333,15 @@ def prepare(
             min_item_count=min_item_count,
             oov_item_id=items.oov_id,
             eval_dropped_oov=rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"],
-            rows=dataclasses.asdict(rows),
+            rows=rows.metadata(),
             num_bad_records=bad_records.count + feature_bad_records.count,
             bad_record_messages=bad_records.messages + feature_bad_records.messages,
             item_features=feature_metadata["item"],
             user_features=feature_metadata["user"],
             context_columns=[part.column.metadata() for part in context],
             **({} if history_length is None else {"history_length": history_length}),
+            **({} if not validation_per_user else {"validation_per_user": validation_per_user,
+                                                   "num_validation": rows.validation}),
             **({} if logged_negatives is None else {
                 "logged_negatives": logged_negatives, "max_negatives": logged_negatives["max_negatives"]}),
         )
@@ -328,25 +364,56 @@ def prepare(
         logged_negatives=logged_negatives,
         context_columns=tuple(part.column for part in context),
         history_length=history_length,
+        num_validation=rows.validation or 0,
     )
 
 
-def _histories(columns, is_train: np.ndarray, is_eval: np.ndarray, num_users: int, history_length: int):
-    """{"train": [t, N], "eval": [e, N], "latest": [num_users, N]} int64 PAD-padded: each written row's history
-    (data.history: the user's training items strictly before the row's time) and each user's after all of them."""
-    train = {name: columns[name][is_train] for name in ("user_id", "item_id", "timestamp")}
-    log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
+def kept_validation_rows(is_validation, item_train_count, user_train_count, min_item_count: int,
+                         validation_per_user: int, input_pattern: str):
+    """(kept [n] bool, {reason: rows dropped} or None without a validation split) of the validation rows: dropped
+    for the reasons eval rows are (eval_drops), and counted. DataError when a validation split was asked for and
+    none is left, as model selection on no rows would choose nothing."""
+    if not validation_per_user:
+        return np.zeros_like(is_validation), None
+    drops = eval_drops(is_validation, item_train_count, user_train_count, min_item_count)
+    kept = is_validation & ~np.logical_or.reduce(list(drops.values()))
+    dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
+    if not kept.any():
+        raise DataError(f"--input {input_pattern}: no validation interactions: no user has more than "
+                        f"--validation_per_user={validation_per_user} training interactions with a usable one "
+                        f"({_reasons(dropped)} dropped); lower --validation_per_user or pass 0")
+    return kept, dropped
+
+
+def _histories(columns, is_train: np.ndarray, is_eval: np.ndarray, num_users: int, history_length: int,
+               is_validation: Optional[np.ndarray] = None):
+    """{"train": [t, N], "eval": [e, N], "validation": [v, N], "latest": [num_users, N]} int64 PAD-padded: each
+    written row's history (data.history: the user's items strictly before the row's time) and each user's after all
+    of them. Training and validation rows see the training rows before them (the model is chosen without the
+    validation rows); eval rows and the latest histories see the training and validation rows before them, as
+    a query at test (and serving) time is asked with everything that happened before it."""
+    is_validation = np.zeros_like(is_train) if is_validation is None else is_validation
+    names = ("user_id", "item_id", "timestamp")
+    train = {name: columns[name][is_train] for name in names}
+    train_log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
+    seen = {name: columns[name][is_train | is_validation] for name in names}
+    seen_log = history.history_log(seen["user_id"], seen["item_id"], seen["timestamp"])
     users = np.arange(num_users, dtype=np.int64)
+
+    def of_rows(log, mask):
+        return history.histories_from_log(log, columns["user_id"][mask], columns["timestamp"][mask], history_length)
+
     return {
-        "train": history.histories_from_log(log, train["user_id"], train["timestamp"], history_length),
-        "eval": history.histories_from_log(log, columns["user_id"][is_eval], columns["timestamp"][is_eval],
-                                           history_length),
-        "latest": history.histories_from_log(log, users, np.full(num_users, np.iinfo(np.int64).max), history_length),
+        "train": of_rows(train_log, is_train),
+        "validation": of_rows(train_log, is_validation),
+        "eval": of_rows(seen_log, is_eval),
+        "latest": history.histories_from_log(seen_log, users, np.full(num_users, np.iinfo(np.int64).max),
+                                             history_length),
     }
 
 
 def check_arguments(output_dir: str, overwrite: bool, split: str, eval_per_user: int, min_item_count: int,
-                    num_shards: int, history_length: Optional[int] = None) -> None:
+                    num_shards: int, history_length: Optional[int] = None, validation_per_user: int = 0) -> None:
     """FileExistsError or ValueError for arguments no runner can prepare with."""
     if os.path.exists(output_dir) and not (overwrite and os.path.isdir(output_dir)):
         raise FileExistsError(f"{output_dir} exists; choose a new --output_dir or pass --overwrite")
@@ -357,6 +424,8 @@ def check_arguments(output_dir: str, overwrite: bool, split: str, eval_per_user:
         )
     if history_length is not None and not 1 <= history_length <= history.MAX_WRITTEN_HISTORY_LENGTH:
         raise ValueError(f"--history_length={history_length}: expected 1 to {history.MAX_WRITTEN_HISTORY_LENGTH}")
+    if validation_per_user < 0:
+        raise ValueError(f"--validation_per_user={validation_per_user}: expected 0 (no validation split) or more")
 
 
 def _negative_ids(negative_keys, lengths, item_keys, item_id_of, oov_id, row_item_id, written):
@@ -547,6 +616,11 @@ def _define_flags():
     flags.DEFINE_string("user_features_input", None, "Side file of user features keyed by the user column.")
     flags.DEFINE_enum("split", "last", list(splits.METHODS), "Held-out interactions per user: latest or random.")
     flags.DEFINE_integer("eval_per_user", 1, "Interactions held out per user.", lower_bound=1)
+    flags.DEFINE_integer(
+        "validation_per_user", 0, "Of each user's training rows (after the eval rows are held out), the last N "
+        "become the validation split (validation-*.tfrecord), on which trainers.train chooses the epoch (--keep_best, "
+        "early stopping) so that the eval (test) rows are read once, for the final report; not trained on. Users "
+        "with N or fewer training rows keep them all. 0: no validation split.", lower_bound=0)
     flags.DEFINE_integer("min_item_count", 1, "Items with fewer training interactions share an OOV id.", lower_bound=1)
     flags.DEFINE_integer("num_shards", NUM_SHARDS, "TFRecord shards per split (--runner=beam: the runner's bundles "
                          "unless given).", lower_bound=1)
@@ -647,6 +721,7 @@ def main(argv):
             skip_bad_records=values.skip_bad_records,
             overwrite=values.overwrite,
             history_length=values.history_length,
+            validation_per_user=values.validation_per_user,
             **runner_arguments,
         )
     except (DataError, SchemaError, FileExistsError, ValueError) as error:

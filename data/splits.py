@@ -4,6 +4,11 @@ Per user (`held_out`): each user with more than `eval_per_user` interactions hol
 the last ones by timestamp (ties by file order), or a seeded random choice. Users with fewer stay wholly in
 train, so every held-out user has a training history.
 
+Validation (`validation`): among each user's training rows (the rows `held_out` left in train), the last
+`validation_per_user` by timestamp (ties by file order) become validation rows, which model selection reads
+(the best epoch, early stopping, tuned defaults) so that the test rows are read once, for the final report.
+Users with too few training rows keep them all in train.
+
 Given (`given`): the held-out rows come from a file of their own and are used as they are; data.prepare drops
 (and counts) those whose user or item has no training row.
 """
@@ -43,6 +48,29 @@ def held_out(user: np.ndarray, timestamp: np.ndarray, method: str = "last", eval
     is_eval = np.zeros(num_rows, bool)
     is_eval[order] = (size > eval_per_user) & (position >= size - eval_per_user)
     return is_eval
+
+
+def validation(user: np.ndarray, timestamp: np.ndarray, is_eval: np.ndarray, validation_per_user: int):
+    """Which training rows (not is_eval) are validation rows: each user's last validation_per_user of them.
+
+    Args:
+      user: [n] int user code of each interaction.
+      timestamp: [n] int64 order key.
+      is_eval: [n] bool, the test rows (held out before the validation rows are chosen).
+      validation_per_user: validation rows per user (>= 0; 0: none). A user needs more training rows than that,
+        so that every validation user keeps a training history.
+    Returns:
+      is_validation [n] bool, never where is_eval.
+    """
+    if validation_per_user < 0:
+        raise ValueError(f"validation_per_user={validation_per_user}; expected 0 (no validation split) or more")
+    is_validation = np.zeros(len(user), bool)
+    if validation_per_user == 0:
+        return is_validation
+    training_rows = np.flatnonzero(~is_eval)  # in file order, so held_out's ties by file order stay those of the log
+    is_validation[training_rows] = held_out(user[training_rows], timestamp[training_rows], "last",
+                                            validation_per_user)
+    return is_validation
 
 
 def given(num_train: int, num_eval: int) -> np.ndarray:

@@ -19,16 +19,18 @@ How a log is drawn (deterministic from `seed`):
   hour of day (users lean to the evening), so hour of day and day of week are real features. The first session
   is within 180 days of 2020-09-13. Without session_timestamps, a user's timestamps are their interactions'
   positions (1_600_000_000 + user_id x 10_000 + position), as before sessions existed.
-- Each user's interactions are in strictly increasing time; the last `eval_per_user` are the held-out split.
+- Each user's interactions are in strictly increasing time; the last `eval_per_user` are the held-out (test)
+  split, and the `validation_per_user` before them the validation split, on which the trainer chooses the model
+  (neither is trained on, nor counted in item_counts or the id ranking).
 
-taste_drift=0.0 with session_timestamps=False reproduces the corpus of the generator before drift and sessions
+taste_drift=0.0 with session_timestamps=False and validation_per_user=0 reproduces the corpus of the generator before drift and sessions
 draw for draw: the drift and the sessions draw from their own random streams, seeded by (seed, 1) and (seed, 2).
 
 Drawing 1,000,000 interactions takes about a second with NumPy (no per-interaction Python).
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -44,6 +46,8 @@ class SyntheticConfig:
     popularity_noise: float = 0.1
     min_interactions_per_user: int = 5
     eval_per_user: int = 1
+    # Each user's training interactions before the eval ones held out as the validation split (0: none).
+    validation_per_user: int = 1
     # Share of each user's taste replaced by a second one by their last interaction (0: fixed tastes).
     taste_drift: float = 1.0
     # Unix seconds in sessions; False: each user's interaction positions (the corpus before sessions existed).
@@ -59,8 +63,13 @@ class SyntheticConfig:
                 f"synthetic corpus: num_interactions={self.num_interactions} is below num_users x "
                 f"{self.min_interactions_per_user} = {minimum}; raise num_interactions or lower num_users"
             )
-        if self.eval_per_user >= self.min_interactions_per_user:
-            raise ValueError("synthetic corpus: eval_per_user must leave training interactions for every user")
+        if self.validation_per_user < 0:
+            raise ValueError(f"synthetic corpus: validation_per_user={self.validation_per_user}; expected >= 0")
+        if self.eval_per_user + self.validation_per_user >= self.min_interactions_per_user:
+            raise ValueError(
+                f"synthetic corpus: eval_per_user + validation_per_user = {self.eval_per_user} + "
+                f"{self.validation_per_user} must leave training interactions for every user (each has at least "
+                f"{self.min_interactions_per_user})")
         if not 0.0 <= self.taste_drift <= 1.0:
             raise ValueError(f"synthetic corpus: taste_drift={self.taste_drift}; expected a share in [0, 1]")
 
@@ -81,9 +90,10 @@ class Interactions(NamedTuple):
 
 class SyntheticCorpus(NamedTuple):
     train: Interactions
-    eval: Interactions
+    eval: Interactions  # the test split
     item_counts: np.ndarray  # [num_items] int64, training counts; non-increasing up to sampling noise
     item_topic: np.ndarray  # [num_items] int64, the topic each (frequency-ranked) item was drawn under
+    validation: Optional[Interactions] = None  # the validation split; None with validation_per_user=0
 
 
 # Sessions of the timestamped corpus (see the module docstring).
@@ -221,17 +231,21 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
         timestamp = _session_timestamps(counts, user_id, position_in_user, np.random.default_rng([config.seed, 2]))
     else:  # the corpus before sessions: a user's interaction positions
         timestamp = 1_600_000_000 + user_id * 10_000 + position_in_user
-    is_eval = position_in_user >= np.repeat(counts, counts) - config.eval_per_user
+    from_end = np.repeat(counts, counts) - position_in_user  # [n] 1 at a user's last interaction
+    is_eval = from_end <= config.eval_per_user
+    is_validation = ~is_eval & (from_end <= config.eval_per_user + config.validation_per_user)
+    is_train = ~is_eval & ~is_validation
 
     # Re-rank ids by training frequency (id 0 = most frequent), ties by original popularity rank.
-    train_counts = np.bincount(item[~is_eval], minlength=num_items)
+    train_counts = np.bincount(item[is_train], minlength=num_items)
     new_order = np.lexsort((np.arange(num_items), -train_counts))
     new_id = np.empty(num_items, dtype=np.int64)
     new_id[new_order] = np.arange(num_items)
     all_interactions = Interactions(user_id, new_id[item], timestamp.astype(np.int64))
     return SyntheticCorpus(
-        train=all_interactions.take(~is_eval),
+        train=all_interactions.take(is_train),
         eval=all_interactions.take(is_eval),
         item_counts=train_counts[new_order].astype(np.int64),
         item_topic=item_topic[new_order].astype(np.int64),
+        validation=all_interactions.take(is_validation) if config.validation_per_user else None,
     )

@@ -148,6 +148,10 @@ def test_an_option_not_on_the_beam_runner_is_refused_in_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "data.prepare: --split=random: not on --runner=beam yet; prepare this log with --runner=in_process")
+    result = _prepare(pattern, tmp_path / "out", "--timestamp_column=time", "--validation_per_user=1", *BEAM)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "data.prepare: --validation_per_user=1: not on --runner=beam yet; prepare this log with --runner=in_process")
     result = _prepare(pattern, tmp_path / "out", "--beam_options=--direct_num_workers=2")
     assert result.returncode == 1 and "--beam_options is read only with --runner=beam" in result.stderr
     assert not (tmp_path / "out").exists()

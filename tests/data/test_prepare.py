@@ -178,7 +178,8 @@ def test_every_row_read_is_accounted_for_by_reason(tmp_path):
     assert _rows_add_up(rows) and summary.num_rows_read == len(lines) + 4
     assert summary.eval_dropped_oov == rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"]
     with open(tmp_path / "out" / "metadata.json") as file:
-        assert json.load(file)["rows"] == dataclasses.asdict(rows)
+        metadata_rows = json.load(file)["rows"]
+    assert metadata_rows == rows.metadata() and "validation" not in metadata_rows  # no split asked for
 
 
 def test_eval_input_without_timestamps_comes_after_the_log(tmp_path):
@@ -197,3 +198,71 @@ def test_eval_input_without_timestamps_comes_after_the_log(tmp_path):
     held_out.write_text("user,item\nnew,i3\n")
     with pytest.raises(DataError, match=r"no eval interactions left: every row was dropped \(.*1 user never in"):
         prepare.prepare(str(train), schema, str(tmp_path / "other"), eval_input=str(held_out))
+
+
+# Each user's rows by time: the last is eval (test), the one before it validation (--validation_per_user=1).
+#   u1: a b | c | d     u2: a | b | e     u3: a | c (one training row: kept in train, no validation row)
+#   u4: b | z | a       u5: c d | e | a
+# Training counts: a 3, b 2, c 1, d 1 (e, z none: the OOV bucket). Dropped for an item never in training: u2's
+# eval e; u4's validation z and u5's validation e. Counting the validation rows would have made b 3 and c 2.
+VALIDATION_LOG = """user,item,time
+u1,a,1
+u1,b,2
+u1,c,3
+u1,d,4
+u2,a,1
+u2,b,2
+u2,e,3
+u3,a,5
+u3,c,6
+u4,b,1
+u4,z,2
+u4,a,3
+u5,c,1
+u5,d,2
+u5,e,3
+u5,a,4
+"""
+
+
+def _keyed_rows(prepared, files):
+    """{(user key, item key): history as item keys, newest first} of the records of files."""
+    columns = records.read_all(files)
+    return {(prepared.user_keys[user], prepared.item_keys[item]): [prepared.item_keys[i] for i in row if i >= 0]
+            for user, item, row in zip(columns["user_id"], columns["item_id"], columns["history"])}
+
+
+def test_validation_split_rows_drops_counts_and_histories(tmp_path):
+    (tmp_path / "log.csv").write_text(VALIDATION_LOG)
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time")
+    summary = prepare.prepare(str(tmp_path / "log.csv"), schema, str(tmp_path / "out"), history_length=3,
+                              validation_per_user=1)
+    rows = summary.rows
+    assert (rows.train, rows.eval, rows.validation) == (7, 4, 2)
+    assert rows.eval_dropped["unseen_item"] == 1 and rows.validation_dropped["unseen_item"] == 2
+    assert sum(rows.read.values()) == 16 == 7 + 4 + 2 + 1 + 2
+    prepared = corpus.PreparedCorpus.load(str(tmp_path / "out"))
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["rows"] == rows.metadata() and metadata["num_validation"] == prepared.num_validation == 2
+    assert prepared.has_validation and prepared.num_train == 7
+    assert prepared.item_keys == ["a", "b", "c", "d", "<oov>"]
+    np.testing.assert_array_equal(prepared.item_counts, [3, 2, 1, 1, 0])  # training rows only
+    # A validation row's history: the training rows before it; a test row's: training and validation rows.
+    assert _keyed_rows(prepared, prepared.validation_files) == {("u1", "c"): ["b", "a"], ("u2", "b"): ["a"]}
+    assert _keyed_rows(prepared, prepared.eval_files) == {
+        ("u1", "d"): ["c", "b", "a"], ("u3", "c"): ["a"], ("u4", "a"): ["b"], ("u5", "a"): ["d", "c"]}
+    assert set(_keyed_rows(prepared, prepared.train_files)) == {
+        ("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u4", "b"), ("u5", "c"), ("u5", "d")}
+    latest = records.read_latest_histories(prepared.directory, prepared.num_users, 3)
+    latest_keys = {prepared.user_keys[user]: [prepared.item_keys[i] for i in row if i >= 0]
+                   for user, row in enumerate(latest)}
+    assert latest_keys == {"u1": ["c", "b", "a"], "u2": ["b", "a"], "u3": ["a"], "u4": ["b"], "u5": ["d", "c"]}
+
+
+def test_old_corpus_without_validation_loads_with_none(tmp_path):
+    (tmp_path / "log.csv").write_text(VALIDATION_LOG)
+    schema = Schema(user_column="user", item_column="item", timestamp_column="time")
+    prepare.prepare(str(tmp_path / "log.csv"), schema, str(tmp_path / "out"))
+    prepared = corpus.PreparedCorpus.load(str(tmp_path / "out"))
+    assert prepared.validation_files == [] and not prepared.has_validation and prepared.num_validation == 0
+    assert not list((tmp_path / "out").glob("validation-*"))

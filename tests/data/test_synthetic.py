@@ -1,5 +1,6 @@
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ import pytest
 from data import builtin, corpus, history, pipeline, records, synthetic
 
 SMALL = synthetic.SyntheticConfig(num_items=3000, num_users=400, num_interactions=20_000, num_topics=20, seed=3)
-# Fixed tastes and position timestamps: the corpus of the generator before taste drift and sessions.
-SMALL_WITHOUT_DRIFT = dataclasses.replace(SMALL, taste_drift=0.0, session_timestamps=False)
+# Fixed tastes, position timestamps and no validation split: the corpus of the generator before taste drift,
+# sessions and the validation split.
+SMALL_WITHOUT_DRIFT = dataclasses.replace(SMALL, taste_drift=0.0, session_timestamps=False, validation_per_user=0)
 
 
 def test_same_seed_same_corpus_other_seed_differs():
@@ -29,7 +31,7 @@ def test_ids_are_ranked_by_training_frequency_and_popularity_is_zipfian():
 
 def test_held_out_is_each_users_last_interaction_and_sizes_add_up():
     generated = synthetic.generate(SMALL)
-    assert len(generated.train) + len(generated.eval) == SMALL.num_interactions
+    assert len(generated.train) + len(generated.validation) + len(generated.eval) == SMALL.num_interactions
     np.testing.assert_array_equal(np.unique(generated.eval.user_id), np.arange(SMALL.num_users))
     last_train_time = np.zeros(SMALL.num_users, np.int64)
     np.maximum.at(last_train_time, generated.train.user_id, generated.train.timestamp)
@@ -131,7 +133,23 @@ def test_cache_round_trip_and_pipeline(tmp_path):
     prepared = builtin.prepare(SMALL, str(tmp_path))
     again = builtin.prepare(SMALL, str(tmp_path))
     assert prepared.directory == again.directory
-    assert (prepared.num_train, prepared.num_eval) == (19_600, 400)
+    # One validation row per user (SyntheticConfig's default), apart from train and from the eval (test) rows.
+    assert (prepared.num_train, prepared.num_validation, prepared.num_eval) == (19_200, 400, 400)
+    validation_columns = records.read_all(prepared.validation_files)
+    np.testing.assert_array_equal(np.sort(validation_columns["user_id"]), np.arange(400))
+    generated = synthetic.generate(SMALL)
+    last_train_time = np.zeros(400, np.int64)
+    np.maximum.at(last_train_time, generated.train.user_id, generated.train.timestamp)
+    first_eval_time = np.full(400, np.iinfo(np.int64).max)
+    np.minimum.at(first_eval_time, generated.eval.user_id, generated.eval.timestamp)
+    validation_time = generated.validation.timestamp[np.argsort(generated.validation.user_id)]
+    assert np.all(last_train_time < validation_time) and np.all(validation_time < first_eval_time)
+    np.testing.assert_array_equal(generated.item_counts, np.bincount(generated.train.item_id, minlength=3000))
+    # validation_per_user=0 is the corpus of before, under the cache name of before (old caches stay valid).
+    assert builtin.cache_key(SMALL_WITHOUT_DRIFT) == "synthetic-" + hashlib.sha256(json.dumps(
+        {k: v for k, v in dataclasses.asdict(SMALL_WITHOUT_DRIFT).items() if k != "validation_per_user"},
+        sort_keys=True).encode()).hexdigest()[:12]
+    assert builtin.cache_key(SMALL) != builtin.cache_key(dataclasses.replace(SMALL, validation_per_user=0))
     assert not [name for name in (tmp_path).iterdir() if name.name.startswith(".staging")]
     eval_columns = records.read_all(prepared.eval_files)
     generated = synthetic.generate(SMALL)

@@ -72,19 +72,24 @@ class BestKeeper:
 
 
 class EvaluationCallback(tf.keras.callbacks.Callback):
-    """Exact full-corpus metrics on held-out users after every epoch, written to TensorBoard (eval/...), offered
-    to the BestKeeper when --keep_best is set (which may stop training early), and the chief's one line of the
-    epoch: its loss, the held-out recall and its time (in place of Keras' line of every metric)."""
+    """Exact full-corpus metrics on held-out users of `split` (the validation split when the corpus has one:
+    model selection never reads the test split then) after every epoch, written to TensorBoard (eval/..., with a
+    text summary "split" naming it), offered to the BestKeeper when --keep_best is set (which may stop training
+    early), and the chief's one line of the epoch: its loss, the split's recall and its time (in place of Keras'
+    line of every metric)."""
 
     def __init__(self, held_out: held_out_lib.HeldOut, ks: Sequence[int], summary_dir: str,
-                 keeper: Optional[BestKeeper] = None):
+                 keeper: Optional[BestKeeper] = None, split: str = held_out_lib.TEST):
         super().__init__()
         self.held_out = held_out
         self.ks = ks
         self.writer = tf.summary.create_file_writer(summary_dir)
         self.keeper = keeper
+        self.split = split
         self.last_metrics = {}
         self.epoch_start = time.perf_counter()
+        with self.writer.as_default():  # which split the eval curves are, for whoever reads the charts
+            tf.summary.text("split", f"eval/ curves: the {split} split", step=0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -96,16 +101,16 @@ class EvaluationCallback(tf.keras.callbacks.Callback):
         summaries.write_scalars(self.writer, step, self.last_metrics, flush=True)
         summary = "  ".join(f"recall@{k}={self.last_metrics[f'recall_at_{k}']:.4f}" for k in self.ks)
         loss_text = f"loss {loss:.4f}  " if loss is not None else ""
-        logging.info("epoch %d/%d step %d: %sheld-out %s  (%.1f s)", epoch + 1, self.params.get("epochs", 0), step,
-                     loss_text, summary, time.perf_counter() - self.epoch_start)
+        logging.info("epoch %d/%d step %d: %s%s %s  (%.1f s)", epoch + 1, self.params.get("epochs", 0), step,
+                     loss_text, self.split, summary, time.perf_counter() - self.epoch_start)
         if logs is not None:
             logs.update({f"eval_{name}": value for name, value in self.last_metrics.items()})
         if self.keeper is not None and self.keeper.offer(self.model, epoch + 1, self.last_metrics):
             self.model.stop_training = True
 
     def final_metrics(self) -> dict:
-        """The metrics of the model the run exports: the best epoch's with --keep_best, else the last epoch's
-        (empty when no epoch ran)."""
+        """The metrics on self.split of the model the run exports: the best epoch's with --keep_best, else the
+        last epoch's (empty when no epoch ran)."""
         if self.keeper is not None and self.keeper.best is not None:
             return self.keeper.best["metrics"]
         return self.last_metrics

@@ -42,10 +42,16 @@ def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None
     if first_batch is not None:
         summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
     summaries.write_hparams(write_dir.tensorboard, hparams)
-    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen, config)
+    split = held_out.selection_split(corpus)
     keep_best, patience = config.evaluation.keep_best, config.evaluation.early_stopping_patience
+    if keep_best and split == held_out.TEST:
+        logging.warning("--keep_best=%s: the corpus has no validation split, so the epoch is chosen on the test "
+                        "split, whose figures that flatters (prepare it with --validation_per_user)", keep_best)
+    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen, config,
+                                     split=split)
     keeper = callbacks.BestKeeper(keep_best, patience, write_dir.best_checkpoints) if keep_best else None
-    evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"), keeper)
+    evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"), keeper,
+                                              split=split)
     return train_writer, evaluation
 
 
@@ -151,21 +157,58 @@ def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_c
 
 
 def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
-    """The final held-out metrics (the best epoch's with --keep_best, else the last epoch's, when an epoch ran),
-    the classic baselines on the same queries (trainers.baselines; also in TensorBoard, each a run of its own,
-    tensorboard/<name>), and the embedding projector of the most frequent items."""
+    """The final test metrics of the model chosen (the best epoch's with --keep_best, else the last), the classic
+    baselines on the same queries (trainers.baselines; also in TensorBoard, each a run of its own,
+    tensorboard/<name>), and the embedding projector of the most frequent items. With a validation split the
+    test split is read here once, for the chosen model; without one the per-epoch metrics are the test ones."""
     ks: List[int] = list(config.evaluation.eval_top_k)
-    model_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
+    selection_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
+    validation_metrics, test_queries = None, evaluation.held_out
+    if evaluation.split == held_out.VALIDATION:
+        validation_metrics = selection_metrics
+        restore_best(model, evaluation.keeper)
+        test_queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen,
+                                              config, split=held_out.TEST)
+        model_metrics = held_out.evaluate(model, test_queries, ks)
+        write_test_events(write_dir.events(held_out.TEST), model_metrics, int(model.optimizer.iterations.numpy()))
+    else:
+        model_metrics = selection_metrics
     step = int(model.optimizer.iterations.numpy())
     if config.logging.projector_items:
         num_shown = min(config.logging.projector_items, corpus.num_items)
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
         summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys,
                                   step)
-    results = baselines.evaluate(corpus, evaluation.held_out, ks)
+    results = baselines.evaluate(corpus, test_queries, ks)
     for name, values in results.items():  # tensorboard/<name>, named as in metrics.json
         write_baseline_events(write_dir.events(name), values, step)
-    return {"metrics": model_metrics, "baselines": results}
+    return {"metrics": model_metrics, "baselines": results, "split": held_out.TEST,
+            "validation_metrics": validation_metrics, "keep_best": keep_best_choice(evaluation)}
+
+
+def restore_best(model, keeper) -> None:
+    """Loads the best epoch's weights (--keep_best) into the model, so the test split measures the model chosen
+    (and exported); without a best checkpoint the model stays the last epoch's."""
+    if keeper is None or keeper.best is None:
+        return
+    tf.train.Checkpoint(model=model).restore(keeper.best["checkpoint"]).expect_partial()
+    logging.info("test split: the best epoch's weights (epoch %d, %s)", keeper.best["epoch"], keeper.best["checkpoint"])
+
+
+def keep_best_choice(evaluation: callbacks.EvaluationCallback):
+    """metrics.json's "keep_best": {"metric", "epoch", "split"} of the epoch --keep_best chose (None without)."""
+    keeper = evaluation.keeper
+    if keeper is None or keeper.best is None:
+        return None
+    return {"metric": keeper.metric, "epoch": keeper.best["epoch"], "split": evaluation.split}
+
+
+def write_test_events(log_dir: str, model_metrics: Dict[str, float], step: int) -> None:
+    """The chosen model's test metrics as one point of a run of their own (tensorboard/test) under the eval tags:
+    the eval run's curves are the validation split's, the baselines' lines the test split's."""
+    writer = tf.summary.create_file_writer(log_dir)
+    summaries.write_scalars(writer, step, model_metrics)
+    writer.close()
 
 
 def write_baseline_events(log_dir: str, baseline: Dict[str, float], step: int) -> None:

@@ -11,13 +11,22 @@ and the interaction's own context; their metrics are named COLD + name ("cold_us
 TensorBoard), and the baselines (trainers.baselines) are computed for each group under the same names
 (TensorBoard shows each as a run of its own, tensorboard/<baseline>, so each chart overlays model and
 baselines). No ranking holds the `<oov>` bucket.
+
+Splits. The queries come from one of the corpus's held-out splits (`split`): "validation" (validation-*.tfrecord,
+each user's last training rows; model selection reads it: the per-epoch curves, --keep_best, early stopping),
+whose histories, last items and seen items are the training rows before them, or "test" (eval-*.tfrecord; read
+once, for the final report, metrics.json and the baselines), whose histories, last items and seen items are the
+training and validation rows before them: the model is chosen without the validation rows, but asked at test
+time with everything that happened before the test row. A corpus without a validation split (older corpora,
+data.prepare without --validation_per_user, --eval_input) has only "test", which model selection then reads too,
+with a warning (selection_split).
 """
 
 import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +36,24 @@ from data.pipeline import time_feature_columns
 from retrieval import metrics
 
 COLD = "cold_users/"  # the prefix of the cold users' metrics
+VALIDATION, TEST = "validation", "test"  # the held-out splits' names, in metrics.json, TensorBoard and the report
+SPLITS = (VALIDATION, TEST)
+
+
+def selection_split(corpus: PreparedCorpus) -> str:
+    """The split model selection reads: "validation" when the corpus has one, else "test"."""
+    return VALIDATION if corpus.has_validation else TEST
+
+
+def split_files(corpus: PreparedCorpus, split: str):
+    """(the split's held-out files, the files of the rows before them: their histories and seen items)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {', '.join(SPLITS)}")
+    if split == VALIDATION:
+        if not corpus.has_validation:
+            raise ValueError(f"{corpus.directory}: no validation split; prepare it with --validation_per_user")
+        return corpus.validation_files, corpus.train_files
+    return corpus.eval_files, corpus.train_files + corpus.validation_files
 QUERY_CHUNK = 8192  # queries embedded per call of the query tower
 
 
@@ -76,26 +103,30 @@ def _group_by_user(columns, user_ids: Optional[np.ndarray] = None):
     return user_ids, [by_user.get(user, empty) for user in user_ids.tolist()]
 
 
-def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False, config=None) -> HeldOut:
-    """Groups the eval split by user (the first max_users users by id when max_users > 0).
+def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False, config=None,
+                  split: str = TEST) -> HeldOut:
+    """Groups the held-out split `split` ("test": eval-*.tfrecord; "validation") by user (the first max_users
+    users by id when max_users > 0).
 
-    With exclude_seen, also each user's training items, which evaluation then never ranks (the usual protocol
-    when users do not re-consume items). config (a RunConfig; None: a user-id model without cold users): the
-    histories and time features its query tower reads, and the cold users, whose queries go to `cold`.
+    With exclude_seen, also each user's items before the split (training; for "test" training and validation),
+    which evaluation then never ranks (the usual protocol when users do not re-consume items). config (a
+    RunConfig; None: a user-id model without cold users): the histories and time features its query tower reads,
+    and the cold users, whose queries go to `cold`.
     """
+    held_files, before_files = split_files(corpus, split)
     features = config.model.query_features if config is not None else ("user_id",)
     history_length = config.data.history_length if config is not None else 0
     cold_ids = np.zeros([0], np.int64)
     if config is not None:
         cold_ids = history.cold_user_ids(corpus.num_users, config.data.cold_users, config.seed)
-    evaluation = records.read_all(corpus.eval_files)
+    evaluation = records.read_all(held_files)
     warm = _rows_of(evaluation, ~np.isin(evaluation["user_id"], cold_ids))
     unique_users, groups = _group_by_user(warm)
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
     written = corpus.history_length is not None  # the eval records carry their histories: no training split
     needs_train = exclude_seen or len(cold_ids) or not written  # (without written histories, the last items)
-    train = records.read_all(corpus.train_files) if needs_train else None
+    train = records.read_all(before_files) if needs_train else None  # "train": the rows before the split's
     seen_ids = None
     if exclude_seen:
         _, seen = _group_by_user(train, unique_users)
@@ -120,7 +151,7 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
         names = ["user_id", "item_id", "timestamp", *context_names]
         cold_rows = {name: np.concatenate([train[name], evaluation[name]]) for name in names}
         cold_rows = _rows_of(cold_rows, np.isin(cold_rows["user_id"], cold_ids))
-        cold = _cold_held_out(cold_rows, _eval_per_user(corpus), history_length,
+        cold = _cold_held_out(cold_rows, _held_out_per_user(corpus, split), history_length,
                               context_names if "context" in features else None, exclude_seen, oov)
     return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold,
                    last_items)
@@ -170,10 +201,12 @@ def _oov_item_id(corpus: PreparedCorpus) -> Optional[int]:
     return corpus.item_keys.index(OOV_KEY) if corpus.item_keys and OOV_KEY in corpus.item_keys else None
 
 
-def _eval_per_user(corpus: PreparedCorpus) -> int:
-    """The held-out interactions per user of the corpus's split (metadata.json; 1 for the built-in corpus)."""
+def _held_out_per_user(corpus: PreparedCorpus, split: str) -> int:
+    """The held-out interactions per user of the corpus's split (metadata.json's eval_per_user or
+    validation_per_user; 1 for the built-in corpus's test split)."""
     with open(os.path.join(corpus.directory, "metadata.json")) as file:
-        return int(json.load(file).get("eval_per_user") or 1)
+        key = "validation_per_user" if split == VALIDATION else "eval_per_user"
+        return int(json.load(file).get(key) or 1)
 
 
 def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
@@ -267,14 +300,27 @@ def split_cold(values: Dict[str, float]):
     return warm, cold
 
 
-def metrics_document(model_metrics: Dict[str, float], baselines: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
-    """metrics.json: {"model", <each baseline's name>} of the warm queries, and "cold_users": the same of the cold
-    ones when the run kept users out of training. baselines: {name: metrics}, e.g. trainers.baselines.evaluate's."""
+def metrics_document(model_metrics: Dict[str, float], baselines: Dict[str, Dict[str, float]], split: str = TEST,
+                     validation_metrics: Optional[Dict[str, float]] = None,
+                     keep_best: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """metrics.json: "split" (the split of these figures: "test"), {"model", <each baseline's name>} of the warm
+    queries, and "cold_users": the same of the cold ones when the run kept users out of training. baselines:
+    {name: metrics}, e.g. trainers.baselines.evaluate's. With a validation split, "validation": {"model"[,
+    "cold_users": {"model"}]} of the chosen model on it; with --keep_best, "keep_best": {"metric", "epoch",
+    "split"}: the split the epoch was chosen on."""
     model_warm, model_cold = split_cold(model_metrics)
-    split = {name: split_cold(values) for name, values in baselines.items()}
-    document: Dict[str, Any] = {"model": model_warm, **{name: warm for name, (warm, _) in split.items()}}
+    by_group = {name: split_cold(values) for name, values in baselines.items()}
+    document: Dict[str, Any] = {"split": split, "model": model_warm,
+                                **{name: warm for name, (warm, _) in by_group.items()}}
     if model_cold:
-        document["cold_users"] = {"model": model_cold, **{name: cold for name, (_, cold) in split.items()}}
+        document["cold_users"] = {"model": model_cold, **{name: cold for name, (_, cold) in by_group.items()}}
+    if validation_metrics:
+        validation_warm, validation_cold = split_cold(validation_metrics)
+        document[VALIDATION] = {"model": validation_warm}
+        if validation_cold:
+            document[VALIDATION]["cold_users"] = {"model": validation_cold}
+    if keep_best:
+        document["keep_best"] = dict(keep_best)
     return document
 
 
@@ -283,18 +329,38 @@ PROTOCOLS = (("recall_at_", "recall@{k} per user"), ("top_k_accuracy_at_", "top-
 
 
 def report(model_metrics: Dict[str, float], baselines: Dict[str, Dict[str, float]], ks: Sequence[int],
-           labels: Optional[Dict[str, str]] = None) -> str:
+           labels: Optional[Dict[str, str]] = None, split: str = TEST,
+           validation_metrics: Optional[Dict[str, float]] = None, keep_best: Optional[Dict[str, Any]] = None) -> str:
     """The table the trainer prints: recall@K (the mean over held-out users) and top-K accuracy (the mean over
     held-out rows, TFRS's) of the model beside each baseline ({name: metrics}, columns headed labels[name]) and
-    the model's ratio to the best of them; with cold users, the same table for them, with NDCG@K and MRR."""
+    the model's ratio to the best of them; with cold users, the same table for them, with NDCG@K and MRR. Its
+    titles name the split of the figures; below it, the epoch --keep_best chose and on which split
+    (metrics_document's keep_best), and the chosen model's validation recall."""
     model_warm, model_cold = split_cold(model_metrics)
-    split = {name: split_cold(values) for name, values in baselines.items()}
+    by_group = {name: split_cold(values) for name, values in baselines.items()}
     heads = [(labels or {}).get(name, name) for name in baselines]
-    lines = _table("held-out metric", model_warm, [warm for warm, _ in split.values()], heads, ks,
-                   with_ranks=bool(model_cold))
+    lines = _table(f"held-out metric ({split} split)", model_warm, [warm for warm, _ in by_group.values()], heads,
+                   ks, with_ranks=bool(model_cold))
     if model_cold:
-        lines += _table("cold users", model_cold, [cold for _, cold in split.values()], heads, ks, with_ranks=True)
-    return "\n".join(lines)
+        lines += _table(f"cold users ({split} split)", model_cold, [cold for _, cold in by_group.values()], heads,
+                        ks, with_ranks=True)
+    return "\n".join(lines + _selection_lines(ks, validation_metrics, keep_best))
+
+
+def _selection_lines(ks: Sequence[int], validation_metrics, keep_best) -> List[str]:
+    """The report's lines on model selection: which epoch --keep_best chose, on which split (a warning when it
+    was the test split, whose figures it then flatters), and the chosen model's validation recall."""
+    lines = []
+    if keep_best:
+        lines.append(f"epoch {keep_best['epoch']} chosen by --keep_best={keep_best['metric']} on the "
+                     f"{keep_best['split']} split")
+        if keep_best["split"] == TEST:
+            lines[-1] += " (no validation split: the figures above flatter the model)"
+    if validation_metrics:
+        warm, _ = split_cold(validation_metrics)
+        lines.append("validation split, the model chosen: " + "  ".join(
+            f"recall@{k}={warm[f'recall_at_{k}']:.4f}" for k in ks))
+    return lines
 
 
 def _table(title: str, model_metrics, baseline_metrics, heads: Sequence[str], ks: Sequence[int], with_ranks: bool):

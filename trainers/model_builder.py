@@ -20,6 +20,7 @@ def load_corpus(config: RunConfig) -> PreparedCorpus:
         num_interactions=data.num_interactions,
         taste_drift=data.taste_drift,
         session_timestamps=data.session_timestamps,
+        validation_per_user=data.validation_per_user,
         seed=config.seed,
     )
     corpus = sources.load_corpus(data.data, data.cache_dir, synthetic_config)

@@ -10,9 +10,9 @@ config.json (format FORMAT):
      "model_dir": "...", "corpus": "<description of the corpus>"}
 A config.json written before the format existed (one flat object of flag values) still loads: each value goes
 to the section that holds its name, and settings it predates take their defaults. A setting added since
-(PREDATED_SETTINGS: the query tower's features, the history, cold users, the loss reduction, the best-checkpoint
-settings) takes, in any document written before it, the value that reproduces the run of that time
-(query_features=user_id,user_features, loss_reduction=mean, no keep_best).
+(PREDATED_SETTINGS: the query tower's features, the history, cold users, the built-in validation split, the loss
+reduction, the best-checkpoint settings) takes, in any document written before it, the value that reproduces the
+run of that time (query_features=user_id,user_features, loss_reduction=mean, no keep_best, validation_per_user=0).
 """
 
 import dataclasses
@@ -38,6 +38,7 @@ class DataConfig:
     num_interactions: int = 1_000_000
     taste_drift: float = 1.0
     session_timestamps: bool = True
+    validation_per_user: int = 1  # the built-in corpus's validation split (data.synthetic; 0: none)
     history_length: int = 50  # the most earlier items of a user per interaction (data.history)
     cold_users: float = 0.0  # the share of users kept wholly out of training, evaluated apart
 
@@ -128,7 +129,7 @@ LEGACY_BUILTIN_CORPUS = {"taste_drift": 0.0, "session_timestamps": False}
 # Settings added after config.json files were first written, and the values that reproduce the runs of before
 # (a query tower of the user id and the corpus's user features): a document without them takes these.
 PREDATED_SETTINGS = {
-    "data": {"history_length": 50, "cold_users": 0.0},
+    "data": {"history_length": 50, "cold_users": 0.0, "validation_per_user": 0},
     "model": {
         "query_features": ("user_id", "user_features"),
         "context_features": ("hour_of_day", "day_of_week"),
@@ -144,7 +145,7 @@ PREDATED_SETTINGS = {
 # restart; README, "Restarts".
 MODEL_DEFINING = {
     "data": ("data", "num_items", "num_users", "num_interactions", "taste_drift", "session_timestamps",
-             "history_length", "cold_users"),
+             "validation_per_user", "history_length", "cold_users"),
     "model": tuple(field.name for field in dataclasses.fields(ModelConfig)),
     # The loss parts that own variables: the streaming frequency estimate and the cross-batch memory.
     "loss": ("frequency_estimation", "frequency_buckets", "cross_batch_batches"),

@@ -198,10 +198,12 @@ def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
     """metrics.json, the report, the export, and last run_summary.json (which names the export)."""
     from trainers import baselines, export, held_out
 
+    selection = {"split": summary["split"], "validation_metrics": summary["validation_metrics"],
+                 "keep_best": summary["keep_best"]}
     run_dir.write_json(model_dir.join(run_dir.METRICS), held_out.metrics_document(summary["metrics"],
-                                                                                   summary["baselines"]))
-    print(held_out.report(summary["metrics"], summary["baselines"], config.evaluation.eval_top_k, baselines.LABELS),
-          flush=True)
+                                                                                   summary["baselines"], **selection))
+    print(held_out.report(summary["metrics"], summary["baselines"], config.evaluation.eval_top_k, baselines.LABELS,
+                          **selection), flush=True)
     if config.evaluation.export:
         path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k,
                                                   best=bool(config.evaluation.keep_best))

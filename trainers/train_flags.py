@@ -51,6 +51,12 @@ def _define_data_and_model_flags():
         lower_bound=0.0, upper_bound=1.0,
     )
     flags.DEFINE_bool("session_timestamps", True, "Built-in corpus: Unix-second timestamps in sessions days apart.")
+    flags.DEFINE_integer(
+        "validation_per_user", 1, "Built-in corpus: each user's training interactions before the held-out (test) one "
+        "kept apart as the validation split, on which the per-epoch evaluation, --keep_best and early stopping "
+        "choose the model, so that the test split is read once, for the final report (0: none; then they read the "
+        "test split). A prepared corpus has its own (data.prepare --validation_per_user).", lower_bound=0,
+    )
     flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.")
     flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both towers.", lower_bound=1)
     flags.DEFINE_list("hidden_dims", [], "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only).")
@@ -188,8 +194,9 @@ def _define_run_flags():
                       "<model_dir>/export/<n>/.")
     flags.DEFINE_string(
         "keep_best", "", "A held-out metric (recall_at_10, ndcg_at_50, top_k_accuracy_at_100, mrr, ...): after each "
-        "epoch's evaluation, keep the checkpoint that maximises it (<model_dir>/checkpoints/best/) and export that "
-        "one. Empty: the last.",
+        "epoch's evaluation (on the validation split when the corpus has one, else on the test split, with a "
+        "warning), keep the checkpoint that maximises it (<model_dir>/checkpoints/best/) and export that one. "
+        "Empty: the last.",
     )
     flags.DEFINE_integer(
         "early_stopping_patience", 0, "With --keep_best: stop training after this many epochs without a better "

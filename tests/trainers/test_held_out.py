@@ -18,9 +18,11 @@ MONDAY = 1_700_438_400  # 2023-11-20 00:00 UTC, a Monday
 NUM_ITEMS = 8
 
 
-def _write_corpus(directory, train, evaluation, item_keys=None):
-    """train / evaluation: [(user, item, time)]; item_keys: the vocabulary (with `<oov>` for the OOV test)."""
-    for split, rows in (("train", train), ("eval", evaluation)):
+def _write_corpus(directory, train, evaluation, item_keys=None, validation=()):
+    """train / evaluation / validation: [(user, item, time)]; item_keys: the vocabulary (with `<oov>` for the
+    OOV test); no validation rows: a corpus without a validation split."""
+    splits = [("train", train), ("eval", evaluation)] + ([("validation", list(validation))] if validation else [])
+    for split, rows in splits:
         columns = {name: np.array(column, np.int64) for name, column in zip(("user_id", "item_id", "timestamp"),
                                                                               zip(*rows))}
         records.write_interactions(str(directory), split, columns, num_shards=1)
@@ -31,7 +33,8 @@ def _write_corpus(directory, train, evaluation, item_keys=None):
             "key\tid\tcount\n" + "".join(f"{key}\t{i}\t{counts[i]}\n" for i, key in enumerate(item_keys)))
     num_users = 1 + max(user for user, _, _ in train + evaluation)
     corpus_lib.write_metadata(str(directory), num_items=NUM_ITEMS, num_users=num_users, num_train=len(train),
-                              num_eval=len(evaluation), eval_per_user=1)
+                              num_eval=len(evaluation), eval_per_user=1,
+                              **({"num_validation": len(validation), "validation_per_user": 1} if validation else {}))
     return corpus_lib.PreparedCorpus.load(str(directory))
 
 
@@ -112,7 +115,8 @@ def test_cold_metrics_sit_beside_their_own_baseline_and_oov_is_never_ranked(tmp_
     # Nothing followed a user's latest item (user % 4 + 4) in training: transitions fall back on popularity.
     assert results["item_transitions"]["recall_at_1"] == 0.0
     document = held_out.metrics_document(model_metrics, results)
-    assert set(document) == {"model", "most_popular", "item_transitions", "cold_users"}
+    assert set(document) == {"split", "model", "most_popular", "item_transitions", "cold_users"}
+    assert document["split"] == "test" and "validation" not in document and "keep_best" not in document
     assert set(document["cold_users"]) == {"model", "most_popular", "item_transitions"}
     assert document["cold_users"]["model"]["mrr"] == 1.0 and "cold_users/mrr" not in document["model"]
     assert set(baseline) == set(model_metrics)  # one tag name each in TensorBoard's eval and baseline runs
@@ -139,5 +143,37 @@ def test_item_transitions_rank_what_followed_the_last_training_item(tmp_path):
 
 def test_metrics_document_without_cold_users_is_as_before():
     document = held_out.metrics_document({"recall_at_10": 0.5}, {"most_popular": {"recall_at_10": 0.1}})
-    assert document == {"model": {"recall_at_10": 0.5}, "most_popular": {"recall_at_10": 0.1}}
+    assert document == {"split": "test", "model": {"recall_at_10": 0.5}, "most_popular": {"recall_at_10": 0.1}}
     json.dumps(document)
+    chosen = {"metric": "recall_at_10", "epoch": 2, "split": "validation"}
+    document = held_out.metrics_document({"recall_at_10": 0.5}, {}, validation_metrics={"recall_at_10": 0.6},
+                                         keep_best=chosen)
+    assert document == {"split": "test", "model": {"recall_at_10": 0.5}, "validation": {"model": {"recall_at_10": 0.6}},
+                        "keep_best": chosen}
+    text = held_out.report({"recall_at_10": 0.5, "top_k_accuracy_at_10": 0.5}, {}, [10], split="test",
+                           keep_best={**chosen, "split": "test"})
+    assert text.startswith("held-out metric (test split)") and "on the test split (no validation split" in text
+
+
+def test_validation_queries_read_training_rows_and_test_queries_training_and_validation_rows(tmp_path):
+    # User 0 trains on 1, 2, validates on 3, is tested on 6; user 1 trains on 4, validates on 5, is tested on 7.
+    train = [(0, 1, MONDAY), (0, 2, MONDAY + 60), (1, 4, MONDAY)]
+    validation = [(0, 3, MONDAY + DAY), (1, 5, MONDAY + DAY)]
+    test = [(0, 6, MONDAY + 2 * DAY), (1, 7, MONDAY + 2 * DAY)]
+    corpus = _write_corpus(tmp_path, train, test, validation=validation)
+    assert held_out.selection_split(corpus) == "validation"
+    config = _config(("history",), history_length=3)
+    chosen_on = held_out.load_held_out(corpus, exclude_seen=True, config=config, split="validation")
+    np.testing.assert_array_equal(chosen_on.relevant_ids, [[3], [5]])
+    np.testing.assert_array_equal(chosen_on.history, [[2, 1, PAD], [4, PAD, PAD]])
+    np.testing.assert_array_equal(chosen_on.last_items, [2, 4])
+    np.testing.assert_array_equal(chosen_on.seen_ids, [[1, 2], [4, PAD]])
+    tested = held_out.load_held_out(corpus, exclude_seen=True, config=config)  # split="test", the default
+    np.testing.assert_array_equal(tested.relevant_ids, [[6], [7]])
+    np.testing.assert_array_equal(tested.history, [[3, 2, 1], [5, 4, PAD]])
+    np.testing.assert_array_equal(tested.last_items, [3, 5])  # the item-to-item baseline's query
+    np.testing.assert_array_equal(tested.seen_ids, [[1, 2, 3], [4, 5, PAD]])
+    without = _write_corpus(tmp_path / "old", train, test) if (tmp_path / "old").mkdir() is None else None
+    assert held_out.selection_split(without) == "test"
+    with pytest.raises(ValueError, match="no validation split"):
+        held_out.load_held_out(without, split="validation")

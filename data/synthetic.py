@@ -179,6 +179,15 @@ def _strictly_increasing_within_user(timestamp, counts):
     return running + (timestamp - position).min() + position
 
 
+def _split_masks(config, counts, position_in_user):
+    """(is_train, is_validation, is_eval) [n] bool: each user's last eval_per_user interactions are eval (test),
+    the validation_per_user before them validation, the rest train."""
+    from_end = np.repeat(counts, counts) - position_in_user  # [n] 1 at a user's last interaction
+    is_eval = from_end <= config.eval_per_user
+    is_validation = ~is_eval & (from_end <= config.eval_per_user + config.validation_per_user)
+    return ~is_eval & ~is_validation, is_validation, is_eval
+
+
 def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
     """Draws the corpus described in the module docstring and splits each user's last interactions off."""
     config.validate()
@@ -231,10 +240,7 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
         timestamp = _session_timestamps(counts, user_id, position_in_user, np.random.default_rng([config.seed, 2]))
     else:  # the corpus before sessions: a user's interaction positions
         timestamp = 1_600_000_000 + user_id * 10_000 + position_in_user
-    from_end = np.repeat(counts, counts) - position_in_user  # [n] 1 at a user's last interaction
-    is_eval = from_end <= config.eval_per_user
-    is_validation = ~is_eval & (from_end <= config.eval_per_user + config.validation_per_user)
-    is_train = ~is_eval & ~is_validation
+    is_train, is_validation, is_eval = _split_masks(config, counts, position_in_user)
 
     # Re-rank ids by training frequency (id 0 = most frequent), ties by original popularity rank.
     train_counts = np.bincount(item[is_train], minlength=num_items)

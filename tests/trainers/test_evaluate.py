@@ -38,7 +38,9 @@ def test_evaluate_reproduces_the_trainers_metrics_and_writes_them_at_the_checkpo
     for name, value in trainer_metrics.items():  # the same checkpoint, the same exact top-K
         assert printed[name] == pytest.approx(value, abs=1e-4), name
     assert printed["recall_at_100"] > 0.05
-    scalars = read_scalars(str(trained / "tensorboard" / "eval"))
+    assert report["split"] == "test"
+    # The eval run's curves are the validation split's (the built-in corpus has one): test figures go to their own.
+    scalars = read_scalars(str(trained / "tensorboard" / "test"))
     last_step, last_value = scalars["recall_at_100"][-1]
     assert last_step == step and float(last_value) == pytest.approx(printed["recall_at_100"], abs=1e-4)
 
@@ -58,7 +60,7 @@ def test_held_out_with_exclude_seen_lists_each_users_training_items(trained):
     held_out = held_out_lib.load_held_out(corpus, max_users=50, exclude_seen=True)
     from data import records
 
-    train = records.read_all(corpus.train_files)
+    train = records.read_all(corpus.train_files + corpus.validation_files)  # the test split's users saw both
     for row, user in enumerate(held_out.user_ids):
         expected = np.unique(train["item_id"][train["user_id"] == user])
         got = held_out.seen_ids[row][held_out.seen_ids[row] >= 0]

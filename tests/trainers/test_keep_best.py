@@ -1,6 +1,7 @@
-"""--keep_best=METRIC keeps and exports the checkpoint of the epoch with the best held-out metric, not the last;
---early_stopping_patience stops training after that many epochs without a better one. Read from
-run_summary.json, metrics.json, the eval TensorBoard and the export's metadata."""
+"""--keep_best=METRIC keeps and exports the checkpoint of the epoch with the best validation metric, not the last;
+--early_stopping_patience stops training after that many epochs without a better one; the test split is read
+once, for the chosen model (without a validation split, the epoch is chosen on the test split, and metrics.json
+says so). Read from run_summary.json, metrics.json, best.json, the eval TensorBoard and the export's metadata."""
 
 import json
 
@@ -35,8 +36,17 @@ def test_keep_best_exports_the_best_epoch_and_early_stopping_ends_the_run(tmp_pa
     assert f"exported step {best['step']} (the best checkpoint" in trained.stdout
     exported = json.loads((model_dir / "export" / "1" / "assets.extra" / "export.json").read_text())
     assert exported["checkpoint"].endswith(f"best/ckpt-{best['step']}")
+    # The epoch is chosen on the validation split (the built-in corpus's, one row per user): the eval curves and
+    # best.json are its figures; metrics.json's "model" is the test split's, read once for the chosen model.
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["model"]["recall_at_10"] == pytest.approx(best["value"], abs=1e-6), "the exported model's metrics"
+    assert metrics["split"] == "test"
+    assert metrics["keep_best"] == {"metric": "recall_at_10", "epoch": best["epoch"], "split": "validation"}
+    assert metrics["validation"]["model"] == pytest.approx(best["metrics"], abs=1e-9), "the chosen epoch's"
+    kept = json.loads((model_dir / "checkpoints" / "best" / "best.json").read_text())
+    assert kept["metrics"] == best["metrics"] and kept["value"] == best["metrics"]["recall_at_10"]
+    assert metrics["model"]["recall_at_10"] != pytest.approx(best["value"], abs=1e-6), "test is not validation"
+    assert set(metrics["model"]) == set(metrics["validation"]["model"])
+    assert "held-out metric (test split)" in trained.stdout and "on the validation split" in trained.stdout
 
     # Run again: it resumes after the early stop, and the best so far (checkpoints/best/best.json) still counts.
     again = run_module("trainers.train", *where, *OVERFITS, *KEEP_BEST)
@@ -63,3 +73,17 @@ def test_keep_best_settings_that_cannot_work_stop_with_one_line(tmp_path, flags,
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert expected in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+def test_without_a_validation_split_the_epoch_is_chosen_on_the_test_split_and_metrics_json_says_so(tmp_path):
+    model_dir = tmp_path / "model"
+    trained = run_module("trainers.train", f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}",
+                         *TINY_CORPUS, "--validation_per_user=0", "--keep_best=recall_at_10", "--epochs=2",
+                         "--steps_per_epoch=5", "--noexport", "--projector_items=0")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stderr.count("the epoch is chosen on the test split") == 1  # one warning line
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    best = json.loads((model_dir / "checkpoints" / "best" / "best.json").read_text())
+    assert metrics["split"] == "test" and "validation" not in metrics
+    assert metrics["keep_best"] == {"metric": "recall_at_10", "epoch": best["epoch"], "split": "test"}
+    assert metrics["model"] == pytest.approx(best["metrics"], abs=1e-9)  # chosen on these very figures

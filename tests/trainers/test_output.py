@@ -48,7 +48,7 @@ def test_a_run_prints_its_own_lines_and_no_log_record(tmp_path):
     assert "local: --strategy=default, 1 replica(s) on the default device" in lines
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert len(epoch_lines) == 1 and epoch_lines[0].startswith("epoch 1/1 step 20: loss "), output  # one an epoch
-    assert "held-out recall@10=" in epoch_lines[0] and "local: step" not in output, output
+    assert "validation recall@10=" in epoch_lines[0] and "local: step" not in output, output
     assert any(line.startswith("held-out metric") and "most-popular" in line for line in lines)
     assert lines[-1].startswith(f"exported step 20 to {tmp_path / 'model' / 'export' / '1'}")
     assert not [line for line in lines if line.startswith("warning: ")], output  # tf-keras' export warning was one

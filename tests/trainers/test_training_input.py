@@ -97,5 +97,6 @@ def test_history_model_under_parameter_server_reads_the_sharded_item_table(tmp_p
     summary = json.loads((model_dir / "run_summary.json").read_text())
     assert summary["strategy"] == "parameter_server" and len(summary["item_table"]["shards"]) == 2
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert set(metrics) == {"model", "most_popular", "item_transitions", "cold_users"}
+    assert set(metrics) == {"split", "model", "most_popular", "item_transitions", "cold_users", "validation"}
+    assert metrics["split"] == "test" and "cold_users" in metrics["validation"]  # cold users on both splits
     assert metrics["model"]["recall_at_100"] > 0 and metrics["cold_users"]["model"]["recall_at_100"] > 0

@@ -90,12 +90,14 @@ def test_callbacks_come_in_the_fixed_order(tmp_path):
     import tensorflow as tf
 
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path), max_to_keep=1)
-    settings = callbacks.CallbackSettings("local", 10, 5, 5, 32, tensorboard_dir=str(tmp_path),
-                                          backup_dir=str(tmp_path / "backup"))
     writer = tf.summary.create_file_writer(str(tmp_path / "train"))
-    names = [type(callback).__name__ for callback in callbacks.make_callbacks(settings, manager, writer)]
-    assert names == ["ProgressLogger", "TensorBoard", "ThroughputCallback", "NanGuard", "BackupAndRestore",
-                     "CheckpointCallback"]
+    ordered = ["TensorBoard", "ThroughputCallback", "NanGuard", "BackupAndRestore", "CheckpointCallback"]
+    # A task of a distributed job logs its steps (ProgressLogger) first; a local run has its epoch lines instead.
+    for task_name, expected in (("worker 1", ["ProgressLogger", *ordered]), ("local", ordered)):
+        settings = callbacks.CallbackSettings(task_name, 10, 5, 5, 32, tensorboard_dir=str(tmp_path),
+                                              backup_dir=str(tmp_path / "backup"))
+        names = [type(callback).__name__ for callback in callbacks.make_callbacks(settings, manager, writer)]
+        assert names == expected, task_name
 
 
 TINY = [*TINY_CORPUS, "--epochs=1", "--steps_per_epoch=20", "--projector_items=0"]

@@ -83,7 +83,8 @@ class Retrieval(tf.keras.layers.Layer):
         self.retrieval_loss = RetrievalLoss(self.loss_config, self.num_items, counts, global_batch_size,
                                             embedding_dim)
         self.loss_reduction = loss_reduction
-        self.factorized_metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [m for m in [metrics] if m]
+        self.factorized_metrics = list(metrics) if isinstance(metrics, (list, tuple)) else (
+            [] if metrics is None else [metrics])
         self.loss_metrics = list(loss_metrics or [])
         self.training_calls = frequency.replicated_state(tf.constant(0, tf.int64), "training_calls")
 
@@ -155,8 +156,8 @@ class Retrieval(tf.keras.layers.Layer):
         loss = self._reduce(per_example)
         updates = [metric.update_state(loss) for metric in self.loss_metrics]
         if compute_metrics and self.factorized_metrics:
-            positives = candidate_embeddings if candidate_embeddings is not None else self.item_tower(
-                tf.reshape(ids, [-1])[: tf.shape(query_embeddings)[0]])
+            first_ids = ids if ids.shape.rank == 1 else ids[:, 0]  # [batch]: the metrics take one positive a row
+            positives = candidate_embeddings if candidate_embeddings is not None else self.item_tower(first_ids)
             updates += [metric.update_state(query_embeddings, positives, true_candidate_ids=candidate_ids,
                                             sample_weight=sample_weight) for metric in self.factorized_metrics]
         with tf.control_dependencies([op for op in updates if op is not None]):

@@ -6,8 +6,8 @@ Its parts, each chosen by name (QUERY_FEATURES), are concatenated and go through
 layers, a linear projection to `embedding_dim`, optional L2 normalisation), as in the item tower:
 - user_id: the user's id embedding (retrieval.towers.Tower's); a user the model does not know (id -1) gets zeros.
 - user_features: the mean embedding of each of the user's static feature values (looked up by user id).
-- history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder (a mean
-  by default; a learned position-weighted mean, a GRU or a self-attention block as options). It reads
+- history: the user's recent items, most recent first, padded with PAD (-1), pooled by a HistoryEncoder (the plain
+  mean, a learned position-weighted mean, which the trainer takes by default, a GRU or a self-attention block). It reads
   the item tower's id table when shared (YouTube's candidate generation, Yi et al. 2019), so a history of items
   a new user just met is a query the model has already learned; under ParameterServerStrategy that table is the
   sharded one. An empty history pools to zeros: the query is then the head's bias, "the model's answer for an

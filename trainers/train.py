@@ -1,12 +1,15 @@
 """Trains a two-tower retrieval model: `python -m trainers.train --flags` (flags: trainers/train_flags.py).
 
-The data path, one call each:
+The data path, one call each (train -> _train -> _report_and_export):
     config = train_flags.config_from_flags()                      flags -> RunConfig
     corpus = model_builder.load_corpus(config)                    -> PreparedCorpus (built-in, MovieLens, prepared)
-    model = model_builder.model_from_config(corpus, config)       -> TwoTowerModel, in the strategy's scope
+    training_input = TrainingInput.of_run(corpus, config, ...)    -> the training batches under the strategy
+    model = model_builder.build_for_training(...)                 -> TwoTowerModel, in the strategy's scope
     resume = run_dir.restore_for_training(...)                    -> the step (and data position) to continue at
-    model.fit(TrainingInput.dataset_creator(step), callbacks=make_callbacks(...))
-    held_out.evaluate / baselines.evaluate -> metrics.json, run_summary.json; export.export_from_model_dir
+    fit_loop.start_chief_logs(...)                                -> TensorBoard, the per-epoch evaluation (validation)
+    fit_loop.fit(model, training_input, ..., callbacks.make_callbacks(...))
+    fit_loop.chief_evaluation(...)                                -> test metrics of the chosen model, baselines
+    held_out.metrics_document / report -> metrics.json and the report; export.export_after_training
 What goes to --model_dir is laid out in trainers/run_dir.py.
 """
 

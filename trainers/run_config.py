@@ -143,9 +143,11 @@ PREDATED_SETTINGS = {
 # were trained with other values is refused (trainers.run_dir.check_restart). Every other setting (the learning
 # rate, epochs, the loss's corrections and smoothing, evaluation, logging, the strategy) may change on a
 # restart; README, "Restarts".
+# The settings that draw the built-in corpus (data.synthetic): they mean nothing for another --data.
+BUILTIN_CORPUS_SETTINGS = ("num_items", "num_users", "num_interactions", "taste_drift", "session_timestamps",
+                           "validation_per_user")
 MODEL_DEFINING = {
-    "data": ("data", "num_items", "num_users", "num_interactions", "taste_drift", "session_timestamps",
-             "validation_per_user", "history_length", "cold_users"),
+    "data": ("data", *BUILTIN_CORPUS_SETTINGS, "history_length", "cold_users"),
     "model": tuple(field.name for field in dataclasses.fields(ModelConfig)),
     # The loss parts that own variables: the streaming frequency estimate and the cross-batch memory.
     "loss": ("frequency_estimation", "frequency_buckets", "cross_batch_batches"),

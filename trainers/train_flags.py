@@ -14,7 +14,7 @@ from absl import flags
 from data import sources
 from retrieval import losses, query, samplers
 from retrieval.retrieval_loss import LossConfig
-from trainers import distribute
+from trainers import distribute, run_config
 from trainers.run_config import (
     ConfigError,
     DataConfig,
@@ -346,7 +346,10 @@ def flagfile_text(config: RunConfig, model_dir: str) -> str:
 
 
 def hparams(config: RunConfig, model_dir: str) -> dict:
-    """{flag name: value} for TensorBoard's HParams tab (lists as text, as the flags were)."""
+    """{flag name: value} for TensorBoard's HParams tab (lists as text, as the flags were); the built-in corpus's
+    settings only when it is the run's --data, so runs on other corpora do not compare by them."""
     values = {**config.flat(), "model_dir": model_dir}
+    if config.data.data != sources.BUILTIN:
+        values = {name: value for name, value in values.items() if name not in run_config.BUILTIN_CORPUS_SETTINGS}
     return {name: ",".join(map(str, value)) if isinstance(value, tuple) else value for name, value in values.items()}
 

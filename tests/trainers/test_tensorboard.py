@@ -181,8 +181,9 @@ def test_hparams_lists_the_run_settings_and_both_metric_runs(server):
     experiment = get_json(server, "/data/plugin/hparams/experiment", request=json.dumps({"experimentName": ""}))
     names = {info["name"] for info in experiment["hparamInfos"]}
     assert {"loss", "num_sampled", "subtract_log_q", "cold_users", "embedding_dim"} <= names
+    assert not {"num_items", "num_users", "taste_drift"} & names  # the built-in corpus's: not this run's corpus
     metrics = {(info["name"]["group"], info["name"]["tag"]) for info in experiment["metricInfos"]}
-    assert {("eval", "recall_at_10"), ("most_popular", "recall_at_10")} <= metrics
+    assert {("eval", "recall_at_10"), ("most_popular", "recall_at_10"), ("item_transitions", "recall_at_10")} <= metrics
     request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_RUNNING"],
                "colParams": [], "startIndex": 0, "sliceSize": 10}
     (group,) = get_json(server, "/data/plugin/hparams/session_groups", request=json.dumps(request))["sessionGroups"]

@@ -32,3 +32,18 @@ def run_module(module, *args, timeout=600, env=None):
         timeout=timeout,
         env=full_env,
     )
+
+
+def prepare_csv(log_path, output_dir, timestamp_column: str, *flags) -> str:
+    """`python -m data.prepare` of a CSV log with user, item and timestamp columns (and flags); the corpus dir."""
+    prepared = run_module("data.prepare", f"--input={log_path}", f"--output_dir={output_dir}", "--user_column=user",
+                          "--item_column=item", f"--timestamp_column={timestamp_column}", *flags)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    return str(output_dir)
+
+
+def train_on(corpus_dir, model_dir, *flags):
+    """`python -m trainers.train --data=corpus_dir --model_dir=model_dir flags`, asserted to succeed."""
+    trained = run_module("trainers.train", f"--data={corpus_dir}", f"--model_dir={model_dir}", *flags)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return trained

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import prepare_csv, run_module, train_on
 
 NUM_USERS, NUM_ITEMS, NUM_TOPICS = 300, 400, 8
 TRAIN = ["--batch_size=128", "--num_sampled=100", "--epochs=5", "--learning_rate=0.02", "--embedding_dim=16", "--log_every_steps=20",
@@ -32,14 +32,10 @@ def _write_keyed_log(path):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     _write_keyed_log(root / "log.csv")
-    prepared = run_module("data.prepare", f"--input={root / 'log.csv'}", f"--output_dir={root / 'corpus'}",
-                          "--user_column=user", "--item_column=item", "--timestamp_column=ts")
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    corpus = prepare_csv(root / "log.csv", root / "corpus", "ts")
     model_dir = root / "model"
     # The trainer exports at the end (--export defaults to true).
-    trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", "--export_top_k=20",
-                         *TRAIN, *USER_ID_MODEL)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    trained = train_on(corpus, model_dir, "--export_top_k=20", *TRAIN, *USER_ID_MODEL)
     exported_line = [line for line in trained.stdout.splitlines() if line.startswith("exported step")]
     assert exported_line, trained.stdout
     return model_dir, exported_line[0].split(" to ")[1].split()[0]
@@ -182,12 +178,9 @@ def history_export(tmp_path_factory):
     """The keyed log with rare items folded into `<oov>` (--min_item_count=6), a history model, 20% cold users."""
     root = tmp_path_factory.mktemp("history_export")
     _write_keyed_log(root / "log.csv")
-    prepared = run_module("data.prepare", f"--input={root / 'log.csv'}", f"--output_dir={root / 'corpus'}",
-                          "--user_column=user", "--item_column=item", "--timestamp_column=ts", "--min_item_count=6")
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    corpus = prepare_csv(root / "log.csv", root / "corpus", "ts", "--min_item_count=6")
     model_dir = root / "model"
-    trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", *HISTORY_TRAIN)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    train_on(corpus, model_dir, *HISTORY_TRAIN)
     return model_dir
 
 

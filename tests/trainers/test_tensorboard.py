@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO_ROOT, run_module
+from tests.conftest import REPO_ROOT, prepare_csv, train_on
 
 NUM_USERS, NUM_ITEMS, PER_USER = 300, 300, 20
 TRAIN = ["--batch_size=64", "--num_sampled=50", "--embedding_dim=16", "--epochs=2", "--steps_per_epoch=10",
@@ -43,12 +43,9 @@ def finished_run(tmp_path_factory):
     """(runs directory, model_dir) of a few-second training run on a prepared corpus with cold users."""
     root = tmp_path_factory.mktemp("tensorboard")
     write_log(root / "log.csv")
-    prepared = run_module("data.prepare", f"--input={root / 'log.csv'}", f"--output_dir={root / 'corpus'}",
-                          "--user_column=user", "--item_column=item", "--timestamp_column=time")
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    corpus = prepare_csv(root / "log.csv", root / "corpus", "time")
     model_dir = root / "runs" / "run"
-    trained = run_module("trainers.train", f"--data={root / 'corpus'}", f"--model_dir={model_dir}", *TRAIN)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    train_on(corpus, model_dir, *TRAIN)
     return root / "runs", model_dir
 
 

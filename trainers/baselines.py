@@ -27,7 +27,8 @@ def evaluate(corpus: PreparedCorpus, queries: held_out_lib.HeldOut, ks: Sequence
     transitions = fit_transitions(corpus)
     return {
         "most_popular": held_out_lib.popularity_baseline(corpus.item_counts, queries, ks),
-        "item_transitions": _for_both_groups(lambda group: _transitions_metrics(transitions, group, ks), queries),
+        "item_transitions": held_out_lib.for_both_groups(lambda group: _transitions_metrics(transitions, group, ks),
+                                                         queries),
     }
 
 
@@ -57,10 +58,3 @@ def _transitions_metrics(transitions: baselines.ItemTransitions, queries: held_o
     top_ids = np.where(top_ids < 0, transitions.num_items, top_ids)  # an empty slot (all else excluded) finds nothing
     return held_out_lib.both_protocols(top_ids, queries.relevant_ids, ks)
 
-
-def _for_both_groups(metrics_of, queries: held_out_lib.HeldOut) -> Dict[str, float]:
-    """metrics_of(queries) for the warm queries and, named COLD + name, for the cold users' queries."""
-    results = metrics_of(queries)
-    if queries.cold is not None and len(queries.cold.user_ids):
-        results.update({held_out_lib.COLD + name: value for name, value in metrics_of(queries.cold).items()})
-    return results

@@ -206,15 +206,18 @@ def keep_best_choice(evaluation: callbacks.EvaluationCallback):
 def write_test_events(log_dir: str, model_metrics: Dict[str, float], step: int) -> None:
     """The chosen model's test metrics as one point of a run of their own (tensorboard/test) under the eval tags:
     the eval run's curves are the validation split's, the baselines' lines the test split's."""
-    writer = tf.summary.create_file_writer(log_dir)
-    summaries.write_scalars(writer, step, model_metrics)
-    writer.close()
+    write_points(log_dir, model_metrics, [step])
 
 
 def write_baseline_events(log_dir: str, baseline: Dict[str, float], step: int) -> None:
     """The baseline as a run of its own under the eval run's tag names (recall_at_10, cold_users/recall_at_10),
     so TensorBoard draws it on the model's charts; a flat line from step 0 to the final step."""
+    write_points(log_dir, baseline, sorted({0, step}))
+
+
+def write_points(log_dir: str, values: Dict[str, float], steps: List[int]) -> None:
+    """The same scalars {tag: value} at each of steps, in a run of their own (log_dir)."""
     writer = tf.summary.create_file_writer(log_dir)
-    for at_step in sorted({0, step}):
-        summaries.write_scalars(writer, at_step, baseline)
+    for step in steps:
+        summaries.write_scalars(writer, step, values)
     writer.close()

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -142,7 +142,9 @@ def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool
         log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
         if "history" in features:
             query_history = history.histories_from_log(log, unique_users, moment, history_length)
-        last_items = history.histories_from_log(log, unique_users, moment, 1)[:, 0]
+            last_items = query_history[:, 0]  # newest first
+        else:
+            last_items = history.histories_from_log(log, unique_users, moment, 1)[:, 0]
     context_names = [column.name for column in corpus.context_columns]
     context = _context(warm, first_rows, context_names) if "context" in features else None
     oov = _oov_item_id(corpus)
@@ -215,10 +217,14 @@ def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:
 
     Works for a model built under a tf.distribute strategy: the towers are called outside any replica context.
     """
-    results = _evaluate_queries(model, held_out, ks)
+    return for_both_groups(lambda queries: _evaluate_queries(model, queries, ks), held_out)
+
+
+def for_both_groups(metrics_of: Callable[[HeldOut], Dict[str, float]], held_out: HeldOut) -> Dict[str, float]:
+    """metrics_of(queries) of the warm queries and, named COLD + name, of the cold users' queries when there are."""
+    results = metrics_of(held_out)
     if held_out.cold is not None and len(held_out.cold.user_ids):
-        cold = _evaluate_queries(model, held_out.cold, ks)
-        results.update({COLD + name: value for name, value in cold.items()})
+        results.update({COLD + name: value for name, value in metrics_of(held_out.cold).items()})
     return results
 
 
@@ -274,10 +280,7 @@ def popularity_baseline(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence
     """The same metrics for recommending the most frequent training items to everyone (minus the user's own
     training items when held_out has seen_ids, so both sides of the comparison follow one protocol; never the
     OOV bucket), for the warm queries and, named COLD + name, the cold ones."""
-    results = _popularity(item_counts, held_out, ks)
-    if held_out.cold is not None and len(held_out.cold.user_ids):
-        results.update({COLD + name: value for name, value in _popularity(item_counts, held_out.cold, ks).items()})
-    return results
+    return for_both_groups(lambda queries: _popularity(item_counts, queries, ks), held_out)
 
 
 def _popularity(item_counts: np.ndarray, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:

@@ -12,6 +12,14 @@ from retrieval.towers import Tower
 LOSS_REDUCTIONS = ("mean", "sum")
 
 
+def reduce_loss(per_example, loss_reduction: str):
+    """[] from a replica's per-example losses [local batch]: "sum", or "mean" (tf.nn.compute_average_loss: its
+    share of the global batch's mean under tf.distribute). LOSS_REDUCTIONS."""
+    if loss_reduction == "sum":
+        return tf.reduce_sum(per_example)
+    return tf.nn.compute_average_loss(per_example)
+
+
 class TwoTowerModel(tfrs.Model):
     """features {user_id: [batch], item_id: [batch] or [batch, num_true]} -> scalar loss for the step.
 
@@ -81,9 +89,7 @@ class TwoTowerModel(tfrs.Model):
         mean ("mean": tf.nn.compute_average_loss divides by the global batch size) or of its sum ("sum": TFRS's
         Retrieval task reduces its Keras loss with SUM). Either way the replicas' shares add up to the global
         batch's loss, as the gradient all-reduce and the logged loss add them."""
-        if self.loss_reduction == "sum":
-            return tf.reduce_sum(per_example)
-        return tf.nn.compute_average_loss(per_example)
+        return reduce_loss(per_example, self.loss_reduction)
 
     def compute_loss(self, features, training=False):
         return self.reduce_loss(self.per_example_loss(features, training=training))

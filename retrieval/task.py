@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrieval import frequency
-from retrieval.model import LOSS_REDUCTIONS
+from retrieval.model import LOSS_REDUCTIONS, reduce_loss
 from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 
 
@@ -153,7 +153,7 @@ class Retrieval(tf.keras.layers.Layer):
         per_example = self._per_example_loss(query_embeddings, ids, training, negative_ids)
         if sample_weight is not None:
             per_example *= tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
-        loss = self._reduce(per_example)
+        loss = reduce_loss(per_example, self.loss_reduction)
         updates = [metric.update_state(loss) for metric in self.loss_metrics]
         if compute_metrics and self.factorized_metrics:
             first_ids = ids if ids.shape.rank == 1 else ids[:, 0]  # [batch]: the metrics take one positive a row
@@ -178,11 +178,6 @@ class Retrieval(tf.keras.layers.Layer):
         if self.key_to_id is None:
             return tf.cast(negative_ids, tf.int64)
         return self.key_to_id.lookup(tf.convert_to_tensor(negative_ids, dtype=self.keys.dtype))
-
-    def _reduce(self, per_example):
-        if self.loss_reduction == "sum":
-            return tf.reduce_sum(per_example)
-        return tf.nn.compute_average_loss(per_example)
 
     def _check_training_flag(self, training):
         config = self.loss_config

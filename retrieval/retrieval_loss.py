@@ -25,29 +25,85 @@ class LossConfig:
     """Everything that changes the loss's math. Names are TensorFlow's (num_sampled, num_true, ...) and the
     trainer's flags'."""
 
-    loss: str = "sampled_softmax"
-    sampler: str = "log_uniform"
-    mixed_corpus_sampler: str = "log_uniform"  # the corpus half of sampler=mixed
-    num_sampled: int = 1000
-    num_true: int = 1
-    unique: bool = True
-    subtract_log_q: bool = True
-    remove_accidental_hits: bool = True
-    label_smoothing: float = 0.0
-    temperature: float = 1.0
-    focal_gamma: float = 0.0
-    nce_positive_weight: float = 1.0
-    nce_log_partition: Optional[float] = None  # None: ln(num_items), see losses.nce
-    hinge_margin: float = 1.0
-    unigram_distortion: float = 0.75
+    # Each setting's default, bounds or choices and --help text (the metadata the trainer makes its flags from).
+    loss: str = dataclasses.field(
+        default="sampled_softmax", metadata={"help": "Training loss.", "choices": tuple(losses.LOSSES)}
+    )
+    sampler: str = dataclasses.field(
+        default="log_uniform",
+        metadata={"help": "Negative sampler for sampled losses.", "choices": tuple(samplers.SAMPLERS)},
+    )
+    mixed_corpus_sampler: str = dataclasses.field(
+        default="log_uniform",
+        metadata={"help": "The corpus sampler whose negatives --sampler=mixed adds to the in-batch ones.",
+                  "choices": tuple(samplers.CORPUS_SAMPLERS)},
+    )
+    num_sampled: int = dataclasses.field(
+        default=1000, metadata={"help": "Negatives sampled per step (shared by the batch).", "lower_bound": 1}
+    )
+    num_true: int = dataclasses.field(default=1, metadata={"help": "Positives per row.", "lower_bound": 1})
+    unique: bool = dataclasses.field(default=True, metadata={"help": "Sample negatives without replacement."})
+    subtract_log_q: bool = dataclasses.field(
+        default=True, metadata={"help": "Subtract log expected count from candidate logits."}
+    )
+    remove_accidental_hits: bool = dataclasses.field(
+        default=True, metadata={"help": "Mask sampled negatives equal to a true item of the row."}
+    )
+    # [0, 1) and > 0: checked by validate() and by the trainer's flag validators (open bounds absl cannot say).
+    label_smoothing: float = dataclasses.field(default=0.0, metadata={"help": "Label smoothing epsilon in [0, 1)."})
+    temperature: float = dataclasses.field(
+        default=1.0, metadata={"help": "Scores are divided by this before the loss."}
+    )
+    focal_gamma: float = dataclasses.field(
+        default=0.0,
+        metadata={"help": "Focal-loss gamma for --loss=nce (0: plain cross entropy).", "lower_bound": 0.0},
+    )
+    nce_positive_weight: float = dataclasses.field(
+        default=1.0, metadata={"help": "Weight of the positive term for --loss=nce."}
+    )
+    nce_log_partition: Optional[float] = dataclasses.field(
+        default=None,  # ln(num_items), see head_options and losses.nce
+        metadata={"help": "Constant subtracted from NCE logits (default ln(num_items): untrained items start at the "
+                          "uniform log-probability, so full-corpus rankings are not led by items training never "
+                          "touched). 0 is tf.nn.nce_loss."},
+    )
+    hinge_margin: float = dataclasses.field(default=1.0, metadata={"help": "Margin for --loss=pairwise_hinge."})
+    unigram_distortion: float = dataclasses.field(
+        default=0.75, metadata={"help": "--sampler=unigram draws items in proportion to count ** this."}
+    )
     # Q of in-batch negatives: "corpus" (training counts, else counts in the batch) or "streaming" (estimated
     # from the stream of batches, retrieval/frequency.py).
-    frequency_estimation: str = "corpus"
-    frequency_buckets: int = 0  # streaming: hashed array size (0: one bucket per item, no collisions)
-    frequency_learning_rate: float = 0.01  # streaming: the moving average's alpha
-    cross_batch_batches: int = 0  # negatives from the last N batches' item embeddings (0: off)
-    num_hard_negatives: int = 0  # keep each row's K highest-scoring negatives (0: all)
-    logged_negative_weight: float = 1.0  # each logged negative counts this many times in the softmax
+    frequency_estimation: str = dataclasses.field(
+        default="corpus",
+        metadata={"help": "Q of in-batch (and mixed, cross-batch) negatives: corpus = training counts (counts in the "
+                          "batch where the corpus has none); streaming = estimated from the stream of batches (Yi et "
+                          "al. 2019; follows drift).",
+                  "choices": FREQUENCY_ESTIMATIONS},
+    )
+    frequency_buckets: int = dataclasses.field(
+        default=0,  # 0: one bucket per item, no collisions
+        metadata={"help": "--frequency_estimation=streaming: hashed array size (0: one per item).", "lower_bound": 0},
+    )
+    frequency_learning_rate: float = dataclasses.field(
+        default=0.01,
+        metadata={"help": "--frequency_estimation=streaming: the moving average's alpha (smaller: steadier, slower "
+                          "to follow drift)."},
+    )
+    cross_batch_batches: int = dataclasses.field(
+        default=0,
+        metadata={"help": "Cross-batch negatives: the item embeddings of the last N global batches (no gradient); "
+                          "0: off.", "lower_bound": 0},
+    )
+    num_hard_negatives: int = dataclasses.field(
+        default=0,
+        metadata={"help": "Keep each row's K highest-scoring negatives (TFRS semantics); 0: all.", "lower_bound": 0},
+    )
+    logged_negative_weight: float = dataclasses.field(
+        default=1.0,
+        metadata={"help": "Logged negatives (data.prepare --negative_column): each counts this many times in a "
+                          "softmax (log w is added to its logit; for NCE that shifts its logit)."},
+    )
+    # Not a setting of its own: the trainer gives every loss its run's seed (trainers.run_config.RunConfig).
     seed: Optional[int] = None
 
     def effective_sampler(self) -> str:

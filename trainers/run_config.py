@@ -3,6 +3,10 @@ evaluate, export and retrieve.
 
 Each section is a frozen dataclass whose field names are the trainer's flag names (one name for one thing:
 `--num_sampled` is `config.loss.num_sampled` is "num_sampled" in config.json and in the TensorBoard hparams).
+Each setting is defined once, as its field (`setting(default, help, lower_bound=, upper_bound=, choices=)`; the
+loss's in retrieval.retrieval_loss.LossConfig, with the same metadata): its name, type, default, bounds, choices
+and help text. trainers.train_flags makes the flags from these fields; only --model_dir is a flag of its own.
+The built-in corpus's defaults are data.synthetic's and the history length's data.history's.
 
 config.json (format FORMAT):
     {"format": "retrieval-run/2", "seed": 42, "data": {...}, "model": {...}, "loss": {...},
@@ -17,93 +21,213 @@ run of that time (query_features=user_id,user_features, loss_reduction=mean, no 
 
 import dataclasses
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from data import sources
+from data import history, sources, synthetic
+from retrieval import model as two_tower, query
 from retrieval.retrieval_loss import LossConfig
+from trainers import distribute
 
 FORMAT = "retrieval-run/2"
+# A history longer than this is no user's: a [batch, history_length] lookup table of 10,000 items per query
+# already holds 40 MB per 1,024 rows; 10^9 would ask TensorFlow for a Range of 8 GB before the first step.
+MAX_HISTORY_LENGTH = 10_000
+OPTIMIZERS = ("lazy_adam", "adam", "adagrad", "sgd")  # trainers.model_builder.make_optimizer
+# The built-in corpus's own defaults (data.synthetic): its settings here default to them.
+_BUILTIN = synthetic.SyntheticConfig()
 
 
 class ConfigError(ValueError):
     """A configuration that cannot describe a run; the message names the setting (as its flag) and the fix."""
 
 
+def setting(default: Any, help: str, *, lower_bound: Optional[float] = None, upper_bound: Optional[float] = None,
+            choices: Optional[Sequence[str]] = None):
+    """The one definition of a setting: a dataclass field holding its default and, in its metadata, its --help
+    text and the bounds or choices its flag checks (trainers.train_flags makes the flag from them). The metadata
+    keys are those of retrieval.retrieval_loss.LossConfig's fields, which define the loss's flags the same way."""
+    limits = {"lower_bound": lower_bound, "upper_bound": upper_bound, "choices": None if choices is None else tuple(choices)}
+    metadata = {"help": help, **{name: value for name, value in limits.items() if value is not None}}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    data: str = sources.BUILTIN
-    cache_dir: str = sources.DEFAULT_CACHE_DIR
-    num_items: int = 100_000  # the built-in corpus (num_items ... session_timestamps: data.synthetic)
-    num_users: int = 20_000
-    num_interactions: int = 1_000_000
-    taste_drift: float = 1.0
-    session_timestamps: bool = True
-    validation_per_user: int = 1  # the built-in corpus's validation split (data.synthetic; 0: none)
-    history_length: int = 50  # the most earlier items of a user per interaction (data.history)
-    cold_users: float = 0.0  # the share of users kept wholly out of training, evaluated apart
+    data: str = setting(
+        sources.BUILTIN,
+        "'builtin' for the synthetic corpus, 'movielens' for MovieLens 100K (fetched and prepared on first use, "
+        "see data/movielens.py), or a corpus directory made by `python -m data.prepare`.",
+    )
+    cache_dir: str = setting(
+        sources.DEFAULT_CACHE_DIR, "Cache root of the built-in corpus and MovieLens (<cache_dir>/movielens)."
+    )
+    num_items: int = setting(_BUILTIN.num_items, "Built-in corpus: number of items.", lower_bound=2)
+    num_users: int = setting(_BUILTIN.num_users, "Built-in corpus: number of users.", lower_bound=1)
+    num_interactions: int = setting(
+        _BUILTIN.num_interactions, "Built-in corpus: number of interactions.", lower_bound=1
+    )
+    taste_drift: float = setting(
+        _BUILTIN.taste_drift,
+        "Built-in corpus: how far users' tastes drift over their interactions (0: fixed tastes).",
+        lower_bound=0.0, upper_bound=1.0,
+    )
+    session_timestamps: bool = setting(
+        _BUILTIN.session_timestamps, "Built-in corpus: Unix-second timestamps in sessions days apart."
+    )
+    validation_per_user: int = setting(
+        _BUILTIN.validation_per_user,
+        "Built-in corpus: each user's training interactions before the held-out (test) one kept apart as the "
+        "validation split, on which the per-epoch evaluation, --keep_best and early stopping choose the model, so "
+        "that the test split is read once, for the final report (0: none; then they read the test split). A "
+        "prepared corpus has its own (data.prepare --validation_per_user).",
+        lower_bound=0,
+    )
+    history_length: int = setting(
+        history.DEFAULT_HISTORY_LENGTH,
+        f"The most previous items of a user per query (at most {MAX_HISTORY_LENGTH}).",
+        lower_bound=1, upper_bound=MAX_HISTORY_LENGTH,
+    )
+    cold_users: float = setting(
+        0.0, "Share of users kept wholly out of training; evaluated apart by their history.",
+        lower_bound=0.0, upper_bound=0.99,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    embedding_dim: int = 64
-    hidden_dims: Tuple[int, ...] = ()
-    normalize: bool = False
+    embedding_dim: int = setting(64, "Embedding size of both towers.", lower_bound=1)
+    hidden_dims: Tuple[int, ...] = setting(
+        (), "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only)."
+    )
+    normalize: bool = setting(False, "L2-normalise tower outputs (use with --temperature below 1).")
     # The history model is the main model: on the built-in corpus and MovieLens it beats the user-id model and
-    # serves users it never trained (README, "The query tower"); retrieval.query.QUERY_FEATURES.
-    query_features: Tuple[str, ...] = ("history",)
-    context_features: Tuple[str, ...] = ("hour_of_day", "day_of_week")  # read when query_features has context
-    history_encoder: str = "weighted_mean"  # retrieval.query.HISTORY_ENCODERS; measured in the README
-    share_item_embeddings: bool = False  # True: the history reads the item tower's id table (measured: worse)
+    # serves users it never trained (README, "The query tower").
+    query_features: Tuple[str, ...] = setting(
+        ("history",),
+        f"What the query tower reads, some of {', '.join(query.QUERY_FEATURES)}: the user id's embedding, the "
+        "user's static features, their previous items (the history), the interaction's context.",
+    )
+    context_features: Tuple[str, ...] = setting(
+        tuple(query.TIME_FEATURES),
+        "The context --query_features=...,context reads: hour_of_day and day_of_week of the interaction's timestamp "
+        "(Unix seconds, UTC), and any of the corpus's own context columns (data.prepare --context_columns, "
+        "--numeric_context_columns).",
+    )
+    history_encoder: str = setting(
+        "weighted_mean",
+        "How a history is pooled: mean, weighted_mean (a learned weight per position), gru, attention (README).",
+        choices=query.HISTORY_ENCODERS,
+    )
+    share_item_embeddings: bool = setting(
+        False,
+        "The history reads the item tower's id table; off: a table of its own (better on both corpora, README).",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizationConfig:
-    optimizer: str = "lazy_adam"
-    learning_rate: float = 0.005
-    batch_size: int = 1024
-    epochs: int = 3
-    steps_per_epoch: int = 0  # a cap; 0: one full pass
-    steps_per_execution: int = 0  # 0: auto (fit_loop.steps_per_execution)
-    mixed_precision: bool = False
-    loss_reduction: str = "mean"  # of a step's per-example losses: "mean" or "sum" (TFRS's)
+    optimizer: str = setting(
+        "lazy_adam",
+        "Optimizer. lazy_adam updates only the embedding rows a step touches (retrieval.optimizers.LazyAdam).",
+        choices=OPTIMIZERS,
+    )
+    learning_rate: float = setting(0.005, "Learning rate.", lower_bound=0.0)
+    batch_size: int = setting(1024, "Global batch size.", lower_bound=1)
+    epochs: int = setting(3, "Passes over the training interactions.", lower_bound=1)
+    steps_per_epoch: int = setting(0, "Cap on steps per epoch (0: one full pass).", lower_bound=0)
+    steps_per_execution: int = setting(
+        0,
+        "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
+        "checkpoints, the NaN guard) then act once per call. 0: auto, the largest that keeps logging and "
+        "checkpoints on their step (min of --log_every_steps, --checkpoint_every_steps and 100; 1 under "
+        "parameter_server, multi_worker or --profile_steps).",
+        lower_bound=0,
+    )
+    mixed_precision: bool = setting(
+        False, "mixed_float16 towers (for GPUs); losses are computed in float32."
+    )
+    loss_reduction: str = setting(
+        "mean",
+        "A step's loss from its per-example losses: their mean over the global batch, or their sum, as TensorFlow "
+        "Recommenders' Retrieval task (gradients batch_size times larger: what TFRS's learning rates assume).",
+        choices=two_tower.LOSS_REDUCTIONS,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    eval_top_k: Tuple[int, ...] = (10, 50, 100)
-    exclude_seen: bool = False
-    eval_max_users: int = 0  # evaluate only the first N held-out users by id (0: all)
-    export: bool = True
-    export_top_k: int = 100
-    keep_best: str = ""  # a held-out metric: keep (and export) the checkpoint of the epoch that maximises it
-    early_stopping_patience: int = 0  # with keep_best: stop after this many epochs without a better one (0: never)
+    eval_top_k: Tuple[int, ...] = setting((10, 50, 100), "Cut-offs K for held-out recall@K / NDCG@K.")
+    exclude_seen: bool = setting(False, "Held-out evaluation never ranks a user's training items.")
+    eval_max_users: int = setting(
+        0,
+        "Held-out evaluation of the first N users by id only (0: all; trainers.evaluate's --max_users).",
+        lower_bound=0,
+    )
+    export: bool = setting(
+        True, "At the end, export the newest checkpoint (--keep_best: the best) to <model_dir>/export/<n>/."
+    )
+    export_top_k: int = setting(100, "Items the exported serving signature returns per query.", lower_bound=1)
+    keep_best: str = setting(
+        "",
+        "A held-out metric (recall_at_10, ndcg_at_50, top_k_accuracy_at_100, mrr, ...): after each epoch's "
+        "evaluation (on the validation split when the corpus has one, else on the test split, with a warning), "
+        "keep the checkpoint that maximises it (<model_dir>/checkpoints/best/) and export that one. Empty: the "
+        "last.",
+    )
+    early_stopping_patience: int = setting(
+        0, "With --keep_best: stop training after this many epochs without a better value (0: never).",
+        lower_bound=0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    log_every_steps: int = 50
-    checkpoint_every_steps: int = 500
-    profile_steps: Tuple[int, ...] = ()  # (start, end) or empty
-    projector_items: int = 10_000
+    log_every_steps: int = setting(50, "TensorBoard train scalars every N steps.", lower_bound=1)
+    checkpoint_every_steps: int = setting(
+        500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0
+    )
+    profile_steps: Tuple[int, ...] = setting(
+        (), "START,END steps to trace with the TensorBoard profiler (empty: off)."
+    )
+    projector_items: int = setting(
+        10_000, "Most frequent items shown in the embedding projector.", lower_bound=0
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class DistributionConfig:
-    strategy: str = "auto"
-    cpu_replicas: int = 1
-    num_ps_shards: int = 0
+    strategy: str = setting(
+        "auto",
+        "tf.distribute strategy; auto: parameter_server when TF_CONFIG has ps tasks, multi_worker when it has "
+        "several workers, mirrored with several GPUs, default otherwise.",
+        choices=distribute.STRATEGIES,
+    )
+    cpu_replicas: int = setting(
+        1,
+        "Split the CPU into this many logical devices for --strategy=mirrored (testing the multi-replica path "
+        "without GPUs).",
+        lower_bound=1,
+    )
+    num_ps_shards: int = setting(
+        0, "parameter_server: shards of the item table (0: one per ps task).", lower_bound=0
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    seed: int = 42  # the corpus, initialisation, shuffling and sampling (loss.seed is the same number)
+    seed: int = setting(42, "Seed for the corpus, initialisation, shuffling and sampling.")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig(seed=42)
+    loss: LossConfig = LossConfig()  # its seed is always this run's (__post_init__)
     optimization: OptimizationConfig = OptimizationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     logging: LoggingConfig = LoggingConfig()
     distribution: DistributionConfig = DistributionConfig()
+
+    def __post_init__(self):
+        # One seed per run: the loss samples with it too, so LossConfig.seed is not a setting of its own.
+        if self.loss.seed != self.seed:
+            object.__setattr__(self, "loss", dataclasses.replace(self.loss, seed=self.seed))
 
     def flat(self) -> Dict[str, Any]:
         """{flag name: value} of every setting: the TensorBoard hparams and the flagfile."""
@@ -207,8 +331,6 @@ def from_dict(document: Dict[str, Any], source: str = "config.json") -> RunConfi
     for name, section_class in SECTIONS.items():
         values = {**PREDATED_SETTINGS.get(name, {}), **document[name]}
         _check_keys(values, section_fields(section_class), source, f"{name}.")
-        if section_class is LossConfig:
-            values = {**values, "seed": seed}
         sections[name] = section_class(**_tuples_for_lists(values))
     return RunConfig(seed=seed, **sections)
 

@@ -1,21 +1,29 @@
 """The flags of `python -m trainers.train` and the one function that turns them into a RunConfig.
 
-Every flag is named as its field in trainers.run_config (and as TensorFlow names it, for the loss). The run
-writes them back as an absl flagfile (<model_dir>/flags.txt), so
-`python -m trainers.train --flagfile=<model_dir>/flags.txt --model_dir=<new dir>` reproduces it.
+Every flag but --model_dir is made from its setting's one definition: the field of that name in
+trainers.run_config's sections and RunConfig.seed (the loss's in retrieval.retrieval_loss.LossConfig). Its type
+comes from the field's annotation; its default, bounds, choices and help text from the field (define_flags).
+--model_dir is where a run is written, not a setting of it, and is defined here. What a flag's bounds cannot say
+is checked here too: label_smoothing in [0, 1), temperature > 0, finite floats, the list flags' integers, and the
+settings that must agree (--keep_best, --context_features). The run writes its settings back as an absl flagfile
+(<model_dir>/flags.txt), so `python -m trainers.train --flagfile=<model_dir>/flags.txt --model_dir=<new dir>`
+reproduces it.
 """
 
+import dataclasses
 import math
 import os
-from typing import List, Tuple
+import typing
+from typing import Any, List, Optional, Tuple
 
 from absl import flags
 
 from data import sources
-from retrieval import losses, query, samplers
+from retrieval import query
 from retrieval.retrieval_loss import LossConfig
-from trainers import distribute, run_config
+from trainers import run_config
 from trainers.run_config import (
+    SECTIONS,
     ConfigError,
     DataConfig,
     DistributionConfig,
@@ -28,222 +36,67 @@ from trainers.run_config import (
 )
 
 FLAGS = flags.FLAGS
-# A history longer than this is no user's: a [batch, history_length] lookup table of 10,000 items per query
-# already holds 40 MB per 1,024 rows; 10^9 would ask TensorFlow for a Range of 8 GB before the first step.
-MAX_HISTORY_LENGTH = 10_000
+# The flag kind of each setting type; a Tuple setting is a list flag and one with choices an enum (_define_setting).
+_DEFINE_BY_TYPE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    Optional[float]: flags.DEFINE_float,  # nce_log_partition: None until given
+    str: flags.DEFINE_string,
+}
+_BOUNDS = ("lower_bound", "upper_bound")
 
 
-def _define_data_and_model_flags():
-    flags.DEFINE_string(
-        "data",
-        sources.BUILTIN,
-        "'builtin' for the synthetic corpus, 'movielens' for MovieLens 100K (fetched and prepared on first use, "
-        "see data/movielens.py), or a corpus directory made by `python -m data.prepare`.",
-    )
-    flags.DEFINE_string(
-        "cache_dir", sources.DEFAULT_CACHE_DIR, "Cache root of the built-in corpus and MovieLens (<cache_dir>/movielens)."
-    )
-    flags.DEFINE_integer("num_items", 100_000, "Built-in corpus: number of items.", lower_bound=2)
-    flags.DEFINE_integer("num_users", 20_000, "Built-in corpus: number of users.", lower_bound=1)
-    flags.DEFINE_integer("num_interactions", 1_000_000, "Built-in corpus: number of interactions.", lower_bound=1)
-    flags.DEFINE_float(
-        "taste_drift", 1.0, "Built-in corpus: how far users' tastes drift over their interactions (0: fixed tastes).",
-        lower_bound=0.0, upper_bound=1.0,
-    )
-    flags.DEFINE_bool("session_timestamps", True, "Built-in corpus: Unix-second timestamps in sessions days apart.")
-    flags.DEFINE_integer(
-        "validation_per_user", 1, "Built-in corpus: each user's training interactions before the held-out (test) one "
-        "kept apart as the validation split, on which the per-epoch evaluation, --keep_best and early stopping "
-        "choose the model, so that the test split is read once, for the final report (0: none; then they read the "
-        "test split). A prepared corpus has its own (data.prepare --validation_per_user).", lower_bound=0,
-    )
-    flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.")
-    flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both towers.", lower_bound=1)
-    flags.DEFINE_list("hidden_dims", [], "Hidden ReLU layer sizes of each tower's MLP (empty: embedding only).")
-    flags.DEFINE_bool("normalize", False, "L2-normalise tower outputs (use with --temperature below 1).")
-    _define_query_flags()
+def settings() -> Tuple[Tuple[dataclasses.Field, Any], ...]:
+    """(field, its type) of every setting of a run: RunConfig.seed, then each section's fields in order
+    (LossConfig's seed is RunConfig.seed, no setting of its own)."""
+    seed = next(field for field in dataclasses.fields(RunConfig) if field.name == "seed")
+    found = [(seed, typing.get_type_hints(RunConfig)["seed"])]
+    for section_class in SECTIONS.values():
+        types = typing.get_type_hints(section_class)
+        fields = {field.name: field for field in dataclasses.fields(section_class)}
+        found += [(fields[name], types[name]) for name in section_fields(section_class)]
+    return tuple(found)
 
 
-def _define_query_flags():
-    flags.DEFINE_list(
-        "query_features", list(RunConfig().model.query_features),
-        f"What the query tower reads, some of {', '.join(query.QUERY_FEATURES)}: the user id's embedding, the "
-        "user's static features, their previous items (the history), the interaction's context.",
-    )
-    flags.DEFINE_integer(
-        "history_length", 50, f"The most previous items of a user per query (at most {MAX_HISTORY_LENGTH}).",
-        lower_bound=1, upper_bound=MAX_HISTORY_LENGTH,
-    )
-    flags.DEFINE_enum(
-        "history_encoder", RunConfig().model.history_encoder, list(query.HISTORY_ENCODERS),
-        "How a history is pooled: mean, weighted_mean (a learned weight per position), gru, attention (README).",
-    )
-    flags.DEFINE_bool(
-        "share_item_embeddings", RunConfig().model.share_item_embeddings,
-        "The history reads the item tower's id table; off: a table of its own (better on both corpora, README).",
-    )
-    flags.DEFINE_list(
-        "context_features", list(query.TIME_FEATURES),
-        "The context --query_features=...,context reads: hour_of_day and day_of_week of the interaction's timestamp "
-        "(Unix seconds, UTC), and any of the corpus's own context columns (data.prepare --context_columns, "
-        "--numeric_context_columns).",
-    )
-    flags.DEFINE_float(
-        "cold_users", 0.0, "Share of users kept wholly out of training; evaluated apart by their history.",
-        lower_bound=0.0, upper_bound=0.99,
-    )
+def _define_setting(field: dataclasses.Field, setting_type: Any, flag_values: flags.FlagValues) -> None:
+    """The flag of one setting, named, typed, bounded and explained as its field."""
+    metadata = field.metadata
+    if "choices" in metadata:
+        flags.DEFINE_enum(field.name, field.default, list(metadata["choices"]), metadata["help"],
+                          flag_values=flag_values)
+    elif typing.get_origin(setting_type) is tuple:
+        # absl list flags hold strings: ("10", "50", "100"), parsed back by config_from_flags.
+        flags.DEFINE_list(field.name, [str(item) for item in field.default], metadata["help"],
+                          flag_values=flag_values)
+    elif setting_type in _DEFINE_BY_TYPE:
+        bounds = {name: metadata[name] for name in _BOUNDS if name in metadata}
+        _DEFINE_BY_TYPE[setting_type](field.name, field.default, metadata["help"], flag_values=flag_values,
+                                      **bounds)
+    else:
+        raise TypeError(f"setting {field.name}: no flag kind for its type {setting_type}")
 
 
-def _define_optimization_flags():
-    flags.DEFINE_integer("batch_size", 1024, "Global batch size.", lower_bound=1)
-    flags.DEFINE_integer("epochs", 3, "Passes over the training interactions.", lower_bound=1)
-    flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: one full pass).", lower_bound=0)
-    flags.DEFINE_float("learning_rate", 0.005, "Learning rate.", lower_bound=0.0)
-    flags.DEFINE_enum(
-        "optimizer",
-        "lazy_adam",
-        ["lazy_adam", "adam", "adagrad", "sgd"],
-        "Optimizer. lazy_adam updates only the embedding rows a step touches (retrieval.optimizers.LazyAdam).",
-    )
-    flags.DEFINE_integer(
-        "steps_per_execution",
-        0,
-        "Training steps per tf.function call (Keras compile): fewer host round trips; callbacks (logging, "
-        "checkpoints, the NaN guard) then act once per call. 0: auto, the largest that keeps logging and "
-        "checkpoints on their step (min of --log_every_steps, --checkpoint_every_steps and 100; 1 under "
-        "parameter_server, multi_worker or --profile_steps).",
-        lower_bound=0,
-    )
-    flags.DEFINE_bool("mixed_precision", False, "mixed_float16 towers (for GPUs); losses are computed in float32.")
-    flags.DEFINE_enum(
-        "loss_reduction", "mean", ["mean", "sum"],
-        "A step's loss from its per-example losses: their mean over the global batch, or their sum, as TensorFlow "
-        "Recommenders' Retrieval task (gradients batch_size times larger: what TFRS's learning rates assume).",
-    )
-
-
-def _define_loss_flags():
-    flags.DEFINE_enum("loss", "sampled_softmax", list(losses.LOSSES), "Training loss.")
-    flags.DEFINE_enum("sampler", "log_uniform", list(samplers.SAMPLERS), "Negative sampler for sampled losses.")
-    flags.DEFINE_enum(
-        "mixed_corpus_sampler", "log_uniform", list(samplers.CORPUS_SAMPLERS),
-        "The corpus sampler whose negatives --sampler=mixed adds to the in-batch ones.",
-    )
-    flags.DEFINE_integer("num_sampled", 1000, "Negatives sampled per step (shared by the batch).", lower_bound=1)
-    flags.DEFINE_integer("num_true", 1, "Positives per row.", lower_bound=1)
-    flags.DEFINE_bool("unique", True, "Sample negatives without replacement.")
-    flags.DEFINE_bool("subtract_log_q", True, "Subtract log expected count from candidate logits.")
-    flags.DEFINE_bool("remove_accidental_hits", True, "Mask sampled negatives equal to a true item of the row.")
-    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing epsilon in [0, 1).")
-    flags.DEFINE_float("temperature", 1.0, "Scores are divided by this before the loss.")
-    flags.DEFINE_float("focal_gamma", 0.0, "Focal-loss gamma for --loss=nce (0: plain cross entropy).", lower_bound=0.0)
-    flags.DEFINE_float("nce_positive_weight", 1.0, "Weight of the positive term for --loss=nce.")
-    flags.DEFINE_float("hinge_margin", 1.0, "Margin for --loss=pairwise_hinge.")
-    flags.DEFINE_float("unigram_distortion", 0.75, "--sampler=unigram draws items in proportion to count ** this.")
-    _define_negative_flags()
-    flags.DEFINE_float(
-        "nce_log_partition",
-        None,
-        "Constant subtracted from NCE logits (default ln(num_items): untrained items start at the uniform "
-        "log-probability, so full-corpus rankings are not led by items training never touched). 0 is "
-        "tf.nn.nce_loss.",
-    )
-    flags.register_validator(
-        "label_smoothing", lambda value: 0.0 <= value < 1.0, message="--label_smoothing must be in [0, 1)."
-    )
-    flags.register_validator("temperature", lambda value: value > 0.0, message="--temperature must be > 0.")
-
-
-def _define_negative_flags():
-    flags.DEFINE_enum(
-        "frequency_estimation", "corpus", ["corpus", "streaming"],
-        "Q of in-batch (and mixed, cross-batch) negatives: corpus = training counts (counts in the batch where the "
-        "corpus has none); streaming = estimated from the stream of batches (Yi et al. 2019; follows drift).",
-    )
-    flags.DEFINE_integer(
-        "frequency_buckets", 0, "--frequency_estimation=streaming: hashed array size (0: one per item).", lower_bound=0
-    )
-    flags.DEFINE_float(
-        "frequency_learning_rate", 0.01,
-        "--frequency_estimation=streaming: the moving average's alpha (smaller: steadier, slower to follow drift).",
-    )
-    flags.DEFINE_integer(
-        "cross_batch_batches", 0,
-        "Cross-batch negatives: the item embeddings of the last N global batches (no gradient); 0: off.",
-        lower_bound=0,
-    )
-    flags.DEFINE_integer(
-        "num_hard_negatives", 0, "Keep each row's K highest-scoring negatives (TFRS semantics); 0: all.", lower_bound=0
-    )
-    flags.DEFINE_float(
-        "logged_negative_weight", 1.0,
-        "Logged negatives (data.prepare --negative_column): each counts this many times in a softmax (log w is "
-        "added to its logit; for NCE that shifts its logit).",
-    )
-
-
-def _define_run_flags():
-    flags.DEFINE_integer("seed", 42, "Seed for the corpus, initialisation, shuffling and sampling.")
-    flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for held-out recall@K / NDCG@K.")
-    flags.DEFINE_bool("exclude_seen", False, "Held-out evaluation never ranks a user's training items.")
-    flags.DEFINE_integer(
-        "eval_max_users", 0, "Held-out evaluation of the first N users by id only (0: all; trainers.evaluate's "
-        "--max_users).", lower_bound=0,
-    )
-    flags.DEFINE_bool("export", True, "At the end, export the newest checkpoint (--keep_best: the best) to "
-                      "<model_dir>/export/<n>/.")
-    flags.DEFINE_string(
-        "keep_best", "", "A held-out metric (recall_at_10, ndcg_at_50, top_k_accuracy_at_100, mrr, ...): after each "
-        "epoch's evaluation (on the validation split when the corpus has one, else on the test split, with a "
-        "warning), keep the checkpoint that maximises it (<model_dir>/checkpoints/best/) and export that one. "
-        "Empty: the last.",
-    )
-    flags.DEFINE_integer(
-        "early_stopping_patience", 0, "With --keep_best: stop training after this many epochs without a better "
-        "value (0: never).", lower_bound=0,
-    )
-    flags.DEFINE_integer("export_top_k", 100, "Items the exported serving signature returns per query.", lower_bound=1)
-    flags.DEFINE_integer("log_every_steps", 50, "TensorBoard train scalars every N steps.", lower_bound=1)
-    flags.DEFINE_integer(
-        "checkpoint_every_steps", 500, "Checkpoint every N steps (0: only at epoch ends).", lower_bound=0
-    )
-    flags.DEFINE_list("profile_steps", [], "START,END steps to trace with the TensorBoard profiler (empty: off).")
-    flags.DEFINE_integer(
-        "projector_items", 10_000, "Most frequent items shown in the embedding projector.", lower_bound=0
-    )
-
-
-def _define_distribution_flags():
-    flags.DEFINE_enum(
-        "strategy",
-        "auto",
-        list(distribute.STRATEGIES),
-        "tf.distribute strategy; auto: parameter_server when TF_CONFIG has ps tasks, multi_worker when it has "
-        "several workers, mirrored with several GPUs, default otherwise.",
-    )
-    flags.DEFINE_integer(
-        "cpu_replicas",
-        1,
-        "Split the CPU into this many logical devices for --strategy=mirrored (testing the multi-replica path "
-        "without GPUs).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "num_ps_shards", 0, "parameter_server: shards of the item table (0: one per ps task).", lower_bound=0
-    )
+def _register_checks(flag_values: flags.FlagValues) -> None:
+    """The checks bounds cannot say: open intervals, and a --model_dir that is a file."""
+    flags.register_validator("label_smoothing", lambda value: 0.0 <= value < 1.0,
+                             message="--label_smoothing must be in [0, 1).", flag_values=flag_values)
+    flags.register_validator("temperature", lambda value: value > 0.0, message="--temperature must be > 0.",
+                             flag_values=flag_values)
     flags.register_validator(
         "model_dir",
         lambda value: not (value and os.path.exists(value) and not os.path.isdir(value)),
         message="--model_dir names an existing file; expected a directory (existing or new).",
+        flag_values=flag_values,
     )
 
 
-def define_flags() -> None:
-    _define_data_and_model_flags()
-    _define_optimization_flags()
-    _define_loss_flags()
-    _define_run_flags()
-    _define_distribution_flags()
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Every setting's flag and --model_dir, in flag_values (default: absl's global FLAGS)."""
+    for field, setting_type in settings():
+        _define_setting(field, setting_type, flag_values)
+    flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.", flag_values=flag_values)
+    _register_checks(flag_values)
 
 
 def positive_ints(name: str, values: List[str]) -> Tuple[int, ...]:
@@ -257,44 +110,48 @@ def positive_ints(name: str, values: List[str]) -> Tuple[int, ...]:
     return parsed
 
 
-def _section_from_flags(section_class, **parsed):
-    values = {name: FLAGS[name].value for name in section_fields(section_class) if name not in parsed}
+def _section_from_flags(flag_values: flags.FlagValues, section_class, **parsed):
+    """A section of its flags' values (list flags as tuples), with the values given in parsed."""
+    values = {name: flag_values[name].value for name in section_fields(section_class) if name not in parsed}
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     return section_class(**values, **parsed)
 
 
-def config_from_flags() -> RunConfig:
-    """The run's RunConfig from the parsed flags; ConfigError (naming the flag) for values flags cannot check."""
-    _check_finite_floats()
-    profile_steps = positive_ints("profile_steps", FLAGS.profile_steps) if FLAGS.profile_steps else ()
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> RunConfig:
+    """The run's RunConfig from the parsed flags (default: absl's global FLAGS); ConfigError (naming the flag) for
+    values flags cannot check."""
+    _check_finite_floats(flag_values)
+    given = flag_values.profile_steps
+    profile_steps = positive_ints("profile_steps", given) if given else ()
     if profile_steps and (len(profile_steps) != 2 or profile_steps[0] > profile_steps[1]):
-        raise ConfigError(f"--profile_steps={','.join(FLAGS.profile_steps)}: expected START,END with START <= END")
-    hidden_dims = positive_ints("hidden_dims", FLAGS.hidden_dims) if FLAGS.hidden_dims else ()
-    model = _section_from_flags(ModelConfig, hidden_dims=hidden_dims, query_features=tuple(FLAGS.query_features),
-                                context_features=tuple(FLAGS.context_features))
+        raise ConfigError(f"--profile_steps={','.join(given)}: expected START,END with START <= END")
+    hidden_dims = positive_ints("hidden_dims", flag_values.hidden_dims) if flag_values.hidden_dims else ()
+    model = _section_from_flags(flag_values, ModelConfig, hidden_dims=hidden_dims)
     try:
         query.check_features(model.query_features, model.context_features)
     except ValueError as error:
         raise ConfigError(f"--{error}") from None
+    eval_top_k = positive_ints("eval_top_k", flag_values.eval_top_k)
     config = RunConfig(
-        seed=FLAGS.seed,
-        data=_section_from_flags(DataConfig),
+        seed=flag_values.seed,  # the loss's too (RunConfig.__post_init__)
+        data=_section_from_flags(flag_values, DataConfig),
         model=model,
-        loss=_section_from_flags(LossConfig, seed=FLAGS.seed),
-        optimization=_section_from_flags(OptimizationConfig),
-        evaluation=_section_from_flags(EvaluationConfig, eval_top_k=positive_ints("eval_top_k", FLAGS.eval_top_k)),
-        logging=_section_from_flags(LoggingConfig, profile_steps=profile_steps),
-        distribution=_section_from_flags(DistributionConfig),
+        loss=_section_from_flags(flag_values, LossConfig),
+        optimization=_section_from_flags(flag_values, OptimizationConfig),
+        evaluation=_section_from_flags(flag_values, EvaluationConfig, eval_top_k=eval_top_k),
+        logging=_section_from_flags(flag_values, LoggingConfig, profile_steps=profile_steps),
+        distribution=_section_from_flags(flag_values, DistributionConfig),
     )
     _check_keep_best(config)
     _check_context_features(config)
     return config
 
 
-def _check_finite_floats() -> None:
+def _check_finite_floats(flag_values: flags.FlagValues) -> None:
     """ConfigError naming the first float flag given inf or nan (absl's float flags parse both): no setting of a
     run means either (--logged_negative_weight=inf made every loss NaN from the first step)."""
-    for name in FLAGS:
-        value = FLAGS[name].value
+    for name in flag_values:
+        value = flag_values[name].value
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{name}={value}: expected a finite number")
 

@@ -8,7 +8,7 @@ from retrieval import query
 from retrieval.model import TwoTowerModel
 from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
-from trainers.run_config import ModelConfig, OptimizationConfig, RunConfig
+from trainers.run_config import DataConfig, ModelConfig, OptimizationConfig, RunConfig
 
 
 def load_corpus(config: RunConfig) -> PreparedCorpus:
@@ -57,8 +57,8 @@ def build_model(
     normalize: bool = False,
     global_batch_size: Optional[int] = None,
     query_config: Optional[ModelConfig] = None,
-    history_length: int = 50,
-    loss_reduction: str = "mean",
+    history_length: int = DataConfig.history_length,
+    loss_reduction: str = OptimizationConfig.loss_reduction,
 ) -> TwoTowerModel:
     """The two-tower model; global_batch_size sizes a cross-batch memory (and in-batch Q from corpus counts);
     query_config: what the query tower reads (default: the user id and the corpus's user features)."""

@@ -46,7 +46,8 @@ def setting(default: Any, help: str, *, lower_bound: Optional[float] = None, upp
     """The one definition of a setting: a dataclass field holding its default and, in its metadata, its --help
     text and the bounds or choices its flag checks (trainers.train_flags makes the flag from them). The metadata
     keys are those of retrieval.retrieval_loss.LossConfig's fields, which define the loss's flags the same way."""
-    limits = {"lower_bound": lower_bound, "upper_bound": upper_bound, "choices": None if choices is None else tuple(choices)}
+    choices = None if choices is None else tuple(choices)
+    limits = {"lower_bound": lower_bound, "upper_bound": upper_bound, "choices": choices}
     metadata = {"help": help, **{name: value for name, value in limits.items() if value is not None}}
     return dataclasses.field(default=default, metadata=metadata)
 

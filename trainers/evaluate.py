@@ -11,15 +11,18 @@ import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
 from trainers import cli, train_flags
-from trainers.run_config import ConfigError
+from trainers.run_config import ConfigError, EvaluationConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A trainers.train run directory (config.json + checkpoints/).")
-flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K for recall@K / NDCG@K.")
-flags.DEFINE_bool("exclude_seen", False, "Never rank a user's training items (they cannot be held-out hits).")
+# The trainer's defaults (trainers.run_config.EvaluationConfig), so that both evaluate the same way by default.
+flags.DEFINE_list("eval_top_k", [str(k) for k in EvaluationConfig.eval_top_k], "Cut-offs K for recall@K / NDCG@K.")
+flags.DEFINE_bool("exclude_seen", EvaluationConfig.exclude_seen,
+                  "Never rank a user's training items (they cannot be held-out hits).")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "The held-out split: test (eval-*.tfrecord) or "
                   "validation (the corpus's validation split, on which trainers.train chooses the model).")
-flags.DEFINE_integer("max_users", 0, "Evaluate only the first N held-out users by id (0: all).", lower_bound=0)
+flags.DEFINE_integer("max_users", EvaluationConfig.eval_max_users,
+                     "Evaluate only the first N held-out users by id (0: all).", lower_bound=0)
 
 
 def main(argv):

@@ -46,6 +46,7 @@ import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from data import sources  # noqa: E402
 from retrieval.retrieval_loss import MIN_EXPECTED_COUNT  # noqa: E402
 from trainers.event_reader import read_scalars  # noqa: E402
+from trainers.run_config import RunConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +138,7 @@ flags.DEFINE_string("code_version", "", "The commit the runs used, for the outpu
 flags.DEFINE_bool("reuse_runs", False, "Keep finished runs found in --work_dir (those with a run_summary.json).")
 FLAGS = flags.FLAGS
 
-SEED = 42  # the trainer's default seed; --repeat_seeds add others
+SEED = RunConfig.seed  # the trainer's default seed; --repeat_seeds add others
 
 
 class RunFailed(RuntimeError):

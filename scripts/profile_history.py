@@ -51,20 +51,21 @@ def categories(totals):
 def _model_and_batches(tf, corpus, query_features):
     from data import history, pipeline
     from retrieval.optimizers import LazyAdam
-    from retrieval.retrieval_loss import LossConfig
     from trainers import model_builder
-    from trainers.run_config import ModelConfig
+    from trainers.run_config import ModelConfig, RunConfig
 
+    trainer = RunConfig()  # the trainer's defaults: each model is the one `python -m trainers.train` would build
     model_config = ModelConfig(query_features=tuple(query_features.split(",")))
-    model = model_builder.build_model(corpus, LossConfig(num_sampled=1000, seed=42), 64, global_batch_size=1024,
+    batch_size = trainer.optimization.batch_size
+    model = model_builder.build_model(corpus, trainer.loss, trainer.model.embedding_dim, global_batch_size=batch_size,
                                       query_config=model_config, history_length=FLAGS.history_length)
-    model.compile(optimizer=LazyAdam(0.005), steps_per_execution=FLAGS.steps_per_execution)
+    model.compile(optimizer=LazyAdam(trainer.optimization.learning_rate), steps_per_execution=FLAGS.steps_per_execution)
     columns = pipeline.read_in_memory(corpus.train_files)
     query_inputs = None
     if "history" in query_features:
         log = history.history_log(columns["user_id"], columns["item_id"], columns["timestamp"])
         query_inputs = pipeline.QueryInputs(log, FLAGS.history_length)
-    batches = pipeline.in_memory_batches(columns, 1024, 42, query_inputs=query_inputs)
+    batches = pipeline.in_memory_batches(columns, batch_size, trainer.seed, query_inputs=query_inputs)
     return model, batches
 
 
@@ -112,9 +113,10 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     from data import builtin, sources, synthetic
+    from trainers.run_config import RunConfig
 
     config = synthetic.SyntheticConfig(num_items=FLAGS.num_items, num_users=FLAGS.num_users,
-                                       num_interactions=FLAGS.num_interactions, seed=42)
+                                       num_interactions=FLAGS.num_interactions, seed=RunConfig.seed)
     corpus = builtin.prepare(config, sources.DEFAULT_CACHE_DIR)
     models = {name: _model_and_batches(tf, corpus, name) for name in FLAGS.models.split(",")}
     for model, batches in models.values():  # trace and warm up

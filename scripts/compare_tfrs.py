@@ -1,7 +1,7 @@
-"""This project's id model and history model beside the TensorFlow Recommenders basic-retrieval tutorial model and
-the most-popular baseline, on one prepared split, under one evaluation protocol.
+"""This project's id model and history model beside the TensorFlow Recommenders basic-retrieval tutorial model, the
+most-popular baseline and the classic recommenders, on one prepared split, under both evaluation protocols.
 
-    .venv/bin/python scripts/compare_tfrs.py --data=movielens [--exclude_seen] [--output=compare.json] [-- trainer flags]
+    .venv/bin/python scripts/compare_tfrs.py --data=movielens --seeds=42,43,44 [--output=compare.json] [-- trainer flags]
 
 What runs:
 - TFRS tutorial (https://www.tensorflow.org/recommenders/examples/basic_retrieval), as the tutorial writes it: a
@@ -11,23 +11,27 @@ What runs:
 - The same tutorial model with its task swapped for `retrieval.task.Retrieval` (sampled softmax over
   log-uniform negatives, num_sampled=1000, log-Q correction and accidental hits removed: the trainer's defaults),
   everything else as the tutorial writes it (README: "Your own TFRS model").
-- This project: `python -m trainers.train` twice, with --query_features=user_id and --query_features=history
-  (everything else at its defaults, plus the flags after `--`), in <work_dir>/user_id and <work_dir>/history.
-- Classic baselines (retrieval.baselines), fitted on the training split: item-to-item transitions from the
-  query's last item (ties and the rest by popularity), and, when the catalogue has at most
-  retrieval.baselines.MAX_DENSE_ITEMS items, EASE^R and item-kNN on the user's whole history. EASE's l2 and
-  item-kNN's num_neighbours and shrink are chosen on a validation split of the training rows (each user's last
-  training interaction held out, the rest fitted; NDCG at the largest K, under the same --exclude_seen), then
-  refitted on the whole training split and ranked on the test queries once.
-- Every model is then ranked by trainers.held_out on the same held-out queries: exact top-K over every item but
-  the `<oov>` bucket, one query per held-out user (her training history strictly before the held-out row for the
-  history model and the baselines), recall@K averaged over users, NDCG@K and MRR; --exclude_seen leaves each
-  user's training items out of every ranking.
-Prints one table and writes the figures as JSON (--output): {"data", "exclude_seen", "ks", "models": {"most_popular",
-"tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history", "item_transitions", "ease", "item_knn":
-{metric: value}}, "model_dirs": {...}, "baselines": {"selected_by", "validation_queries", "history_length",
-"ease": {"l2", "grid"}, "item_knn": {"num_neighbours", "shrink", "grid"}}} (ease and item_knn absent, and
-"dense_baselines_skipped" set, above the dense size bound).
+- This project: `python -m trainers.train` twice per seed, with --query_features=user_id and
+  --query_features=history (everything else at its defaults, plus the flags after `--`), in
+  <work_dir>/<query_features>-seed<seed>.
+- Classic baselines (retrieval.baselines), fitted on the training split, deterministic (one run): most popular,
+  item-to-item transitions from the query's last item (ties and the rest by popularity), and, when the catalogue
+  has at most retrieval.baselines.MAX_DENSE_ITEMS items, EASE^R and item-kNN on the user's whole history. EASE's
+  l2 and item-kNN's num_neighbours and shrink are chosen by NDCG at the largest K on the corpus's validation split
+  (the one the trainer chooses its model on; without one, each user's last training interaction held out and the
+  rest fitted), under each protocol, and the chosen ones are ranked on the test queries once.
+- Every model is trained once per seed and ranked by trainers.held_out on the same test queries under both
+  protocols: "seen" (every item but the `<oov>` bucket ranked) and "exclude_seen" (each user's training items left
+  out of every ranking); one query per held-out user (her training history strictly before the held-out row for
+  the history model and the baselines), recall@K averaged over users, NDCG@K and MRR.
+Prints one table per protocol (recall@K: mean and range over the seeds; the history model over the best
+baseline) and writes every figure as JSON (--output): {"data", "ks", "seeds", "protocols": {"seen" |
+"exclude_seen": {"num_queries", "models": {"most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id",
+"history", "item_transitions", "ease", "item_knn": {"mean", "low", "high": {metric: value}, "runs": [{metric:
+value} per seed]}}, "baselines": {"selected_by", "validation_queries", "validation_split", "history_length",
+"ease": {"l2", "grid"}, "item_knn": {"num_neighbours", "shrink", "grid"}}}}} (ease and item_knn absent, and
+"dense_baselines_skipped" set, above the dense size bound). On --data=builtin the seed also draws the corpus, so
+it takes one seed.
 """
 
 import json
@@ -45,7 +49,6 @@ import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from retrieval import baselines  # noqa: E402
 
 flags.DEFINE_string("data", "movielens", "The corpus, as trainers.train's --data (builtin, movielens, a directory).")
-flags.DEFINE_bool("exclude_seen", False, "Leave each user's training items out of every ranking.")
 flags.DEFINE_integer("tfrs_epochs", 3, "TFRS tutorial: epochs.")
 flags.DEFINE_string("work_dir", "runs/compare_tfrs", "Where this project's two runs go (<work_dir>/<model>).")
 flags.DEFINE_integer("tfrs_batch_size", 8192, "TFRS tutorial: batch size.")
@@ -53,7 +56,8 @@ flags.DEFINE_string("output", "", "Write the figures here as JSON ('' : <work_di
 flags.DEFINE_float("tfrs_learning_rate", 0.1, "TFRS tutorial: Adagrad's learning rate.")
 flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K.")
 flags.DEFINE_integer("tfrs_embedding_dim", 32, "TFRS tutorial: embedding size.")
-flags.DEFINE_integer("seed", 42, "Seed of every model (and of the built-in corpus).")
+flags.DEFINE_list("seeds", ["42"], "The seeds: every trained model is trained once per seed (the built-in corpus is "
+                  "drawn with the first); the table gives the mean and range.")
 flags.DEFINE_list("ease_l2", ["10", "50", "100", "200", "500", "1000", "2000", "5000"],
                   "EASE^R: the l2 values tried on the validation split.")
 flags.DEFINE_list("knn_neighbours", ["20", "50", "100", "200"], "item-kNN: the num_neighbours values tried.")
@@ -61,6 +65,8 @@ flags.DEFINE_list("knn_shrink", ["0", "10", "100"], "item-kNN: the shrink values
 FLAGS = flags.FLAGS
 
 PROJECT_MODELS = ("user_id", "history")
+# Protocol name in the JSON -> exclude_seen: each user's training items ranked, or left out of every ranking.
+PROTOCOLS = {"seen": False, "exclude_seen": True}
 BASELINE_ROWS = ("item_transitions", "ease", "item_knn")
 ROWS = ("most_popular", "tfrs_tutorial", "tfrs_tutorial_sampled", "user_id", "history", *BASELINE_ROWS)
 LABELS = {"most_popular": "most popular", "tfrs_tutorial": "TFRS tutorial", "tfrs_tutorial_sampled": "TFRS tutorial, our task",
@@ -69,11 +75,12 @@ LABELS = {"most_popular": "most popular", "tfrs_tutorial": "TFRS tutorial", "tfr
 TUTORIAL_TASKS = {"tfrs_tutorial": "tfrs", "tfrs_tutorial_sampled": "retrieval.task"}
 
 
-def train_project_model(query_features: str, trainer_args):
-    """Runs trainers.train for one --query_features into <work_dir>/<query_features>; returns the model_dir."""
-    model_dir = os.path.join(FLAGS.work_dir, query_features.replace(",", "+"))
+def train_project_model(query_features: str, seed: int, trainer_args):
+    """Runs trainers.train for one --query_features and seed into <work_dir>/<query_features>-seed<seed>; returns
+    the model_dir."""
+    model_dir = os.path.join(FLAGS.work_dir, f"{query_features.replace(',', '+')}-seed{seed}")
     command = [sys.executable, "-m", "trainers.train", f"--data={FLAGS.data}", f"--model_dir={model_dir}",
-               f"--query_features={query_features}", f"--seed={FLAGS.seed}", "--noexport", *trainer_args]
+               f"--query_features={query_features}", f"--seed={seed}", "--noexport", *trainer_args]
     print("$", " ".join(command[1:]), flush=True)
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
@@ -119,30 +126,30 @@ class TutorialModel:
         return self.keras_model.user_model(features["user_id"])
 
 
-def train_tutorial_model(corpus, task: str):
+def train_tutorial_model(corpus, task: str, seed: int):
     """The TFRS tutorial model with `task` (TutorialModel) trained on the corpus's training rows."""
     import tensorflow as tf
 
     from data import records
 
-    tf.keras.utils.set_random_seed(FLAGS.seed)
+    tf.keras.utils.set_random_seed(seed)
     columns = records.read_all(corpus.train_files)
     train = tf.data.Dataset.from_tensor_slices({"user_id": columns["user_id"], "item_id": columns["item_id"]})
-    cached_train = train.shuffle(100_000, seed=FLAGS.seed).batch(FLAGS.tfrs_batch_size).cache()
+    cached_train = train.shuffle(100_000, seed=seed).batch(FLAGS.tfrs_batch_size).cache()
     model = TutorialModel(corpus.num_users, corpus.num_items, FLAGS.tfrs_embedding_dim, task, corpus.item_counts)
     model.keras_model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=FLAGS.tfrs_learning_rate))
     model.keras_model.fit(cached_train, epochs=FLAGS.tfrs_epochs, verbose=0)
     return model
 
 
-def baseline_queries(corpus, history_length: int):
-    """trainers.held_out's test queries with the history a history model of history_length would read (the
+def baseline_queries(corpus, history_length: int, exclude_seen: bool, split: str = "test"):
+    """trainers.held_out's queries of `split` with the history a history model of history_length would read (the
     user's training items strictly before her first held-out row, newest first), the same users as the other rows."""
     from trainers import held_out, run_config
 
     config = run_config.RunConfig(data=run_config.DataConfig(history_length=history_length),
                                   model=run_config.ModelConfig(query_features=("history",)))
-    return held_out.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen, config=config)
+    return held_out.load_held_out(corpus, exclude_seen=exclude_seen, config=config, split=split)
 
 
 def rank_baseline(model, queries, ks):
@@ -166,11 +173,11 @@ def _items_by_user(columns, user_ids):
     return metrics.pad_ragged([np.unique(groups.get(user, empty)) for user in user_ids.tolist()])
 
 
-def validation_split(train, oov_item_id, history_length: int):
-    """(fit rows {user_id, item_id, timestamp}, a HeldOut of validation queries) from the training rows: each
-    user's last training interaction (data.splits' rule) is held out, as the test split holds out her last one;
-    its query reads her other training items strictly before it; its seen items (with --exclude_seen) are her
-    fitted items. Rows of the `<oov>` bucket are never a query, as in held_out."""
+def own_validation_split(train, oov_item_id, history_length: int, exclude_seen: bool):
+    """For a corpus without a validation split: (fit rows {user_id, item_id, timestamp}, a HeldOut of validation
+    queries) from the training rows: each user's last training interaction (data.splits' rule) is held out, as the
+    test split holds out her last one; its query reads her other training items strictly before it; its seen items
+    (with exclude_seen) are her fitted items. Rows of the `<oov>` bucket are never a query, as in held_out."""
     from data import history, splits
     from trainers import held_out
 
@@ -180,7 +187,7 @@ def validation_split(train, oov_item_id, history_length: int):
     users, times = train["user_id"][rows], train["timestamp"][rows]
     query_history = history.histories_before(fit["user_id"], fit["item_id"], fit["timestamp"], users, times,
                                              history_length)
-    seen_ids = _items_by_user(fit, users) if FLAGS.exclude_seen else None
+    seen_ids = _items_by_user(fit, users) if exclude_seen else None
     return fit, held_out.HeldOut(users, train["item_id"][rows][:, np.newaxis], seen_ids, query_history,
                                  oov_item_id=oov_item_id)
 
@@ -200,17 +207,16 @@ def select_dense_settings(fit, validation, num_items: int, ks, metric: str):
             "item_knn": {"num_neighbours": int(neighbours), "shrink": float(shrink), "grid": knn_grid}}
 
 
-def baseline_figures(corpus, ks):
+def baseline_figures(corpus, train, ks, exclude_seen: bool):
     """({row: metrics} of the baselines on the test queries, their settings for the JSON).
 
     Every baseline is fitted on the corpus's training split; the queries read the user's whole training
-    history before the held-out row (history_length: the longest user's training count).
+    history before the held-out row (history_length: the longest user's training count). EASE^R's and item-kNN's
+    settings are chosen on the corpus's validation split (the one the trainer chooses its model on), or on one of
+    the training rows when the corpus has none.
     """
-    from data import records
-
-    train = records.read_all(corpus.train_files)
     history_length = int(np.bincount(train["user_id"]).max())
-    queries = baseline_queries(corpus, history_length)
+    queries = baseline_queries(corpus, history_length, exclude_seen)
     transitions = baselines.ItemTransitions().fit(train["user_id"], train["item_id"], train["timestamp"],
                                                   corpus.num_items)
     figures = {"item_transitions": rank_baseline(transitions, queries, ks)}
@@ -221,8 +227,12 @@ def baseline_figures(corpus, ks):
         print(f"compare_tfrs: EASE^R and item-kNN left out ({settings['dense_baselines_skipped']})", flush=True)
         return figures, queries, settings
     metric = f"ndcg_at_{max(ks)}"
-    fit, validation = validation_split(train, queries.oov_item_id, history_length)
+    if corpus.has_validation:
+        fit, validation = train, baseline_queries(corpus, history_length, exclude_seen, split="validation")
+    else:
+        fit, validation = own_validation_split(train, queries.oov_item_id, history_length, exclude_seen)
     settings.update(selected_by=metric, validation_queries=len(validation.user_ids),
+                    validation_split="the corpus's" if corpus.has_validation else "each user's last training row",
                     **select_dense_settings(fit, validation, corpus.num_items, ks, metric))
     gram = baselines.item_cooccurrence(train["user_id"], train["item_id"], corpus.num_items)
     ease = baselines.Ease(settings["ease"]["l2"]).fit_cooccurrence(gram)
@@ -232,51 +242,104 @@ def baseline_figures(corpus, ks):
     return figures, queries, settings
 
 
+def rank_trained_models(seed: int, trainer_args, ks):
+    """(corpus, {protocol: {row: metrics}}) of the seed's trained rows: this project's two models and the two
+    tutorial models, each trained once and ranked under both protocols."""
+    from trainers import held_out, run_dir
+
+    figures = {protocol: {} for protocol in PROTOCOLS}
+    for name in PROJECT_MODELS:
+        restored = run_dir.restore_model(train_project_model(name, seed, trainer_args))
+        for protocol, exclude_seen in PROTOCOLS.items():
+            queries = held_out.load_held_out(restored.corpus, exclude_seen=exclude_seen, config=restored.config)
+            figures[protocol][name] = held_out.evaluate(restored.model, queries, ks)
+    corpus = restored.corpus
+    for name, task in TUTORIAL_TASKS.items():
+        model = train_tutorial_model(corpus, task, seed)
+        for protocol, exclude_seen in PROTOCOLS.items():
+            queries = held_out.load_held_out(corpus, exclude_seen=exclude_seen)
+            figures[protocol][name] = held_out.evaluate(model, queries, ks)
+    return corpus, figures
+
+
+def summarise(runs):
+    """[{metric: value}] of the seeds -> {"mean", "low", "high"}: {metric: value}."""
+    names = runs[0]
+    return {"mean": {name: float(np.mean([run[name] for run in runs])) for name in names},
+            "low": {name: float(min(run[name] for run in runs)) for name in names},
+            "high": {name: float(max(run[name] for run in runs)) for name in names}}
+
+
 def compare(trainer_args):
-    """{"models": {row: metrics}, ...}: trains the four models, fits the baselines, and ranks all on one set of
-    held-out queries."""
-    from trainers import held_out, run_dir, train_flags
+    """{"protocols": {protocol: {"models": {row: {"mean", "low", "high", "runs"}}, "baselines": settings}}, ...}:
+    the trained rows over every seed, the deterministic baselines once, all ranked on one set of test queries per
+    protocol."""
+    from data import records
+    from trainers import held_out, train_flags
 
     ks = train_flags.positive_ints("eval_top_k", FLAGS.eval_top_k)
-    model_dirs = {name: train_project_model(name, trainer_args) for name in PROJECT_MODELS}
-    figures = {}
-    corpus = None
-    for name, model_dir in model_dirs.items():
-        restored = run_dir.restore_model(model_dir)
-        corpus = restored.corpus
-        queries = held_out.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen, config=restored.config)
-        figures[name] = held_out.evaluate(restored.model, queries, ks)
-    queries = held_out.load_held_out(corpus, exclude_seen=FLAGS.exclude_seen)  # user ids: the same users
-    figures["most_popular"] = held_out.popularity_baseline(corpus.item_counts, queries, ks)
-    for name, task in TUTORIAL_TASKS.items():
-        figures[name] = held_out.evaluate(train_tutorial_model(corpus, task), queries, ks)
-    baseline_metrics, baseline_held_out, settings = baseline_figures(corpus, ks)
-    if not np.array_equal(baseline_held_out.user_ids, queries.user_ids):
-        raise AssertionError("the baselines' held-out users differ from the other rows'")
-    figures.update(baseline_metrics)
-    models = {name: figures[name] for name in ROWS if name in figures}  # ease, item_knn: dense size bound
-    return {"data": FLAGS.data, "exclude_seen": FLAGS.exclude_seen, "ks": list(ks), "num_queries": len(queries.user_ids),
-            "models": models, "model_dirs": model_dirs, "baselines": settings}
+    seeds = train_flags.positive_ints("seeds", FLAGS.seeds)
+    if FLAGS.data == "builtin" and len(seeds) > 1:
+        sys.exit(f"compare_tfrs: --data=builtin takes one of --seeds={','.join(FLAGS.seeds)}: the seed draws the "
+                 "built-in corpus, and every row must rank one corpus")
+    runs = {protocol: {} for protocol in PROTOCOLS}
+    for seed in seeds:
+        corpus, figures = rank_trained_models(seed, trainer_args, ks)
+        for protocol, rows in figures.items():
+            for name, metrics in rows.items():
+                runs[protocol].setdefault(name, []).append(metrics)
+    train = records.read_all(corpus.train_files)
+    result = {"data": FLAGS.data, "ks": list(ks), "seeds": list(seeds), "protocols": {}}
+    for protocol, exclude_seen in PROTOCOLS.items():
+        queries = held_out.load_held_out(corpus, exclude_seen=exclude_seen)
+        runs[protocol]["most_popular"] = [held_out.popularity_baseline(corpus.item_counts, queries, ks)]
+        baseline_metrics, baseline_held_out, settings = baseline_figures(corpus, train, ks, exclude_seen)
+        if not np.array_equal(baseline_held_out.user_ids, queries.user_ids):
+            raise AssertionError("the baselines' held-out users differ from the other rows'")
+        runs[protocol].update({name: [metrics] for name, metrics in baseline_metrics.items()})
+        models = {name: {**summarise(runs[protocol][name]), "runs": runs[protocol][name]}
+                  for name in ROWS if name in runs[protocol]}  # ease, item_knn: dense size bound
+        result["protocols"][protocol] = {"num_queries": len(queries.user_ids), "models": models,
+                                         "baselines": settings}
+    return result
 
 
-def table(result) -> str:
-    names = [f"recall_at_{k}" for k in result["ks"]] + [f"ndcg_at_{k}" for k in result["ks"]] + ["mrr"]
-    lines = [f"{'model':<28}" + "".join(f"{name.replace('_at_', '@'):>12}" for name in names)]
-    for row in result["models"]:
-        lines.append(f"{LABELS[row]:<28}" + "".join(f"{result['models'][row][name]:>12.4f}" for name in names))
-    protocol = "each user's training items excluded" if result["exclude_seen"] else "seen items not excluded"
-    settings = result["baselines"]
+def _cell(row, name: str) -> str:
+    if len(row["runs"]) == 1:
+        return f"{row['mean'][name]:.4f}"
+    return f"{row['mean'][name]:.4f} ({row['low'][name]:.4f}-{row['high'][name]:.4f})"
+
+
+def table(result, protocol: str) -> str:
+    """A markdown table of one protocol: recall@K of every row (mean and range over the seeds), then the history
+    model's mean over the best baseline's at each K."""
+    figures = result["protocols"][protocol]
+    names = [f"recall_at_{k}" for k in result["ks"]]
+    lines = ["| model | " + " | ".join(name.replace("_at_", "@") for name in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for row, values in figures["models"].items():
+        lines.append(f"| {LABELS[row]} | " + " | ".join(_cell(values, name) for name in names) + " |")
+    models = figures["models"]
+    best = {name: max(models[row]["mean"][name] for row in ("most_popular", *BASELINE_ROWS) if row in models)
+            for name in names}
+    lines.append("| history model / best baseline | " + " | ".join(
+        f"{models['history']['mean'][name] / best[name]:.2f}x" for name in names) + " |")
+    title = "each user's training items excluded" if PROTOCOLS[protocol] else "seen items ranked"
+    settings = figures["baselines"]
+    header = (f"--data={result['data']}, {title}: {figures['num_queries']} test users, seeds "
+              f"{','.join(map(str, result['seeds']))} (the baselines are deterministic: one run)")
     if "ease" in settings:
         knn = settings["item_knn"]
-        lines.append(f"chosen on {settings['validation_queries']} validation queries by {settings['selected_by']}: "
-                     f"EASE^R l2={settings['ease']['l2']:g}, item-kNN num_neighbours={knn['num_neighbours']} "
-                     f"shrink={knn['shrink']:g}")
-    return "\n".join([f"--data={result['data']}: {result['num_queries']} held-out users, {protocol}", *lines])
+        header += (f"; chosen on {settings['validation_queries']} validation queries ({settings['validation_split']}"
+                   f" validation split) by {settings['selected_by']}: EASE^R l2={settings['ease']['l2']:g}, "
+                   f"item-kNN num_neighbours={knn['num_neighbours']} shrink={knn['shrink']:g}")
+    return "\n".join([header, "", *lines])
 
 
 def main(argv):
     result = compare(argv[1:])
-    print(table(result), flush=True)
+    for protocol in PROTOCOLS:
+        print(table(result, protocol) + "\n", flush=True)
     output = FLAGS.output or os.path.join(FLAGS.work_dir, "compare.json")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as file:

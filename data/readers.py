@@ -27,7 +27,7 @@ import itertools
 import math
 import os
 import re
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -157,90 +157,128 @@ def read_log(
       DataError: no matching file, no interaction at all, or (without skip_bad_records) a bad record.
     """
     files = expand(pattern, flag)
-    item_features = schema.item_feature_columns if item_features_in_log else ()
-    user_features = schema.user_feature_columns if user_features_in_log else ()
-    columns = schema.interaction_columns() + item_features + user_features
-    context_reader = _ContextReader(schema, first=len(columns))
-    columns += context_reader.columns
-    negative_column = schema.negative_column
-    columns += (negative_column,) if negative_column else ()  # last: the other columns keep their positions
-    multi_valued = set(schema.multi_valued_columns)
-    has_weight = schema.weight_column is not None
-    interaction_columns = schema.interaction_columns()
-    first_feature = len(interaction_columns)
-    user_keys, item_keys, timestamps, weights, negative_keys, negative_lengths = [], [], [], [], [], []
-    item_rows, user_rows = {}, {}
-    bad = BadRecords()
+    log = _LogColumns(schema, schema.item_feature_columns if item_features_in_log else (),
+                      schema.user_feature_columns if user_features_in_log else ())
     rows_read, report = 0, progress or (lambda flag, rows: None)
     report(flag, 0)
-
     for path in files:
-        for location, values in _records(path, file_format, schema, columns, bad, skip_bad_records):
+        for location, values in _records(path, file_format, schema, log.columns, log.bad, skip_bad_records):
             rows_read += 1
             if not rows_read % PROGRESS_EVERY_ROWS:
                 report(flag, rows_read)
-            interaction = _interaction(values, interaction_columns, schema, location, bad, skip_bad_records)
-            if interaction is None:  # each bad record is counted once, for its first fault
-                continue
-            user, item, timestamp, weight = interaction
-            timestamp = len(timestamps) if timestamp is None else timestamp
-            if negative_column:
-                negatives = _keys(values[-1], negative_column, schema.value_separator, location, bad, skip_bad_records)
-                if negatives is None:
-                    continue
-            if not context_reader.read(values, location, bad, skip_bad_records):
-                continue
-            if negative_column:
-                negative_keys.extend(negatives)
-                negative_lengths.append(len(negatives))
-            if has_weight:
-                weights.append(weight)
-            user_keys.append(user)
-            item_keys.append(item)
-            timestamps.append(timestamp)
-            position = first_feature
-            for key, names, rows in ((item, item_features, item_rows), (user, user_features, user_rows)):
-                if names and key not in rows:
-                    rows[key] = {
-                        name: _feature_values(values[position + offset], name in multi_valued, schema.value_separator)
-                        for offset, name in enumerate(names)
-                    }
-                position += len(names)
-
-    if not user_keys:
-        reason = f", {bad.count} bad records skipped" if bad.count else ""
+            log.add(values, location, skip_bad_records)
+    if not log.user_keys:
+        reason = f", {log.bad.count} bad records skipped" if log.bad.count else ""
         raise DataError(f"{flag} {pattern}: no interactions in {len(files)} file(s){reason}")
-    return RawLog(
-        user_keys=user_keys,
-        item_keys=item_keys,
-        timestamps=np.asarray(timestamps, dtype=np.int64),
-        weights=np.asarray(weights, dtype=np.float32) if has_weight else None,
-        item_features=item_rows,
-        user_features=user_rows,
-        files=files,
-        bad_records=bad,
-        negative_keys=negative_keys if negative_column else None,
-        negative_lengths=np.asarray(negative_lengths, dtype=np.int64) if negative_column else None,
-        context=context_reader.columns_read(),
-    )
+    return log.raw_log(files)
+
+
+def _positions(columns: Sequence[str]) -> Dict[str, int]:
+    """{column: its position in a record's values}, for records read as _records(..., columns, ...)."""
+    return {column: position for position, column in enumerate(columns)}
+
+
+class _InteractionPositions(NamedTuple):
+    """Where a record's interaction columns are in its values, looked up by name once per read (None: the schema
+    has no such column)."""
+
+    user: int
+    item: int
+    timestamp: Optional[int]
+    weight: Optional[int]
+
+    @classmethod
+    def of(cls, schema: Schema, position: Dict[str, int]) -> "_InteractionPositions":
+        return cls(position[schema.user_column], position[schema.item_column], position.get(schema.timestamp_column),
+                   position.get(schema.weight_column))
+
+
+class _LogColumns:
+    """A log's columns as its records are read: a record is kept whole, or counted as bad (for its first fault)
+    and not kept at all."""
+
+    def __init__(self, schema: Schema, item_features: Sequence[str], user_features: Sequence[str]):
+        self.schema = schema
+        columns = schema.interaction_columns() + tuple(item_features) + tuple(user_features)
+        columns += schema.context_columns + schema.numeric_context_columns
+        # The columns asked of each record, in this order because messages list missing ones in it.
+        self.columns = columns + ((schema.negative_column,) if schema.negative_column else ())
+        position = _positions(self.columns)
+        self.interaction = _InteractionPositions.of(schema, position)
+        self.negative_position = position.get(schema.negative_column)  # None without the column
+        self.context = _ContextReader(schema, position)
+        # (column, position) of the features read from the log, with the rows read by key: {key: {column: values}}
+        self.features = [([(name, position[name]) for name in item_features], {}),
+                         ([(name, position[name]) for name in user_features], {})]
+        self.multi_valued = set(schema.multi_valued_columns)
+        self.user_keys, self.item_keys, self.timestamps, self.weights = [], [], [], []
+        self.negative_keys, self.negative_lengths = [], []
+        self.bad = BadRecords()
+
+    def add(self, values: List, location: str, skip: bool) -> None:
+        """Keeps the record of `values` (its raw value of each of self.columns) or counts it as bad."""
+        interaction = _interaction(values, self.interaction, self.schema, location, self.bad, skip)
+        if interaction is None:  # each bad record is counted once, for its first fault
+            return
+        negatives = ()
+        if self.negative_position is not None:
+            negatives = _keys(values[self.negative_position], self.schema.negative_column, self.schema.value_separator,
+                              location, self.bad, skip)
+            if negatives is None:
+                return
+        if self.context.read(values, location, self.bad, skip):
+            self._keep(values, interaction, negatives)
+
+    def _keep(self, values: List, interaction, negatives: Sequence[str]) -> None:
+        user, item, timestamp, weight = interaction
+        self.timestamps.append(len(self.timestamps) if timestamp is None else timestamp)
+        if self.negative_position is not None:
+            self.negative_keys.extend(negatives)
+            self.negative_lengths.append(len(negatives))
+        if self.interaction.weight is not None:
+            self.weights.append(weight)
+        self.user_keys.append(user)
+        self.item_keys.append(item)
+        for key, (named_positions, rows) in zip((item, user), self.features):
+            if named_positions and key not in rows:  # an item's or user's features are those of its first row
+                rows[key] = {name: _feature_values(values[position], name in self.multi_valued,
+                                                   self.schema.value_separator)
+                             for name, position in named_positions}
+
+    def raw_log(self, files: List[str]) -> RawLog:
+        has_weight, has_negatives = self.interaction.weight is not None, self.negative_position is not None
+        return RawLog(
+            user_keys=self.user_keys,
+            item_keys=self.item_keys,
+            timestamps=np.asarray(self.timestamps, dtype=np.int64),
+            weights=np.asarray(self.weights, dtype=np.float32) if has_weight else None,
+            item_features=self.features[0][1],
+            user_features=self.features[1][1],
+            files=files,
+            bad_records=self.bad,
+            negative_keys=self.negative_keys if has_negatives else None,
+            negative_lengths=np.asarray(self.negative_lengths, dtype=np.int64) if has_negatives else None,
+            context=self.context.columns_read(),
+        )
 
 
 class _ContextReader:
-    """Reads the declared context columns of each row (at positions [first, first + k) of its values) and
-    keeps them, or finds the row bad: a numeric value that is no finite number, a key with a tab or line break."""
+    """Reads the declared context columns of each row (found in its values by name) and keeps them, or finds
+    the row bad: a numeric value that is no finite number, a key with a tab or line break."""
 
-    def __init__(self, schema: Schema, first: int):
+    def __init__(self, schema: Schema, position: Dict[str, int]):
         self.categorical, self.numeric = schema.context_columns, schema.numeric_context_columns
         self.columns = self.categorical + self.numeric
-        self.first, self.separator = first, schema.value_separator
+        self.named_positions = [(name, position[name]) for name in self.columns]
+        self.separator = schema.value_separator
         self.multi_valued = set(schema.multi_valued_columns)
         self.values = {name: ([], []) if name in self.multi_valued else [] for name in self.columns}
 
     def read(self, values, location: str, bad: BadRecords, skip: bool) -> bool:
         """Keeps the row's context and returns True, or counts the row as bad and returns False."""
         row = {}
-        for offset, name in enumerate(self.columns):
-            raw = values[self.first + offset]
+        for name, position in self.named_positions:
+            raw = values[position]
             if name in self.numeric:
                 row[name] = _context_number(raw, name, location, bad, skip)
             elif name in self.multi_valued:
@@ -599,27 +637,29 @@ def interactions_of_file(path: str, schema: Schema, file_format: str, bad: BadRe
     """(user key, item key, timestamp or None without the column, weight or None) of each good record of one
     file, in file order, validated as read_log validates them; the bad ones counted in bad (or DataError)."""
     columns = schema.interaction_columns()
+    positions = _InteractionPositions.of(schema, _positions(columns))
     for location, values in _records(path, file_format, schema, columns, bad, skip):
-        interaction = _interaction(values, columns, schema, location, bad, skip)
+        interaction = _interaction(values, positions, schema, location, bad, skip)
         if interaction is not None:
             yield interaction
 
 
-def _interaction(values, columns: Tuple[str, ...], schema: Schema, location: str, bad: BadRecords, skip: bool):
-    """(user, item, timestamp or None, weight or None) of a record's leading values, those of columns (the
-    schema's interaction_columns(), passed in: this runs once per row), or None (counted in bad) for the first
-    fault found."""
-    user = _key(values[0], columns[0], location, bad, skip)
-    item = None if user is None else _key(values[1], columns[1], location, bad, skip)
+def _interaction(values, position: _InteractionPositions, schema: Schema, location: str, bad: BadRecords,
+                 skip: bool):
+    """(user, item, timestamp or None, weight or None) of a record's values (the interaction columns at
+    `position`, found once per read: this runs once per row), or None (counted in bad) for the first fault
+    found."""
+    user = _key(values[position.user], schema.user_column, location, bad, skip)
+    item = None if user is None else _key(values[position.item], schema.item_column, location, bad, skip)
     if item is None:
         return None
     timestamp = weight = None
-    if schema.timestamp_column is not None:
-        timestamp = _integer(values[2], columns[2], location, bad, skip)
+    if position.timestamp is not None:
+        timestamp = _integer(values[position.timestamp], schema.timestamp_column, location, bad, skip)
         if timestamp is None:
             return None
-    if schema.weight_column is not None:
-        weight = _weight(values[len(columns) - 1], columns[-1], location, bad, skip)
+    if position.weight is not None:
+        weight = _weight(values[position.weight], schema.weight_column, location, bad, skip)
         if weight is None:
             return None
     return user, item, timestamp, weight

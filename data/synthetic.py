@@ -192,66 +192,100 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
     """Draws the corpus described in the module docstring and splits each user's last interactions off."""
     config.validate()
     rng = np.random.default_rng(config.seed)
-    num_items, num_topics = config.num_items, config.num_topics
-
-    popularity = 1.0 / np.arange(1, num_items + 1, dtype=np.float64) ** config.zipf_exponent
-    item_topic = rng.integers(0, num_topics, size=num_items)
-
-    # Items ordered by (topic, rank): each topic's items are one contiguous run of a cumulative sum, so drawing
-    # "an item of topic t by popularity" is one searchsorted into that run.
-    by_topic = np.lexsort((np.arange(num_items), item_topic))
-    topic_cumsum = np.cumsum(popularity[by_topic])
-    topic_end = np.searchsorted(item_topic[by_topic], np.arange(num_topics), side="right")
-    topic_start = np.concatenate([[0], topic_end[:-1]])
-    mass_before = np.where(topic_start > 0, topic_cumsum[np.maximum(topic_start - 1, 0)], 0.0)
-    topic_mass = topic_cumsum[topic_end - 1] - mass_before if num_items else np.zeros(num_topics)
-    topic_mass = np.where(topic_end > topic_start, topic_mass, 0.0)
-
-    topics_with_items = np.flatnonzero(topic_mass > 0)
-    user_topics, user_weights = _user_tastes(config, topics_with_items, rng)
-
+    popularity = 1.0 / np.arange(1, config.num_items + 1, dtype=np.float64) ** config.zipf_exponent
+    item_topic = rng.integers(0, config.num_topics, size=config.num_items)
+    runs = _TopicRuns.of(popularity, item_topic, config.num_topics)
+    tastes = _user_tastes(config, runs.topics_with_items(), rng)
     counts = _interactions_per_user(config, rng)
-    user_id = np.repeat(np.arange(config.num_users, dtype=np.int64), counts)
-    num_interactions = len(user_id)
-    first_of_user = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position_in_user = np.arange(num_interactions) - np.repeat(first_of_user, counts)
-
-    # Drift draws from its own stream so that the main stream's draws, and with taste_drift=0 the corpus, are
-    # those of the generator before drift.
-    drift_rng = np.random.default_rng([config.seed, 1])
-    second_topics, second_weights = _user_tastes(config, topics_with_items, drift_rng)
-    second = _drawn_from_second_taste(config, counts, position_in_user, drift_rng)  # [n] bool
-
-    # Topic of each interaction from its user's taste weights (inverse CDF over at most max_user_topics).
-    weights = np.where(second[:, None], second_weights[user_id], user_weights[user_id])  # [n, max_user_topics]
-    slot = (rng.random(num_interactions)[:, None] > np.cumsum(weights, axis=1)).sum(axis=1)
-    slot = np.minimum(slot, config.max_user_topics - 1)
-    topic = np.where(second, second_topics[user_id, slot], user_topics[user_id, slot])
-    target = mass_before[topic] + rng.random(num_interactions) * topic_mass[topic]
-    position = np.minimum(np.searchsorted(topic_cumsum, target, side="right"), topic_end[topic] - 1)
-    item = by_topic[position]
-
-    noise = rng.random(num_interactions) < config.popularity_noise
-    global_cumsum = np.cumsum(popularity)
-    noise_target = rng.random(int(noise.sum())) * global_cumsum[-1]
-    item[noise] = np.minimum(np.searchsorted(global_cumsum, noise_target, side="right"), num_items - 1)
-
+    user_id, position_in_user = _interaction_users(config, counts)
+    topic = _interaction_topics(config, runs, tastes, counts, user_id, position_in_user, rng)
+    item = _popularity_noise(config, popularity, runs.draw_items(topic, rng), rng)
     if config.session_timestamps:
         timestamp = _session_timestamps(counts, user_id, position_in_user, np.random.default_rng([config.seed, 2]))
     else:  # the corpus before sessions: a user's interaction positions
         timestamp = 1_600_000_000 + user_id * 10_000 + position_in_user
-    is_train, is_validation, is_eval = _split_masks(config, counts, position_in_user)
+    masks = _split_masks(config, counts, position_in_user)
+    return _ranked_by_training_count(config, item_topic, Interactions(user_id, item, timestamp.astype(np.int64)),
+                                     *masks)
 
-    # Re-rank ids by training frequency (id 0 = most frequent), ties by original popularity rank.
-    train_counts = np.bincount(item[is_train], minlength=num_items)
+
+class _TopicRuns(NamedTuple):
+    """Items ordered by (topic, rank): each topic's items are one contiguous run of a cumulative sum, so drawing
+    "an item of topic t by popularity" is one searchsorted into that run."""
+
+    by_topic: np.ndarray  # [num_items] the item at each position of the order
+    cumsum: np.ndarray  # [num_items] float64, the popularity summed along the order
+    end: np.ndarray  # [num_topics] one past each topic's last position
+    mass_before: np.ndarray  # [num_topics] float64, the popularity of the runs before each topic's
+    mass: np.ndarray  # [num_topics] float64, each topic's popularity (0 for a topic without items)
+
+    @classmethod
+    def of(cls, popularity, item_topic, num_topics: int) -> "_TopicRuns":
+        """The runs of popularity [num_items] under item_topic [num_items]."""
+        num_items = len(popularity)
+        by_topic = np.lexsort((np.arange(num_items), item_topic))
+        cumsum = np.cumsum(popularity[by_topic])
+        end = np.searchsorted(item_topic[by_topic], np.arange(num_topics), side="right")
+        start = np.concatenate([[0], end[:-1]])
+        mass_before = np.where(start > 0, cumsum[np.maximum(start - 1, 0)], 0.0)
+        mass = cumsum[end - 1] - mass_before if num_items else np.zeros(num_topics)
+        return cls(by_topic, cumsum, end, mass_before, np.where(end > start, mass, 0.0))
+
+    def topics_with_items(self) -> np.ndarray:
+        return np.flatnonzero(self.mass > 0)
+
+    def draw_items(self, topic, rng) -> np.ndarray:
+        """[n] an item of each topic [n], drawn in proportion to its popularity."""
+        target = self.mass_before[topic] + rng.random(len(topic)) * self.mass[topic]
+        position = np.minimum(np.searchsorted(self.cumsum, target, side="right"), self.end[topic] - 1)
+        return self.by_topic[position]
+
+
+def _interaction_users(config, counts):
+    """(user_id [n] int64, position_in_user [n]: 0 at each user's first interaction) for counts [num_users]."""
+    user_id = np.repeat(np.arange(config.num_users, dtype=np.int64), counts)
+    first_of_user = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return user_id, np.arange(len(user_id)) - np.repeat(first_of_user, counts)
+
+
+def _interaction_topics(config, runs: _TopicRuns, tastes, counts, user_id, position_in_user, rng):
+    """[n] the topic of each interaction, drawn from its user's taste at that moment: the first one, or with
+    drift the second (inverse CDF over at most max_user_topics)."""
+    user_topics, user_weights = tastes
+    # Drift draws from its own stream so that the main stream's draws, and with taste_drift=0 the corpus, are
+    # those of the generator before drift.
+    drift_rng = np.random.default_rng([config.seed, 1])
+    second_topics, second_weights = _user_tastes(config, runs.topics_with_items(), drift_rng)
+    second = _drawn_from_second_taste(config, counts, position_in_user, drift_rng)  # [n] bool
+    weights = np.where(second[:, None], second_weights[user_id], user_weights[user_id])  # [n, max_user_topics]
+    slot = (rng.random(len(user_id))[:, None] > np.cumsum(weights, axis=1)).sum(axis=1)
+    slot = np.minimum(slot, config.max_user_topics - 1)
+    return np.where(second, second_topics[user_id, slot], user_topics[user_id, slot])
+
+
+def _popularity_noise(config, popularity, item, rng):
+    """item [n] with each interaction replaced, with probability popularity_noise, by a draw from global
+    popularity [num_items]."""
+    noise = rng.random(len(item)) < config.popularity_noise
+    global_cumsum = np.cumsum(popularity)
+    noise_target = rng.random(int(noise.sum())) * global_cumsum[-1]
+    item[noise] = np.minimum(np.searchsorted(global_cumsum, noise_target, side="right"), len(popularity) - 1)
+    return item
+
+
+def _ranked_by_training_count(config, item_topic, interactions: Interactions, is_train, is_validation,
+                              is_eval) -> SyntheticCorpus:
+    """The splits with item ids re-ranked by training count (id 0 = most frequent), ties by popularity rank."""
+    num_items = config.num_items
+    train_counts = np.bincount(interactions.item_id[is_train], minlength=num_items)
     new_order = np.lexsort((np.arange(num_items), -train_counts))
     new_id = np.empty(num_items, dtype=np.int64)
     new_id[new_order] = np.arange(num_items)
-    all_interactions = Interactions(user_id, new_id[item], timestamp.astype(np.int64))
+    ranked = Interactions(interactions.user_id, new_id[interactions.item_id], interactions.timestamp)
     return SyntheticCorpus(
-        train=all_interactions.take(is_train),
-        eval=all_interactions.take(is_eval),
+        train=ranked.take(is_train),
+        eval=ranked.take(is_eval),
         item_counts=train_counts[new_order].astype(np.int64),
         item_topic=item_topic[new_order].astype(np.int64),
-        validation=all_interactions.take(is_validation) if config.validation_per_user else None,
+        validation=ranked.take(is_validation) if config.validation_per_user else None,
     )

@@ -214,14 +214,114 @@ def prepare(
     """
     check_arguments(output_dir, overwrite, split, eval_per_user, min_item_count, num_shards, history_length,
                     validation_per_user)
+    options = _Options(input_pattern, eval_input, split, eval_per_user, seed, min_item_count, num_shards,
+                       history_length, validation_per_user, description)
+    logs = _read_logs(input_pattern, schema, file_format, skip_bad_records, eval_input, item_features_input,
+                      user_features_input, progress)
+    rows = _split_rows(logs, schema, options)
+    ids = _training_ids(rows, options)
+    held_out = _kept_held_out_rows(logs, rows, ids, options)
+    written = _features_written(logs, schema, rows, ids, held_out, options)
+    prepared = _Prepared(logs, schema, options, rows, ids, held_out, written)
+    atomic.write_atomically(output_dir, prepared.write, overwrite)  # a failure leaves output_dir as it was
+    return prepared.summary(output_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """prepare's arguments that shape the corpus once the logs are read (see prepare)."""
+
+    input_pattern: str
+    eval_input: Optional[str]
+    split: str
+    eval_per_user: int
+    seed: int
+    min_item_count: int
+    num_shards: int
+    history_length: Optional[int]
+    validation_per_user: int
+    description: str
+
+
+@dataclasses.dataclass
+class _Logs:
+    """What prepare read: the log, the held-out log (--eval_input; None without) and the feature rows by key."""
+
+    log: readers.RawLog
+    held_out: Optional[readers.RawLog]
+    item_rows: readers.FeatureRows  # the log's own, or --item_features_input's
+    user_rows: readers.FeatureRows
+    feature_bad_records: readers.BadRecords  # of the feature side files
+
+    def by_flag(self) -> Dict[str, readers.RawLog]:
+        """{"input": log[, "eval_input": held-out log]}: the logs in the order their rows are joined."""
+        return {"input": self.log} if self.held_out is None else {"input": self.log, "eval_input": self.held_out}
+
+    def parts(self) -> List[readers.RawLog]:
+        return list(self.by_flag().values())
+
+    def bad_records(self) -> readers.BadRecords:
+        """The interaction logs' bad records, merged."""
+        return _merged([part.bad_records for part in self.parts()])
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Every row of the log, then of the held-out log: [n] columns in codes, and the split each row is in."""
+
+    user_keys: List[str]  # distinct, in order of first appearance
+    user_code: np.ndarray  # [n] int64, index into user_keys
+    item_keys: List[str]
+    item_code: np.ndarray  # [n] int64, index into item_keys
+    timestamps: np.ndarray  # [n] int64
+    weights: Optional[np.ndarray]  # [n] float32, None without a weight column
+    is_eval: np.ndarray  # [n] bool, held out for eval (before the rows of unusable items or users are dropped)
+    is_validation: np.ndarray  # [n] bool, likewise for validation
+    is_train: np.ndarray  # [n] bool, neither
+
+
+@dataclasses.dataclass
+class _Ids:
+    """The training vocabularies (data.vocabulary) and the ids of every row."""
+
+    items: vocabulary.Vocabulary
+    users: vocabulary.Vocabulary
+    item_id_of: np.ndarray  # [len(item_keys)] id of each item code
+    item_id: np.ndarray  # [n] int64
+    user_id: np.ndarray  # [n] int64, -1 for a user never in training
+    train_item_counts: np.ndarray  # [len(item_keys)] training rows of each item code
+    train_user_counts: np.ndarray  # [len(user_keys)]
+
+
+@dataclasses.dataclass
+class _HeldOut:
+    """The eval and validation rows written, and where every row read went."""
+
+    kept_eval: np.ndarray  # [n] bool
+    kept_validation: np.ndarray  # [n] bool, all False without a validation split
+    counts: RowCounts
+
+
+@dataclasses.dataclass
+class _FeaturesWritten:
+    """What the records and the side tables carry beyond the ids."""
+
+    negatives: Optional[Tuple[np.ndarray, np.ndarray]]  # (ids [m], lengths [n]) of the kept logged negatives
+    logged_negatives: Optional[Dict]  # metadata.json's "logged_negatives", with a negative column
+    context: List[context_lib.Built]
+    tables: Dict  # {"item" / "user": {column: table}}, see _feature_tables
+    vocabularies: Dict  # {"item" / "user": {column: vocabulary}}
+    metadata: Dict  # {"item" / "user": {column: metadata}}
+    items_without_features: Dict[str, int]  # {"<kind> <column>": ids without a value}
+    histories: Optional[Dict[str, np.ndarray]]  # with history_length, see _histories
+
+
+def _read_logs(input_pattern, schema: Schema, file_format: str, skip_bad_records: bool, eval_input,
+               item_features_input, user_features_input, progress) -> _Logs:
+    """Reads and validates --input, --eval_input and the feature side files (readers); DataError when bad."""
     log = readers.read_log(
-        input_pattern,
-        schema,
-        file_format,
-        skip_bad_records,
-        item_features_in_log=not item_features_input,
-        user_features_in_log=not user_features_input,
-        progress=progress,
+        input_pattern, schema, file_format, skip_bad_records, item_features_in_log=not item_features_input,
+        user_features_in_log=not user_features_input, progress=progress,
     )
     held_out_log = None
     if eval_input:
@@ -229,143 +329,212 @@ def prepare(
             eval_input, schema, file_format, skip_bad_records, item_features_in_log=False, user_features_in_log=False,
             flag="--eval_input", progress=progress,
         )
-    item_rows, user_rows = log.item_features, log.user_features
     feature_bad_records = readers.BadRecords()
-    if item_features_input and schema.item_feature_columns:
-        item_rows = readers.read_features(
-            item_features_input, schema.item_column, schema.item_feature_columns, schema, file_format,
-            skip_bad_records, feature_bad_records, flag="--item_features_input",
-        )
-    if user_features_input and schema.user_feature_columns:
-        user_rows = readers.read_features(
-            user_features_input, schema.user_column, schema.user_feature_columns, schema, file_format,
-            skip_bad_records, feature_bad_records, flag="--user_features_input",
-        )
 
-    user_keys, user_code = _codes(log.user_keys + (held_out_log.user_keys if held_out_log else []))
-    item_keys, item_code = _codes(log.item_keys + (held_out_log.item_keys if held_out_log else []))
-    timestamps, weights = _joined_columns(log, held_out_log, schema)
-    if held_out_log:
-        is_eval = splits.given(len(log), len(held_out_log))
+    def feature_rows(path, key_column, feature_columns, flag, of_log):
+        """The side file's rows by key when it is given and the schema has such features, else the log's."""
+        if not (path and feature_columns):
+            return of_log
+        return readers.read_features(path, key_column, feature_columns, schema, file_format, skip_bad_records,
+                                     feature_bad_records, flag=flag)
+
+    item_rows = feature_rows(item_features_input, schema.item_column, schema.item_feature_columns,
+                             "--item_features_input", log.item_features)
+    user_rows = feature_rows(user_features_input, schema.user_column, schema.user_feature_columns,
+                             "--user_features_input", log.user_features)
+    return _Logs(log, held_out_log, item_rows, user_rows, feature_bad_records)
+
+
+def _split_rows(logs: _Logs, schema: Schema, options: _Options) -> _Rows:
+    """The logs' rows joined in codes, and their split (data.splits): the held-out file's rows as given, else per
+    user; then, with validation_per_user, each user's last training rows as the validation split."""
+    user_keys, user_code = _codes([key for part in logs.parts() for key in part.user_keys])
+    item_keys, item_code = _codes([key for part in logs.parts() for key in part.item_keys])
+    timestamps, weights = _joined_columns(logs.log, logs.held_out, schema)
+    if logs.held_out is not None:
+        is_eval = splits.given(len(logs.log), len(logs.held_out))
     else:
-        is_eval = splits.held_out(user_code, timestamps, split, eval_per_user, seed)
-    is_validation = splits.validation(user_code, timestamps, is_eval, validation_per_user)
-    is_train = ~is_eval & ~is_validation
-    train_item_counts = np.bincount(item_code[is_train], minlength=len(item_keys))
-    train_user_counts = np.bincount(user_code[is_train], minlength=len(user_keys))
+        is_eval = splits.held_out(user_code, timestamps, options.split, options.eval_per_user, options.seed)
+    is_validation = splits.validation(user_code, timestamps, is_eval, options.validation_per_user)
+    return _Rows(user_keys, user_code, item_keys, item_code, timestamps, weights, is_eval, is_validation,
+                 is_train=~is_eval & ~is_validation)
+
+
+def _training_ids(rows: _Rows, options: _Options) -> _Ids:
+    """Item and user ids by descending training count (the rare items in one OOV id), and every row's."""
+    train_item_counts = np.bincount(rows.item_code[rows.is_train], minlength=len(rows.item_keys))
+    train_user_counts = np.bincount(rows.user_code[rows.is_train], minlength=len(rows.user_keys))
     try:
-        items, item_id_of = vocabulary.build(item_keys, train_item_counts, min_item_count)
+        items, item_id_of = vocabulary.build(rows.item_keys, train_item_counts, options.min_item_count)
     except ValueError as error:
-        raise DataError(f"--input {input_pattern}: {error}") from None
-    users, user_id_of = trained_user_vocabulary(user_keys, train_user_counts)
-    item_id, user_id = item_id_of[item_code], user_id_of[user_code]
-    drops = eval_drops(is_eval, train_item_counts[item_code], train_user_counts[user_code], min_item_count)
-    kept_eval = is_eval & ~np.logical_or.reduce(list(drops.values()))
+        raise DataError(f"--input {options.input_pattern}: {error}") from None
+    users, user_id_of = trained_user_vocabulary(rows.user_keys, train_user_counts)
+    return _Ids(items, users, item_id_of, item_id_of[rows.item_code], user_id_of[rows.user_code], train_item_counts,
+                train_user_counts)
+
+
+def _kept_held_out_rows(logs: _Logs, rows: _Rows, ids: _Ids, options: _Options) -> _HeldOut:
+    """The eval and validation rows the model can be asked about (eval_drops drops the others, by reason), and
+    where every row went. DataError when no eval row is left, or no validation row of a validation split."""
+    item_train_count, user_train_count = ids.train_item_counts[rows.item_code], ids.train_user_counts[rows.user_code]
+    drops = eval_drops(rows.is_eval, item_train_count, user_train_count, options.min_item_count)
+    kept_eval = rows.is_eval & ~np.logical_or.reduce(list(drops.values()))
+    eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
     if not kept_eval.any():
-        eval_dropped = {reason: int(mask.sum()) for reason, mask in drops.items()}
-        raise DataError(no_eval_message(input_pattern, eval_input, eval_per_user, eval_dropped))
+        raise DataError(no_eval_message(options.input_pattern, options.eval_input, options.eval_per_user,
+                                        eval_dropped))
     kept_validation, validation_dropped = kept_validation_rows(
-        is_validation, train_item_counts[item_code], train_user_counts[user_code], min_item_count,
-        validation_per_user, input_pattern)
-    columns = {"user_id": user_id, "item_id": item_id, "timestamp": timestamps, "weight": weights}
-    logs = {"input": log, "eval_input": held_out_log} if held_out_log else {"input": log}
-    rows = RowCounts(
-        read={name: part.num_records_read for name, part in logs.items()},
-        bad_records={name: part.bad_records.count for name, part in logs.items()},
-        train=int(is_train.sum()),
+        rows.is_validation, item_train_count, user_train_count, options.min_item_count,
+        options.validation_per_user, options.input_pattern)
+    counts = RowCounts(
+        read={name: part.num_records_read for name, part in logs.by_flag().items()},
+        bad_records={name: part.bad_records.count for name, part in logs.by_flag().items()},
+        train=int(rows.is_train.sum()),
         eval=int(kept_eval.sum()),
-        eval_dropped={reason: int(mask.sum()) for reason, mask in drops.items()},
-        validation=int(kept_validation.sum()) if validation_per_user else None,
+        eval_dropped=eval_dropped,
+        validation=int(kept_validation.sum()) if options.validation_per_user else None,
         validation_dropped=validation_dropped,
     )
-    kept_held_out = kept_eval | kept_validation  # the written rows that are not trained on
-    bad_records = _merged([part.bad_records for part in logs.values()])
-    negatives, logged_negatives = None, None
-    if schema.negative_column:
-        parts = [part for part in (log, held_out_log) if part is not None]
-        negatives, logged_negatives = _negative_ids(
-            [key for part in parts for key in part.negative_keys],
-            np.concatenate([part.negative_lengths for part in parts]),
-            item_keys, item_id_of, items.oov_id, item_id, is_train | kept_held_out,
-        )
-        logged_negatives["column"] = schema.negative_column
+    return _HeldOut(kept_eval, kept_validation, counts)
 
-    context = _context_columns(schema, [part for part in (log, held_out_log) if part is not None], is_train,
-                               kept_held_out)
 
-    tables, feature_vocabularies, feature_metadata, without = _feature_tables(
-        schema, {"item": (item_rows, items.keys), "user": (user_rows, users.keys)}
+def _features_written(logs: _Logs, schema: Schema, rows: _Rows, ids: _Ids, held_out: _HeldOut,
+                      options: _Options) -> _FeaturesWritten:
+    """The logged negatives, context columns, item and user feature tables, and (with history_length) the
+    histories of the rows written."""
+    kept_held_out = held_out.kept_eval | held_out.kept_validation  # the written rows that are not trained on
+    negatives, logged_negatives = _logged_negatives(logs, schema, rows, ids, rows.is_train | kept_held_out)
+    context = _context_columns(schema, logs.parts(), rows.is_train, kept_held_out)
+    tables = _feature_tables(schema, {"item": (logs.item_rows, ids.items.keys),
+                                      "user": (logs.user_rows, ids.users.keys)})
+    histories = None
+    if options.history_length is not None:
+        histories = _histories(_interaction_columns(rows, ids), rows.is_train, held_out.kept_eval, len(ids.users),
+                               options.history_length, held_out.kept_validation)
+    return _FeaturesWritten(negatives, logged_negatives, context, *tables, histories)
+
+
+def _logged_negatives(logs: _Logs, schema: Schema, rows: _Rows, ids: _Ids, written: np.ndarray):
+    """(negatives, counts) of _negative_ids over the rows written ([n] bool), counts naming the column; (None,
+    None) without a negative column."""
+    if not schema.negative_column:
+        return None, None
+    negatives, counts = _negative_ids(
+        [key for part in logs.parts() for key in part.negative_keys],
+        np.concatenate([part.negative_lengths for part in logs.parts()]),
+        rows.item_keys, ids.item_id_of, ids.items.oov_id, ids.item_id, written,
     )
+    counts["column"] = schema.negative_column
+    return negatives, counts
 
-    histories = None if history_length is None else _histories(columns, is_train, kept_eval, len(users),
-                                                                history_length, kept_validation)
-    written_splits = (("train", is_train), ("eval", kept_eval)) + ((("validation", kept_validation),)
-                                                                    if validation_per_user else ())
 
-    def write(staging: str) -> None:
-        for split_name, mask in written_splits:
+def _interaction_columns(rows: _Rows, ids: _Ids) -> Dict[str, Optional[np.ndarray]]:
+    """{"user_id", "item_id", "timestamp", "weight" (None without a weight column)}: [n] each, every row's."""
+    return {"user_id": ids.user_id, "item_id": ids.item_id, "timestamp": rows.timestamps, "weight": rows.weights}
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A corpus computed in memory: what prepare writes (write) and reports (summary)."""
+
+    logs: _Logs
+    schema: Schema
+    options: _Options
+    rows: _Rows
+    ids: _Ids
+    held_out: _HeldOut
+    written: _FeaturesWritten
+
+    def write(self, staging: str) -> None:
+        """Every file of the corpus into the directory staging (data.corpus's layout)."""
+        self._write_records(staging)
+        self._write_vocabularies(staging)
+        corpus.write_metadata(staging, **self._metadata())
+
+    def _written_splits(self) -> Tuple[Tuple[str, np.ndarray], ...]:
+        """(split name, [n] bool) of each split written: train, eval[, validation]."""
+        held_out = self.held_out
+        validation = (("validation", held_out.kept_validation),) if self.options.validation_per_user else ()
+        return (("train", self.rows.is_train), ("eval", held_out.kept_eval)) + validation
+
+    def _write_records(self, staging: str) -> None:
+        """<split>-*.tfrecord of each written split, and with histories latest_history-*.tfrecord (data.records)."""
+        columns, written, num_shards = _interaction_columns(self.rows, self.ids), self.written, self.options.num_shards
+        for split_name, mask in self._written_splits():
             split_columns = {name: None if values is None else values[mask] for name, values in columns.items()}
-            split_context = [(part.column, part.values[mask]) for part in context]
-            records.write_interactions(staging, split_name, split_columns, num_shards, _rows(negatives, mask),
-                                       split_context, None if histories is None else histories[split_name])
-        if histories is not None:
-            records.write_latest_histories(staging, histories["latest"], num_shards)
+            split_context = [(part.column, part.values[mask]) for part in written.context]
+            histories = None if written.histories is None else written.histories[split_name]
+            records.write_interactions(staging, split_name, split_columns, num_shards, _rows(written.negatives, mask),
+                                       split_context, histories)
+        if written.histories is not None:
+            records.write_latest_histories(staging, written.histories["latest"], num_shards)
+
+    def _write_vocabularies(self, staging: str) -> None:
+        """item_counts.npy, the item and user vocabularies, the context columns' and the feature tables'."""
+        items, written = self.ids.items, self.written
         np.save(os.path.join(staging, "item_counts.npy"), items.counts.astype(np.int64))
         vocabulary.write_tsv(os.path.join(staging, corpus.ITEM_VOCABULARY), items)
-        vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), users, with_counts=False)
-        context_lib.write_vocabularies(staging, context)
+        vocabulary.write_tsv(os.path.join(staging, corpus.USER_VOCABULARY), self.ids.users, with_counts=False)
+        context_lib.write_vocabularies(staging, written.context)
         for kind in ("item", "user"):
-            if tables[kind]:
-                features.write(staging, kind, tables[kind], feature_vocabularies[kind])
-        corpus.write_metadata(
-            staging,
-            num_items=len(items),
-            num_users=len(users),
-            num_train=rows.train,
-            num_eval=rows.eval,
-            description=description or f"prepared from {input_pattern}",
-            source_files=log.files,
+            if written.tables[kind]:
+                features.write(staging, kind, written.tables[kind], written.vocabularies[kind])
+
+    def _metadata(self) -> Dict:
+        """metadata.json's entries (data.corpus.write_metadata), the optional ones only where they apply."""
+        options, counts, written, held_out_log = self.options, self.held_out.counts, self.written, self.logs.held_out
+        bad_records, feature_bad_records = self.logs.bad_records(), self.logs.feature_bad_records
+        logged_negatives = written.logged_negatives
+        return dict(
+            num_items=len(self.ids.items),
+            num_users=len(self.ids.users),
+            num_train=counts.train,
+            num_eval=counts.eval,
+            description=options.description or f"prepared from {options.input_pattern}",
+            source_files=self.logs.log.files,
             eval_source_files=held_out_log.files if held_out_log else None,
-            schema=dataclasses.asdict(schema),
-            split="given" if held_out_log else split,
-            eval_per_user=None if held_out_log else eval_per_user,
-            seed=None if held_out_log else seed,
-            min_item_count=min_item_count,
-            oov_item_id=items.oov_id,
-            eval_dropped_oov=rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"],
-            rows=rows.metadata(),
+            schema=dataclasses.asdict(self.schema),
+            split="given" if held_out_log else options.split,
+            eval_per_user=None if held_out_log else options.eval_per_user,
+            seed=None if held_out_log else options.seed,
+            min_item_count=options.min_item_count,
+            oov_item_id=self.ids.items.oov_id,
+            eval_dropped_oov=counts.eval_dropped["unseen_item"] + counts.eval_dropped["rare_item"],
+            rows=counts.metadata(),
             num_bad_records=bad_records.count + feature_bad_records.count,
             bad_record_messages=bad_records.messages + feature_bad_records.messages,
-            item_features=feature_metadata["item"],
-            user_features=feature_metadata["user"],
-            context_columns=[part.column.metadata() for part in context],
-            **({} if history_length is None else {"history_length": history_length}),
-            **({} if not validation_per_user else {"validation_per_user": validation_per_user,
-                                                   "num_validation": rows.validation}),
+            item_features=written.metadata["item"],
+            user_features=written.metadata["user"],
+            context_columns=[part.column.metadata() for part in written.context],
+            **({} if options.history_length is None else {"history_length": options.history_length}),
+            **({} if not options.validation_per_user else {"validation_per_user": options.validation_per_user,
+                                                           "num_validation": counts.validation}),
             **({} if logged_negatives is None else {
                 "logged_negatives": logged_negatives, "max_negatives": logged_negatives["max_negatives"]}),
         )
 
-    atomic.write_atomically(output_dir, write, overwrite)  # a failure leaves output_dir as it was
-    return Summary(
-        output_dir=output_dir,
-        num_rows_read=sum(rows.read.values()),
-        num_items=len(items),
-        num_users=len(users),
-        num_train=rows.train,
-        num_eval=rows.eval,
-        oov_item_id=items.oov_id,
-        num_items_folded=int((train_item_counts < min_item_count).sum()),
-        eval_dropped_oov=rows.eval_dropped["unseen_item"] + rows.eval_dropped["rare_item"],
-        bad_records=bad_records,
-        items_without_features=without,
-        rows=rows,
-        feature_bad_records=feature_bad_records,
-        logged_negatives=logged_negatives,
-        context_columns=tuple(part.column for part in context),
-        history_length=history_length,
-        num_validation=rows.validation or 0,
-    )
+    def summary(self, output_dir: str) -> Summary:
+        """What the run read and wrote, for the report."""
+        counts, ids = self.held_out.counts, self.ids
+        return Summary(
+            output_dir=output_dir,
+            num_rows_read=sum(counts.read.values()),
+            num_items=len(ids.items),
+            num_users=len(ids.users),
+            num_train=counts.train,
+            num_eval=counts.eval,
+            oov_item_id=ids.items.oov_id,
+            num_items_folded=int((ids.train_item_counts < self.options.min_item_count).sum()),
+            eval_dropped_oov=counts.eval_dropped["unseen_item"] + counts.eval_dropped["rare_item"],
+            bad_records=self.logs.bad_records(),
+            items_without_features=self.written.items_without_features,
+            rows=counts,
+            feature_bad_records=self.logs.feature_bad_records,
+            logged_negatives=self.written.logged_negatives,
+            context_columns=tuple(part.column for part in self.written.context),
+            history_length=self.options.history_length,
+            num_validation=counts.validation or 0,
+        )
 
 
 def kept_validation_rows(is_validation, item_train_count, user_train_count, min_item_count: int,
@@ -578,8 +747,15 @@ class ReadProgress:
 
 
 def _define_flags():
+    """The command's flags: what to read, its schema, how to split it, what to write, and which runner."""
     from absl import flags
 
+    for define in (_define_input_flags, _define_schema_flags, _define_split_flags, _define_output_flags,
+                   _define_runner_flags):
+        define(flags)
+
+
+def _define_input_flags(flags):
     flags.DEFINE_string("input", None, "Interaction log: a file, a glob, or several joined by commas.")
     flags.DEFINE_string(
         "eval_input", None, "Held-out interactions in the log's schema and format (a file, glob, or several joined by "
@@ -588,6 +764,11 @@ def _define_flags():
     )
     flags.DEFINE_enum("format", "csv", list(readers.FORMATS), "File format of --input (and the feature files).")
     flags.DEFINE_string("output_dir", None, "The prepared corpus directory to create (for trainers.train --data).")
+    flags.DEFINE_string("item_features_input", None, "Side file of item features keyed by the item column.")
+    flags.DEFINE_string("user_features_input", None, "Side file of user features keyed by the user column.")
+
+
+def _define_schema_flags(flags):
     flags.DEFINE_string("schema", None, "A JSON schema file (keys as the schema flags below); flags override it.")
     flags.DEFINE_string("user_column", None, "Column of the user key.")
     flags.DEFINE_string("item_column", None, "Column of the item key.")
@@ -612,8 +793,9 @@ def _define_flags():
     flags.DEFINE_string("value_separator", None, "Separator inside multi-valued CSV fields (default '|').")
     flags.DEFINE_string("delimiter", None, r"CSV field delimiter (default ','; '\t' for tab).")
     flags.DEFINE_bool("quoting", None, "CSV fields may be quoted with '\"' (default); --noquoting for plain TSV dumps.")
-    flags.DEFINE_string("item_features_input", None, "Side file of item features keyed by the item column.")
-    flags.DEFINE_string("user_features_input", None, "Side file of user features keyed by the user column.")
+
+
+def _define_split_flags(flags):
     flags.DEFINE_enum("split", "last", list(splits.METHODS), "Held-out interactions per user: latest or random.")
     flags.DEFINE_integer("eval_per_user", 1, "Interactions held out per user.", lower_bound=1)
     flags.DEFINE_integer(
@@ -622,9 +804,12 @@ def _define_flags():
         "early stopping) so that the eval (test) rows are read once, for the final report; not trained on. Users "
         "with N or fewer training rows keep them all. 0: no validation split.", lower_bound=0)
     flags.DEFINE_integer("min_item_count", 1, "Items with fewer training interactions share an OOV id.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Seed of --split=random.")
+
+
+def _define_output_flags(flags):
     flags.DEFINE_integer("num_shards", NUM_SHARDS, "TFRecord shards per split (--runner=beam: the runner's bundles "
                          "unless given).", lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Seed of --split=random.")
     flags.DEFINE_bool("skip_bad_records", False, "Count, report and skip malformed records instead of stopping.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir (only once the new one is complete).")
     flags.DEFINE_integer(
@@ -632,6 +817,9 @@ def _define_flags():
         "user's latest history, so trainers.train streams the records and never reads the log whole (needed for "
         "logs beyond one machine's memory; default: histories computed by the trainer at load, any length).",
         lower_bound=1, upper_bound=history.MAX_WRITTEN_HISTORY_LENGTH)
+
+
+def _define_runner_flags(flags):
     flags.DEFINE_enum("runner", RUNNERS[0], list(RUNNERS), "in_process: this process reads the whole log (the "
                       "embedded default); beam: an Apache Beam pipeline (data.beam_prepare; pip install -e '.[beam]'), "
                       "local worker processes or the runner --beam_options names.")
@@ -687,10 +875,15 @@ def _runner(values):
     return beam_prepare.prepare, {"beam_options": values.beam_options, "num_shards": num_shards}
 
 
-def main(argv):
-    from absl import app, flags
+# prepare's keyword arguments that the command takes from the flags of the same name (file_format is --format).
+_PREPARE_FLAGS = ("eval_input", "item_features_input", "user_features_input", "split", "eval_per_user", "seed",
+                  "min_item_count", "skip_bad_records", "overwrite", "history_length", "validation_per_user")
 
-    values = flags.FLAGS
+
+def _check_flags(values, argv) -> None:
+    """UsageError for a command line no runner can prepare with."""
+    from absl import app
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("input", "output_dir"):
@@ -704,26 +897,18 @@ def main(argv):
         )
     if values.beam_options and values.runner != "beam":
         raise app.UsageError("--beam_options is read only with --runner=beam")
+
+
+def main(argv):
+    from absl import flags
+
+    values = flags.FLAGS
+    _check_flags(values, argv)
     run, runner_arguments = _runner(values)
+    arguments = {name: getattr(values, name) for name in _PREPARE_FLAGS}
     try:
-        summary = run(
-            values.input,
-            schema_from_flags(values),
-            values.output_dir,
-            file_format=values.format,
-            eval_input=values.eval_input,
-            item_features_input=values.item_features_input,
-            user_features_input=values.user_features_input,
-            split=values.split,
-            eval_per_user=values.eval_per_user,
-            seed=values.seed,
-            min_item_count=values.min_item_count,
-            skip_bad_records=values.skip_bad_records,
-            overwrite=values.overwrite,
-            history_length=values.history_length,
-            validation_per_user=values.validation_per_user,
-            **runner_arguments,
-        )
+        summary = run(values.input, schema_from_flags(values), values.output_dir, file_format=values.format,
+                      **arguments, **runner_arguments)
     except (DataError, SchemaError, FileExistsError, ValueError) as error:
         sys.exit(f"data.prepare: {error}")
     print(summary.report())

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -224,12 +225,18 @@ def test_global_batch_is_identity_without_replicas():
     np.testing.assert_array_equal(global_batch(values).numpy(), values.numpy())
 
 
-# Runs under MirroredStrategy on 2 logical CPUs and on one device, printing one JSON line of comparisons.
+# Runs under MirroredStrategy on 2 logical CPUs and on one device, and writes its comparisons to the JSON file
+# --output_json names.
 MIRRORED_SCRIPT = r"""
+import argparse
 import json
 import numpy as np
 import retrieval  # TF_USE_LEGACY_KERAS before TensorFlow
 import tensorflow as tf
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--output_json", required=True)
+OUTPUT_JSON = parser.parse_args().output_json
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -306,24 +313,28 @@ for name in ("embeddings", "ids", "expected_count", "filled", "next_slot"):
 memory["num_copies"] = len(copies)
 memory["valid_rows"] = int(np.sum(single_memory.read().valid.numpy()))
 memory["expected_valid_rows"] = NUM_REPLICAS * sum(LOCAL_SIZES[-3:])
-print("RESULTS " + json.dumps(results))
+with open(OUTPUT_JSON, "w") as file:
+    json.dump(results, file)
 """
 
 
 @functools.lru_cache(maxsize=None)
 def mirrored_results():
-    """Runs MIRRORED_SCRIPT once (repository root as cwd) and returns its parsed results."""
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert result.returncode == 0 and lines, f"mirrored script failed:\n{result.stdout}\n{result.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULTS "):])
+    """Runs MIRRORED_SCRIPT once (repository root as cwd) and returns the results it wrote."""
+    with tempfile.TemporaryDirectory() as directory:
+        output_json = os.path.join(directory, "mirrored.json")
+        result = subprocess.run(
+            [sys.executable, "-c", MIRRORED_SCRIPT, f"--output_json={output_json}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0 and os.path.isfile(output_json), (
+            f"mirrored script failed:\n{result.stdout}\n{result.stderr[-5000:]}")
+        with open(output_json) as file:
+            return json.load(file)
 
 
 @pytest.mark.slow

@@ -9,6 +9,11 @@ own TF_CONFIG, the same one it would get on a real cluster (see README, "Distrib
 line is prefixed with its task ("[worker 1] ..."). When a training task fails, or on Ctrl-C / SIGTERM, every
 process started here is stopped; the exit code is the first failing task's (0 when the chief and the workers
 succeed: ps tasks serve until stopped).
+
+With --cluster_json=PATH the launcher writes the job as JSON once every task has started, and again when it ends:
+    {"cluster": {task type: [address]}, "tasks": {"worker 0": {"pid", "address", "exit_code"}, ...},
+     "exit_code": the launcher's, "failed_task": the first task that failed, "signal": the signal that stopped it}
+(exit codes and the outcome are null while the job runs; "failed_task" and "signal" are null when none).
 """
 
 import json
@@ -28,6 +33,8 @@ flags.DEFINE_integer("ps", 0, "Parameter-server tasks (0: a multi_worker job, no
 flags.DEFINE_string("python", sys.executable, "Python interpreter that runs the trainer.")
 flags.DEFINE_string("module", "trainers.train", "Trainer module each task runs.")
 flags.DEFINE_float("grace_seconds", 10.0, "Seconds between SIGTERM and SIGKILL when stopping tasks.", lower_bound=0)
+flags.DEFINE_string("cluster_json", None, "Write the cluster, each task's pid and exit code, and the job's outcome to "
+                    "this JSON file (see the module docstring).")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +72,7 @@ class Cluster:
     def __init__(self, cluster, trainer_args):
         self.cluster = cluster
         self.processes = {}
+        self.failed_task = None  # the name of the first task that failed
         self.pumps = []
         self.print_lock = threading.Lock()
         for task_type, index in tasks_of(cluster):
@@ -105,6 +113,7 @@ class Cluster:
             for name, process in self.processes.items():
                 code = process.poll()
                 if code is not None and code != 0:
+                    self.failed_task = name
                     self._say(f"{name} exited with code {code}; stopping the other tasks")
                     return code if code > 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
             if all(process.poll() == 0 for process in training.values()):
@@ -126,6 +135,13 @@ class Cluster:
         for pump in self.pumps:
             pump.join(timeout=5)
 
+    def tasks(self):
+        """{task name: {"pid", "address", "exit_code" (None while it runs)}}."""
+        addresses = {f"{task_type} {index}": self.cluster[task_type][index]
+                     for task_type, index in tasks_of(self.cluster)}
+        return {name: {"pid": process.pid, "address": addresses[name], "exit_code": process.poll()}
+                for name, process in self.processes.items()}
+
     def _say(self, message):
         with self.print_lock:
             sys.stdout.write(f"[launcher] {message}\n")
@@ -137,6 +153,21 @@ def _signal_group(process, sig):
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def write_cluster_json(path, cluster_layout, cluster, exit_code=None, stop_signal=None):
+    """--cluster_json (the module docstring), written to a temporary name and renamed: never read half written."""
+    document = {
+        "cluster": cluster_layout,
+        "tasks": cluster.tasks() if cluster is not None else {},
+        "exit_code": exit_code,
+        "failed_task": cluster.failed_task if cluster is not None else None,
+        "signal": stop_signal,
+    }
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as file:
+        json.dump(document, file, indent=2)
+    os.replace(temporary, path)
 
 
 class _Stop(Exception):
@@ -157,18 +188,22 @@ def main(argv):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"[launcher] cluster {json.dumps(cluster_layout)}", flush=True)
-    cluster = None
+    cluster, stop_signal = None, None
     try:
         cluster = Cluster(cluster_layout, trainer_args)
+        if FLAGS.cluster_json:
+            write_cluster_json(FLAGS.cluster_json, cluster_layout, cluster)
         code = cluster.wait()
     except _Stop as stop:
-        code = 128 + stop.signum
+        code, stop_signal = 128 + stop.signum, stop.signum
         print(f"[launcher] got signal {stop.signum}; stopping every task", flush=True)
     finally:
         if cluster is not None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             cluster.stop()
+    if FLAGS.cluster_json:
+        write_cluster_json(FLAGS.cluster_json, cluster_layout, cluster, code, stop_signal)
     sys.exit(code)
 
 

@@ -1,5 +1,7 @@
 """scripts/launch_local_cluster.py with the real trainer: per-task TF_CONFIG and log prefixes, and every process
-it started stopped when one task fails or when the launcher itself is stopped."""
+it started stopped when one task fails or when the launcher itself is stopped. The job (the cluster, the tasks'
+pids and exit codes, the outcome) is read from the --cluster_json file the launcher writes; its output is read only
+to wait until training is under way and for the task prefixes."""
 
 import json
 import os
@@ -41,11 +43,21 @@ def test_cluster_layouts_get_distinct_free_ports():
 
 def _start(tmp_path):
     return subprocess.Popen(
-        [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=5", "--",
+        [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=5",
+         f"--cluster_json={tmp_path / 'cluster.json'}", "--",
          f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TRAINER],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
+
+
+def _cluster_json(tmp_path, timeout_seconds=30):
+    """The launcher's --cluster_json, once it is there (it writes it when every task has started)."""
+    path, deadline = tmp_path / "cluster.json", time.monotonic() + timeout_seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the launcher wrote no {path}"
+        time.sleep(0.1)
+    return json.loads(path.read_text())
 
 
 def _read_until(launcher, pattern, lines):
@@ -71,19 +83,22 @@ def test_a_failed_worker_stops_the_job_with_its_exit_code(tmp_path):
     launcher = _start(tmp_path)
     lines = []
     try:
-        _read_until(launcher, r"\[worker 1\] .*worker 1: step \d+/", lines)
-        text = "".join(lines)
-        pids = {name: int(pid) for name, pid in re.findall(r"started (worker \d) \(pid (\d+)\)", text)}
-        config = json.loads(re.search(r"\[launcher\] cluster (.*)", text).group(1))
-        assert len(config["worker"]) == 2 and "[worker 0]" in text
-        os.kill(pids["worker 1"], signal.SIGKILL)
+        _read_until(launcher, r"\[worker 1\] .*worker 1: step \d+/", lines)  # training is under way
+        started = _cluster_json(tmp_path)
+        assert len(started["cluster"]["worker"]) == 2 and "[worker 0]" in "".join(lines)
+        assert {name: task["address"] for name, task in started["tasks"].items()} == {
+            f"worker {index}": address for index, address in enumerate(started["cluster"]["worker"])}
+        assert started["exit_code"] is None and all(task["exit_code"] is None for task in started["tasks"].values())
+        os.kill(started["tasks"]["worker 1"]["pid"], signal.SIGKILL)
         rest, _ = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 128 + signal.SIGKILL, rest[-3000:]
-    assert "worker 1 exited with code -9; stopping the other tasks" in rest
-    assert not _alive(pids["worker 0"]), "worker 0 (waiting on its peer's collectives) was stopped"
+    ended = _cluster_json(tmp_path)
+    assert ended["exit_code"] == 128 + signal.SIGKILL and ended["signal"] is None
+    assert ended["failed_task"] == "worker 1" and ended["tasks"]["worker 1"]["exit_code"] == -signal.SIGKILL
+    assert not _alive(started["tasks"]["worker 0"]["pid"]), "worker 0 (waiting on its peer's collectives) was stopped"
 
 
 @pytest.mark.slow
@@ -91,14 +106,16 @@ def test_sigterm_to_the_launcher_stops_every_task(tmp_path):
     launcher = _start(tmp_path)
     lines = []
     try:
-        _read_until(launcher, r"\[worker 0\] .*worker 0: step \d+/", lines)
-        pids = [int(pid) for pid in re.findall(r"started worker \d \(pid (\d+)\)", "".join(lines))]
+        _read_until(launcher, r"\[worker 0\] .*worker 0: step \d+/", lines)  # training is under way
+        pids = [task["pid"] for task in _cluster_json(tmp_path)["tasks"].values()]
         launcher.send_signal(signal.SIGTERM)
         rest, _ = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM, rest[-3000:]
-    assert "stopping every task" in rest
+    ended = _cluster_json(tmp_path)
+    assert ended["signal"] == signal.SIGTERM and ended["exit_code"] == 128 + signal.SIGTERM
+    assert ended["failed_task"] is None and all(task["exit_code"] is not None for task in ended["tasks"].values())
     time.sleep(0.5)
     assert len(pids) == 2 and not any(_alive(pid) for pid in pids)

@@ -36,11 +36,13 @@ class Schedule:
 
 def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None):
     """The chief's TensorBoard set-up before fit: the train writer, the step-0 check on first_batch (None for a
-    resumed run, which does not start over), the hparams, and the held-out evaluation callback (keeping the best
-    checkpoint with --keep_best)."""
+    resumed run, which does not start over; its result also in initial_loss.json), the hparams, and the held-out
+    evaluation callback (keeping the best checkpoint with --keep_best)."""
     train_writer = tf.summary.create_file_writer(write_dir.events("train"))
     if first_batch is not None:
-        summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(), train_writer)
+        initial_loss = summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(),
+                                                    train_writer)
+        run_dir.write_json(write_dir.join(run_dir.INITIAL_LOSS), initial_loss)
     summaries.write_hparams(write_dir.tensorboard, hparams)
     split = held_out.selection_split(corpus)
     keep_best, patience = config.evaluation.keep_best, config.evaluation.early_stopping_patience

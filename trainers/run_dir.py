@@ -14,6 +14,7 @@
                           projector/    item embeddings checkpoint, projector_config.pbtxt, metadata.tsv (key,
                                         item_id, count) and an event file, without which TensorBoard sees no run
                metrics.json        final held-out metrics of the model and the most-popular baseline
+               initial_loss.json   the step-0 check (trainers.summaries.check_initial_loss) of a run that started at 0
                run_summary.json    what the chief's run did (steps, restore, placement, fingerprint, metrics)
                task_summaries/     the same from each other task of a distributed job (<task>.json)
                evaluation/         trainers.evaluate's reports, step-<N>.json
@@ -37,6 +38,7 @@ from trainers import run_config
 CONFIG = "config.json"
 FLAGFILE = "flags.txt"
 METRICS = "metrics.json"
+INITIAL_LOSS = "initial_loss.json"
 RUN_SUMMARY = "run_summary.json"
 
 

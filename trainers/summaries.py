@@ -3,7 +3,7 @@ embedding projector."""
 
 import os
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -117,14 +117,21 @@ def _one_cell(key) -> str:
     return str(key).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def check_initial_loss(model, first_batch, expected: Optional[float], writer) -> None:
+# The step-0 check's bound: the first loss within this share of the all-zero-scores loss.
+INITIAL_LOSS_TOLERANCE = 0.25
+
+
+def check_initial_loss(model, first_batch, expected: Optional[float], writer) -> Dict[str, Any]:
     """Step-zero check (LOSSES.md): a fresh model scores all candidates nearly alike.
 
     Its first loss should then be close to the loss of all-zero scores on the same batch, which is
     ln(num_true + num_sampled) for an uncorrected sampled softmax (log-Q correction and the other losses shift it,
     so the zero-score loss is the reference that holds for every setting). Logs initial_loss,
     initial_loss_zero_scores and, where it applies (`expected`), initial_loss_expected = ln(candidate count) to
-    TensorBoard; warns when the first loss is more than 25% away from the reference.
+    TensorBoard; warns when the first loss is more than INITIAL_LOSS_TOLERANCE (25%) away from the reference.
+    Returns the check's result under the same names, for the run's initial_loss.json: {"initial_loss",
+    "initial_loss_zero_scores", "initial_loss_expected" (None where it does not apply), "tolerance" (the share of
+    the reference allowed), "within_tolerance"}.
     """
     initial_loss = float(tf.reduce_mean(model.per_example_loss(first_batch)))  # per example, whatever the reduction
     query_embeddings = model.query_tower(first_batch["user_id"])
@@ -136,7 +143,9 @@ def check_initial_loss(model, first_batch, expected: Optional[float], writer) ->
     write_scalars(writer, 0, values, flush=True)
     expected_text = f", ln(candidate count) = {expected:.4f}" if expected is not None else ""
     logging.info("step-0 loss %.4f; with all-zero scores %.4f%s", initial_loss, reference, expected_text)
-    if abs(initial_loss - reference) > 0.25 * max(abs(reference), 1e-6):
+    # Written as "not more than" so that a NaN loss is out of bounds too.
+    within = abs(initial_loss - reference) <= INITIAL_LOSS_TOLERANCE * max(abs(reference), 1e-6)
+    if not within:
         logging.warning(
             "step-0 loss %.4f is far from %.4f, the loss of all-zero scores: a freshly initialised model should "
             "score candidates nearly alike. Likely causes: embeddings initialised too large, a --temperature far "
@@ -144,3 +153,5 @@ def check_initial_loss(model, first_batch, expected: Optional[float], writer) ->
             initial_loss,
             reference,
         )
+    return {**values, "initial_loss_expected": expected, "tolerance": INITIAL_LOSS_TOLERANCE,
+            "within_tolerance": within}

@@ -59,19 +59,30 @@ def settings() -> Tuple[Tuple[dataclasses.Field, Any], ...]:
     return tuple(found)
 
 
+def trainer_default(name: str) -> Any:
+    """A setting's default in the trainer: its value in RunConfig(), its field's default but for the loss's
+    temperature (run_config.TRAINER_LOSS)."""
+    defaults = RunConfig()
+    if name == "seed":
+        return defaults.seed
+    section = next(section for section, section_class in SECTIONS.items() if name in section_fields(section_class))
+    return getattr(getattr(defaults, section), name)
+
+
 def _define_setting(field: dataclasses.Field, setting_type: Any, flag_values: flags.FlagValues) -> None:
-    """The flag of one setting, named, typed, bounded and explained as its field."""
+    """The flag of one setting, named, typed, bounded and explained as its field, with the trainer's default."""
     metadata = field.metadata
+    default = trainer_default(field.name)
     if "choices" in metadata:
-        flags.DEFINE_enum(field.name, field.default, list(metadata["choices"]), metadata["help"],
+        flags.DEFINE_enum(field.name, default, list(metadata["choices"]), metadata["help"],
                           flag_values=flag_values)
     elif typing.get_origin(setting_type) is tuple:
         # absl list flags hold strings: ("10", "50", "100"), parsed back by config_from_flags.
-        flags.DEFINE_list(field.name, [str(item) for item in field.default], metadata["help"],
+        flags.DEFINE_list(field.name, [str(item) for item in default], metadata["help"],
                           flag_values=flag_values)
     elif setting_type in _DEFINE_BY_TYPE:
         bounds = {name: metadata[name] for name in _BOUNDS if name in metadata}
-        _DEFINE_BY_TYPE[setting_type](field.name, field.default, metadata["help"], flag_values=flag_values,
+        _DEFINE_BY_TYPE[setting_type](field.name, default, metadata["help"], flag_values=flag_values,
                                       **bounds)
     else:
         raise TypeError(f"setting {field.name}: no flag kind for its type {setting_type}")

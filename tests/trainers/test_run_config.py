@@ -125,7 +125,7 @@ def test_model_dir_from_before_the_format_evaluates_and_exports(tmp_path):
     trained = run_module("trainers.train", f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}",
                          *TINY_CORPUS, "--epochs=1", "--projector_items=0", "--noexport", "--taste_drift=0",
                          "--nosession_timestamps", "--query_features=user_id,user_features",
-                         "--validation_per_user=0")  # the model and corpus of that time
+                         "--validation_per_user=0", "--nonormalize", "--temperature=1")  # the model and corpus of that time
     assert trained.returncode == 0, trained.stderr[-3000:]
     legacy = _legacy_document(model_dir, tmp_path / "cache")
     (model_dir / "config.json").write_text(json.dumps(legacy))

@@ -1,5 +1,6 @@
 """Every setting has one definition (issue 21): the trainer's flags are made from the RunConfig sections' fields
-(and LossConfig's), so each flag's default, type, bounds, choices and help are its field's."""
+(and LossConfig's), so each flag's default, type, bounds, choices and help are its field's (the temperature's
+default: the trainer's loss, run_config.TRAINER_LOSS)."""
 
 import dataclasses
 import typing
@@ -53,7 +54,7 @@ def _expected_parser(field, setting_type):
 def test_each_flag_is_its_field(defined, field, setting_type):
     flag = defined[field.name]
     assert type(flag.parser) is _expected_parser(field, setting_type)
-    default = field.default
+    default = field.default if field.name != "temperature" else run_config.TRAINER_LOSS.temperature
     expected_default = [str(item) for item in default] if isinstance(default, tuple) else default
     assert flag.default == expected_default and type(flag.default) is type(expected_default)
     for bound in ("lower_bound", "upper_bound"):

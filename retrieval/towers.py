@@ -100,7 +100,9 @@ class Tower(tf.keras.Model):
         if self.projection is not None:
             outputs = self.projection(outputs)
         if self.normalize:
-            outputs = tf.math.l2_normalize(outputs, axis=-1)
+            # In float32 under mixed_float16: in float16 the squares of small values and l2_normalize's epsilon
+            # (1e-12) underflow to 0, and a vector whose squared norm is 0 normalises to NaN (the step-0 loss was).
+            outputs = tf.cast(tf.math.l2_normalize(tf.cast(outputs, tf.float32), axis=-1), outputs.dtype)
         return outputs
 
     def embed_all(self, batch_size: int = 65536) -> tf.Tensor:

@@ -29,12 +29,13 @@ install: $(INSTALLED)
 train: $(INSTALLED)
 	$(PY) -m trainers.train --data=$(DATA) $(ARGS)
 
+# One worker process per core (pytest-xdist), each test file on one worker so its module fixtures run once.
 test: $(TEST_INSTALLED)
-	$(PY) -m pytest -ra --durations=20 tests
+	$(PY) -m pytest -ra --durations=20 -n auto --dist loadfile tests
 
 # Everything but the multi-process tests, for a quick local loop.
 test-fast: $(TEST_INSTALLED)
-	$(PY) -m pytest -ra -m 'not slow' tests
+	$(PY) -m pytest -ra -n auto --dist loadfile -m 'not slow' tests
 
 clean:
 	rm -rf $(VENV) runs

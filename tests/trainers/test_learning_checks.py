@@ -14,7 +14,8 @@ TINY = [*TINY_CORPUS, "--projector_items=0", "--noexport"]
 # TFRS's basic retrieval tutorial: user-id embeddings, in-batch softmax, Adagrad at 0.1 (its batch of 8192 is 256
 # here: the corpus is small, and the mean divides the gradients by the batch size all the same).
 TFRS_TUTORIAL = [
-    "--loss=in_batch", "--optimizer=adagrad", "--learning_rate=0.1", "--epochs=1", "--query_features=user_id"
+    "--loss=in_batch", "--optimizer=adagrad", "--learning_rate=0.1", "--epochs=1", "--query_features=user_id",
+    "--nonormalize", "--temperature=1",  # TFRS's raw dot products
 ]
 
 

@@ -133,12 +133,14 @@ def test_projector_serves_the_item_embeddings_labelled_by_key(server, finished_r
     (embedding,) = config["embeddings"]
     assert embedding["tensorName"] == PROJECTOR_TENSOR and embedding["tensorShape"] == [NUM_ITEMS, 16]
     served = np.frombuffer(get(server, "/data/plugin/projector/tensor", run=run, name=PROJECTOR_TENSOR), np.float32)
-    # The projector shows the final model's item table: the newest training checkpoint, at the final step.
+    # The projector shows the final model's item embeddings: the newest training checkpoint's item table (at the
+    # final step), through the item tower (id embeddings only here, L2-normalised: the default --normalize).
     summary = json.loads((model_dir / "run_summary.json").read_text())
     newest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert newest.endswith(f"ckpt-{summary['final_step']}")
     table = tf.train.load_checkpoint(newest).get_tensor(ITEM_TABLE)
-    np.testing.assert_array_equal(served.reshape(NUM_ITEMS, 16), table)
+    expected = table / np.linalg.norm(table, axis=1, keepdims=True)
+    np.testing.assert_allclose(served.reshape(NUM_ITEMS, 16), expected, rtol=1e-5, atol=1e-6)
     header, *rows = get(server, "/data/plugin/projector/metadata", run=run, name=PROJECTOR_TENSOR).decode().splitlines()
     assert header.split("\t") == ["key", "item_id", "count"]  # the key first: the projector's default label
     keys, ids, counts = zip(*(row.split("\t") for row in rows))

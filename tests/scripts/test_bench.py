@@ -14,7 +14,7 @@ def test_bench_measures_every_row_against_the_peers(tmp_path):
     output = tmp_path / "benchmarks.md"
     command = [
         sys.executable, "scripts/bench.py", "--sizes=3000", "--num_users=500", "--num_interactions=20000",
-        "--num_sampled=100", "--batch_size=256", "--steps=30", "--warmup_steps=10", "--dense_steps=2",
+        "--num_sampled=100", "--batch_size=256", "--steps=15", "--warmup_steps=5", "--dense_steps=2",
         "--repeats=2", "--trainer_variants=,--loss=in_batch", f"--cache_dir={tmp_path / 'cache'}",
         f"--output={output}",
     ]

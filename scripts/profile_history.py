@@ -57,7 +57,8 @@ def _model_and_batches(tf, corpus, query_features):
     trainer = RunConfig()  # the trainer's defaults: each model is the one `python -m trainers.train` would build
     model_config = ModelConfig(query_features=tuple(query_features.split(",")))
     batch_size = trainer.optimization.batch_size
-    model = model_builder.build_model(corpus, trainer.loss, trainer.model.embedding_dim, global_batch_size=batch_size,
+    model = model_builder.build_model(corpus, trainer.loss, trainer.model.embedding_dim, trainer.model.hidden_dims,
+                                      trainer.model.normalize, global_batch_size=batch_size,
                                       query_config=model_config, history_length=FLAGS.history_length)
     model.compile(optimizer=LazyAdam(trainer.optimization.learning_rate), steps_per_execution=FLAGS.steps_per_execution)
     columns = pipeline.read_in_memory(corpus.train_files)

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 import typing
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import flags
 
@@ -59,20 +59,15 @@ def settings() -> Tuple[Tuple[dataclasses.Field, Any], ...]:
     return tuple(found)
 
 
-def trainer_default(name: str) -> Any:
-    """A setting's default in the trainer: its value in RunConfig(), its field's default but for the loss's
-    temperature (run_config.TRAINER_LOSS)."""
-    defaults = RunConfig()
-    if name == "seed":
-        return defaults.seed
-    section = next(section for section, section_class in SECTIONS.items() if name in section_fields(section_class))
-    return getattr(getattr(defaults, section), name)
+def trainer_defaults() -> Dict[str, Any]:
+    """{setting name: its default in the trainer}: RunConfig()'s values, each its field's default but for the
+    loss's temperature (run_config.TRAINER_LOSS)."""
+    return RunConfig().flat()
 
 
-def _define_setting(field: dataclasses.Field, setting_type: Any, flag_values: flags.FlagValues) -> None:
+def _define_setting(field: dataclasses.Field, setting_type: Any, default: Any, flag_values: flags.FlagValues) -> None:
     """The flag of one setting, named, typed, bounded and explained as its field, with the trainer's default."""
     metadata = field.metadata
-    default = trainer_default(field.name)
     if "choices" in metadata:
         flags.DEFINE_enum(field.name, default, list(metadata["choices"]), metadata["help"],
                           flag_values=flag_values)
@@ -104,8 +99,9 @@ def _register_checks(flag_values: flags.FlagValues) -> None:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Every setting's flag and --model_dir, in flag_values (default: absl's global FLAGS)."""
+    defaults = trainer_defaults()
     for field, setting_type in settings():
-        _define_setting(field, setting_type, flag_values)
+        _define_setting(field, setting_type, defaults[field.name], flag_values)
     flags.DEFINE_string("model_dir", "", "Output directory; default ./runs/<timestamp>.", flag_values=flag_values)
     _register_checks(flag_values)
 

@@ -1,7 +1,7 @@
 """This project's id model and history model beside the TensorFlow Recommenders basic-retrieval tutorial model, the
 most-popular baseline and the classic recommenders, on one prepared split, under both evaluation protocols.
 
-    .venv/bin/python scripts/compare_tfrs.py --data=movielens --seeds=42,43,44 [--output=compare.json] \
+    .venv/bin/python scripts/compare_tfrs.py --data=movielens --seeds=42,43,44 [--output=compare.json] \\
         [-- trainer flags]
 
 What runs:

@@ -1,7 +1,7 @@
 """Chooses the default model on the validation split: trains each candidate setting over seeds, never reads the
 test split.
 
-    .venv/bin/python scripts/select_defaults.py --data=movielens --seeds=42,43,44 --work_dir=/tmp/select \
+    .venv/bin/python scripts/select_defaults.py --data=movielens --seeds=42,43,44 --work_dir=/tmp/select \\
         --candidate="default=" --candidate="gru=--history_encoder=gru" --output_json=/tmp/select.json
 
 Each candidate is a name and the trainer flags it adds to `--data` and `--seed` (`name=--flag=value --flag2`).

@@ -8,6 +8,7 @@ the parts (Keras, the input pipeline, diagnostics). For a timeline of one step, 
 --profile_steps=START,END and open TensorBoard's Profile tab.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -90,15 +91,16 @@ def _whole_step(num_items, num_users, num_interactions, batch_size, num_sampled,
 
     from data import builtin, pipeline, sources, synthetic
     from retrieval.optimizers import LazyAdam
-    from retrieval.retrieval_loss import LossConfig
     from trainers import model_builder
+    from trainers.run_config import RunConfig
 
     config = synthetic.SyntheticConfig(
         num_items=num_items, num_users=num_users, num_interactions=num_interactions, seed=42
     )
     corpus = builtin.prepare(config, cache_dir or sources.DEFAULT_CACHE_DIR)
-    model = model_builder.build_model(corpus, LossConfig(num_sampled=num_sampled, seed=42), dim,
-                                      global_batch_size=batch_size)
+    # The trainer's loss (its temperature) and towers (normalised), with this profile's negatives.
+    loss = dataclasses.replace(RunConfig().loss, num_sampled=num_sampled)
+    model = model_builder.build_model(corpus, loss, dim, global_batch_size=batch_size)
     model.compile(optimizer=LazyAdam(0.005))
     batches = pipeline.in_memory_batches(pipeline.read_in_memory(corpus.train_files), batch_size, 42)
     clock = {}

@@ -35,10 +35,12 @@ value} per seed]}}, "baselines": {"selected_by", "validation_queries", "validati
 it takes one seed.
 """
 
+import functools
 import json
 import os
 import subprocess
 import sys
+from typing import Tuple
 
 import numpy as np
 from absl import app, flags
@@ -127,14 +129,21 @@ class TutorialModel:
         return self.keras_model.user_model(features["user_id"])
 
 
+@functools.lru_cache(maxsize=1)
+def training_columns(train_files: Tuple[str, ...]):
+    """{column: [n]} of the corpus's training split, read from disk once for every tutorial model and baseline
+    (read-only)."""
+    from data import records
+
+    return records.read_all(list(train_files))
+
+
 def train_tutorial_model(corpus, task: str, seed: int):
     """The TFRS tutorial model with `task` (TutorialModel) trained on the corpus's training rows."""
     import tensorflow as tf
 
-    from data import records
-
     tf.keras.utils.set_random_seed(seed)
-    columns = records.read_all(corpus.train_files)
+    columns = training_columns(tuple(corpus.train_files))
     train = tf.data.Dataset.from_tensor_slices({"user_id": columns["user_id"], "item_id": columns["item_id"]})
     cached_train = train.shuffle(100_000, seed=seed).batch(FLAGS.tfrs_batch_size).cache()
     model = TutorialModel(corpus.num_users, corpus.num_items, FLAGS.tfrs_embedding_dim, task, corpus.item_counts)
@@ -275,7 +284,6 @@ def compare(trainer_args):
     """{"protocols": {protocol: {"models": {row: {"mean", "low", "high", "runs"}}, "baselines": settings}}, ...}:
     the trained rows over every seed, the deterministic baselines once, all ranked on one set of test queries per
     protocol."""
-    from data import records
     from trainers import held_out, train_flags
 
     ks = train_flags.positive_ints("eval_top_k", FLAGS.eval_top_k)
@@ -289,7 +297,7 @@ def compare(trainer_args):
         for protocol, rows in figures.items():
             for name, metrics in rows.items():
                 runs[protocol].setdefault(name, []).append(metrics)
-    train = records.read_all(corpus.train_files)
+    train = training_columns(tuple(corpus.train_files))
     result = {"data": FLAGS.data, "ks": list(ks), "seeds": list(seeds), "protocols": {}}
     for protocol, exclude_seen in PROTOCOLS.items():
         queries = held_out.load_held_out(corpus, exclude_seen=exclude_seen)

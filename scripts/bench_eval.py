@@ -12,8 +12,19 @@ embeddings: a mixture of Gaussians) and the same queries:
   ScaNN                retrieval.index.ScaNNIndex (TFRS ScaNN layer): build seconds, queries/s, recall vs exact
 Each timing is the best of --repeats passes (the machine is shared; the best pass is the least disturbed one),
 the methods interleaved within each repeat so that they see the same load.
+
+Prints the table (and with --output writes it, with the command, to a markdown file); --output_json=PATH writes
+the same figures as JSON:
+    {"command", "setup": {"num_items", "dim", "k", "num_queries", "batch_size", "item_chunk_size", "repeats",
+     "cpu_count", "processor", "tensorflow"}, "roofline": {"gflops", "queries_per_second"},
+     "rows": [{"method": "matmul_chunks" | "matmul_whole" | "ours" | "tfrs" | "scann", "label" (the table's name),
+               "queries", "best_pass_seconds", "queries_per_second", "percent_of_roofline", "notes" (the table's
+               text), and by method "gflops" (matmul_*), "same_ids_as_ours" (tfrs), "recall_at_10", "recall_at_k",
+               "build_seconds", "speedup_over_ours" (scann)}, ...]}
+(the tfrs row absent with --tfrs_queries=0, the scann row with --noscann; recall_at_10 is recall@min(10, k)).
 """
 
+import json
 import os
 import platform
 import sys
@@ -39,6 +50,7 @@ flags.DEFINE_integer("repeats", 3, "Timed passes per method; the best counts.", 
 flags.DEFINE_bool("scann", True, "Include ScaNN.")
 flags.DEFINE_integer("seed", 0, "Seed of the embeddings.")
 flags.DEFINE_string("output", "", "Also write the table and the command to this markdown file.")
+flags.DEFINE_string("output_json", "", "Also write every figure of the table to this JSON file (module docstring).")
 
 
 def clustered_embeddings(rng, count, dim, centers):
@@ -117,17 +129,18 @@ def main(argv):
 
     exact_ids = np.concatenate([ours(batch)[1].numpy() for batch in batches])
     flops_per_query = 2.0 * FLAGS.num_items * FLAGS.dim
-    rows = []
+    rows = []  # (method, table label, queries, best pass seconds, notes, {the row's own figures})
     for name, label in (("matmul_chunks", f"tf.matmul alone, chunks of {chunk:,}"), ("matmul_whole", "tf.matmul alone, whole corpus")):
         rate = FLAGS.num_queries * flops_per_query / timings[name] / 1e9
-        rows.append((label, FLAGS.num_queries, timings[name], "", f"{rate:.1f} GFLOP/s"))
+        rows.append((name, label, FLAGS.num_queries, timings[name], f"{rate:.1f} GFLOP/s", {"gflops": rate}))
     gflops = FLAGS.num_queries * flops_per_query / min(timings["matmul_chunks"], timings["matmul_whole"]) / 1e9
     roofline = gflops * 1e9 / flops_per_query
-    rows.append((f"exact top-{FLAGS.k} (ours)", FLAGS.num_queries, timings["ours"], "", "exact"))
+    rows.append(("ours", f"exact top-{FLAGS.k} (ours)", FLAGS.num_queries, timings["ours"], "exact", {}))
     if tfrs_batches:
         tfrs_ids = np.concatenate([tfrs_top_k(batch)[1].numpy() for batch in tfrs_batches])
         agree = index_lib.recall_against_exact(tfrs_ids, exact_ids[:tfrs_queries])
-        rows.append((f"TFRS BruteForce top-{FLAGS.k}", tfrs_queries, timings["tfrs"], "", f"same ids as ours: {agree:.4f}"))
+        rows.append(("tfrs", f"TFRS BruteForce top-{FLAGS.k}", tfrs_queries, timings["tfrs"],
+                     f"same ids as ours: {agree:.4f}", {"same_ids_as_ours": float(agree)}))
     if FLAGS.scann:
         _, scann_ids = index_lib.search(scann_index, queries, FLAGS.batch_size)
         recall_10 = index_lib.recall_against_exact(scann_ids, exact_ids[:, : min(10, FLAGS.k)])
@@ -135,11 +148,13 @@ def main(argv):
         speedup = (FLAGS.num_queries / timings["scann"]) / (FLAGS.num_queries / timings["ours"])
         note = (f"recall@{min(10, FLAGS.k)} {recall_10:.4f}, recall@{FLAGS.k} {recall_k:.4f} vs exact; "
                 f"build {scann_build_seconds:.1f} s; {speedup:.1f}x ours")
-        rows.append((f"ScaNN top-{FLAGS.k}", FLAGS.num_queries, timings["scann"], "", note))
+        rows.append(("scann", f"ScaNN top-{FLAGS.k}", FLAGS.num_queries, timings["scann"], note,
+                     {"recall_at_10": float(recall_10), "recall_at_k": float(recall_k),
+                      "build_seconds": scann_build_seconds, "speedup_over_ours": speedup}))
 
     header = "| method | queries | best pass (s) | queries/s | % of roofline | notes |\n|---|---:|---:|---:|---:|---|"
     lines = [header]
-    for name, count, seconds, _, note in rows:
+    for _, name, count, seconds, note, _ in rows:
         rate = count / seconds
         lines.append(f"| {name} | {count} | {seconds:.3f} | {rate:,.1f} | {100 * rate / roofline:.0f}% | {note} |")
     table = "\n".join(lines)
@@ -149,10 +164,29 @@ def main(argv):
     print(setup)
     print(f"roofline: {gflops:.1f} GFLOP/s / (2 x {FLAGS.num_items:,} x {FLAGS.dim}) = {roofline:,.1f} queries/s")
     print(table, flush=True)
+    command = ("python scripts/bench_eval.py " + " ".join(sys.argv[1:])).strip()
     if FLAGS.output:
-        command = "python scripts/bench_eval.py " + " ".join(sys.argv[1:])
         with open(FLAGS.output, "w") as file:
-            file.write(DOC.format(command=command.strip(), setup=setup, table=table, gflops=gflops, roofline=roofline))
+            file.write(DOC.format(command=command, setup=setup, table=table, gflops=gflops, roofline=roofline))
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as file:
+            json.dump(figures(command, tf.__version__, gflops, roofline, rows), file, indent=2)
+
+
+def figures(command, tensorflow_version, gflops, roofline, rows):
+    """--output_json's document (the module docstring): the table's rows, unrounded, with the setup."""
+    setup = {"num_items": FLAGS.num_items, "dim": FLAGS.dim, "k": FLAGS.k, "num_queries": FLAGS.num_queries,
+             "batch_size": FLAGS.batch_size, "item_chunk_size": FLAGS.item_chunk_size, "repeats": FLAGS.repeats,
+             "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+             "tensorflow": tensorflow_version}
+    table_rows = []
+    for method, label, count, seconds, note, extra in rows:
+        rate = count / seconds
+        table_rows.append({"method": method, "label": label, "queries": count, "best_pass_seconds": seconds,
+                           "queries_per_second": rate, "percent_of_roofline": 100 * rate / roofline, "notes": note,
+                           **extra})
+    return {"command": command, "setup": setup, "roofline": {"gflops": gflops, "queries_per_second": roofline},
+            "rows": table_rows}
 
 
 DOC = """# Full-corpus top-K: speed next to the matmul roofline

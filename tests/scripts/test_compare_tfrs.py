@@ -62,7 +62,16 @@ def test_compare_tfrs_ranks_five_models_and_three_baselines_under_both_protocols
     # The built-in corpus's users follow tastes that item co-occurrence reads: every baseline beats popularity.
     for name in ("item_transitions", "ease", "item_knn"):
         assert models[name]["recall_at_100"] > models["most_popular"]["recall_at_100"] + 0.1, name
-    assert "history model / best baseline" in result.stdout
+    # The table's last line, the history model over the best baseline at each K, is in the figures too.
+    for protocol, by_protocol in figures["protocols"].items():
+        means = {name: row["mean"] for name, row in by_protocol["models"].items()}
+        for name in ("recall_at_10", "recall_at_50", "recall_at_100"):
+            best = by_protocol["best_baseline"][name]
+            assert best in ("most_popular", "item_transitions", "ease", "item_knn"), (protocol, name)
+            assert means[best][name] == max(means[row][name] for row in ("most_popular", "item_transitions", "ease",
+                                                                         "item_knn"))
+            assert by_protocol["history_over_best_baseline"][name] == pytest.approx(
+                means["history"][name] / means[best][name]), (protocol, name)
 
 
 def test_compare_tfrs_refuses_several_seeds_of_the_built_in_corpus(tmp_path):

@@ -1,11 +1,11 @@
 """scripts/launch_local_cluster.py with the real trainer: per-task TF_CONFIG and log prefixes, and every process
 it started stopped when one task fails or when the launcher itself is stopped. The job (the cluster, the tasks'
-pids and exit codes, the outcome) is read from the --cluster_json file the launcher writes; its output is read only
-to wait until training is under way and for the task prefixes."""
+pids and exit codes, the outcome) is read from the --cluster_json file the launcher writes, and training is under
+way once the chief has saved a checkpoint (which takes both workers); the launcher's output, kept in a file, is
+read only at the end, to check that every line names its task."""
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,6 +27,7 @@ TRAINER = [
     "--num_sampled=200",
     "--epochs=20",
     "--log_every_steps=5",
+    "--checkpoint_every_steps=10",
     "--projector_items=0",
 ]
 
@@ -42,13 +43,18 @@ def test_cluster_layouts_get_distinct_free_ports():
 
 
 def _start(tmp_path):
-    return subprocess.Popen(
-        [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=5",
-         f"--cluster_json={tmp_path / 'cluster.json'}", "--",
-         f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TRAINER],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    """The launcher, its output (every task's lines, prefixed) going to <tmp_path>/launcher.txt."""
+    with open(tmp_path / "launcher.txt", "w") as output:
+        return subprocess.Popen(
+            [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=5",
+             f"--cluster_json={tmp_path / 'cluster.json'}", "--",
+             f"--model_dir={tmp_path / 'model'}", f"--cache_dir={tmp_path / 'cache'}", *TRAINER],
+            cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+
+def _output(tmp_path):
+    return (tmp_path / "launcher.txt").read_text()
 
 
 def _cluster_json(tmp_path, timeout_seconds=30):
@@ -60,12 +66,21 @@ def _cluster_json(tmp_path, timeout_seconds=30):
     return json.loads(path.read_text())
 
 
-def _read_until(launcher, pattern, lines):
-    for line in launcher.stdout:
-        lines.append(line)
-        if re.search(pattern, line):
-            return
-    raise AssertionError("launcher ended before " + pattern + ":\n" + "".join(lines[-40:]))
+def _wait_until_training(launcher, tmp_path, timeout_seconds=300):
+    """Until the chief (worker 0) has saved a checkpoint into <model_dir>/checkpoints: a multi_worker save runs on
+    both workers, so both are training."""
+    directory, deadline = tmp_path / "model" / "checkpoints", time.monotonic() + timeout_seconds
+    while not (directory.is_dir() and any(name.endswith(".index") for name in os.listdir(directory))):
+        assert launcher.poll() is None, f"the launcher ended before training:\n{_output(tmp_path)[-3000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint within {timeout_seconds} s:\n{_output(tmp_path)[-3000:]}"
+        time.sleep(0.1)
+
+
+def _every_line_names_its_task(tmp_path, cluster):
+    names = ["launcher", *cluster["tasks"]]
+    lines = _output(tmp_path).splitlines()
+    assert lines and all(any(line.startswith(f"[{name}] ") for name in names) for line in lines), lines[-40:]
+    assert all(any(line.startswith(f"[{name}] ") for line in lines) for name in names)
 
 
 def _alive(pid):
@@ -81,39 +96,38 @@ def _alive(pid):
 @pytest.mark.slow
 def test_a_failed_worker_stops_the_job_with_its_exit_code(tmp_path):
     launcher = _start(tmp_path)
-    lines = []
     try:
-        _read_until(launcher, r"\[worker 1\] .*worker 1: step \d+/", lines)  # training is under way
+        _wait_until_training(launcher, tmp_path)
         started = _cluster_json(tmp_path)
-        assert len(started["cluster"]["worker"]) == 2 and "[worker 0]" in "".join(lines)
+        assert len(started["cluster"]["worker"]) == 2
         assert {name: task["address"] for name, task in started["tasks"].items()} == {
             f"worker {index}": address for index, address in enumerate(started["cluster"]["worker"])}
         assert started["exit_code"] is None and all(task["exit_code"] is None for task in started["tasks"].values())
         os.kill(started["tasks"]["worker 1"]["pid"], signal.SIGKILL)
-        rest, _ = launcher.communicate(timeout=120)
+        launcher.wait(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 128 + signal.SIGKILL, rest[-3000:]
+    assert launcher.returncode == 128 + signal.SIGKILL, _output(tmp_path)[-3000:]
     ended = _cluster_json(tmp_path)
     assert ended["exit_code"] == 128 + signal.SIGKILL and ended["signal"] is None
     assert ended["failed_task"] == "worker 1" and ended["tasks"]["worker 1"]["exit_code"] == -signal.SIGKILL
     assert not _alive(started["tasks"]["worker 0"]["pid"]), "worker 0 (waiting on its peer's collectives) was stopped"
+    _every_line_names_its_task(tmp_path, ended)
 
 
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_task(tmp_path):
     launcher = _start(tmp_path)
-    lines = []
     try:
-        _read_until(launcher, r"\[worker 0\] .*worker 0: step \d+/", lines)  # training is under way
+        _wait_until_training(launcher, tmp_path)
         pids = [task["pid"] for task in _cluster_json(tmp_path)["tasks"].values()]
         launcher.send_signal(signal.SIGTERM)
-        rest, _ = launcher.communicate(timeout=120)
+        launcher.wait(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    assert launcher.returncode == 128 + signal.SIGTERM, _output(tmp_path)[-3000:]
     ended = _cluster_json(tmp_path)
     assert ended["signal"] == signal.SIGTERM and ended["exit_code"] == 128 + signal.SIGTERM
     assert ended["failed_task"] is None and all(task["exit_code"] is not None for task in ended["tasks"].values())

@@ -1,15 +1,19 @@
-"""Directories that appear whole or not at all: written under a staging name beside the target, then renamed.
+"""Files and directories that appear whole or not at all: written under a temporary name beside the target, then
+renamed.
 
 Every writer of a directory others read goes through here: the built-in corpus cache, `data.prepare`,
 MovieLens and the SavedModel export. A failed or killed writer leaves the target as it was (absent, or the
-previous version) and at most a hidden `.<name>.staging-*` directory, never a half-written target.
+previous version) and at most a hidden `.<name>.staging-*` directory, never a half-written target. The trainer's
+JSON and text files (config.json, run_summary.json, metrics.json, ...) go through write_file_atomically: a reader
+sees the old file or the new one, whole, never half of one.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 Writer = Callable[[str], None]  # writes the directory's contents into the staging directory it is given
 
@@ -72,3 +76,17 @@ def write_new_version(parent: str, write: Writer) -> str:
 def next_version(parent: str) -> int:
     """1 + the highest integer-named entry of parent (1 when there is none)."""
     return max((int(name) for name in os.listdir(parent) if name.isdigit()), default=0) + 1
+
+
+def write_file_atomically(path: str, text: str) -> None:
+    """text to path through a temporary file and a rename: readers see the old file or the new one, whole."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """value as JSON (indented by 2) to path, through write_file_atomically."""
+    write_file_atomically(path, json.dumps(value, indent=2))

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
-from trainers import health, run_dir, summaries
+from data import atomic
+from trainers import health, summaries
 from trainers.distribute import LOCAL_TASK
 from trainers import held_out as held_out_lib
 
@@ -55,7 +56,7 @@ class BestKeeper:
             path = self.manager.save(checkpoint_number=step)
             self.best = {"metric": self.metric, "value": value, "epoch": epoch, "step": step, "checkpoint": path,
                          "metrics": dict(metrics)}
-            run_dir.write_json(os.path.join(self.directory, BEST_STATE), self.best)
+            atomic.write_json_atomically(os.path.join(self.directory, BEST_STATE), self.best)
             logging.info("epoch %d step %d: best %s so far (%.4f), kept as %s", epoch, step, self.metric, value, path)
             return False
         if self.patience and epoch - self.best["epoch"] >= self.patience:

@@ -33,10 +33,11 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     import tensorflow as tf  # after the checks that need none
 
-    from trainers import held_out, run_dir, summaries
+    from data import atomic
+    from trainers import held_out, restored_run, run_dir, summaries
 
     try:
-        restored = run_dir.restore_model(FLAGS.model_dir)
+        restored = restored_run.restore_model(FLAGS.model_dir)
     except (OSError, ValueError) as error:
         raise app.UsageError(f"--model_dir={FLAGS.model_dir}: {error}") from None
     if max(ks) > restored.corpus.num_items:
@@ -51,7 +52,7 @@ def main(argv):
     writer = tf.summary.create_file_writer(run_dir.RunDir(FLAGS.model_dir).events(run_name))
     summaries.write_scalars(writer, restored.step, results)
     writer.close()
-    run_dir.write_json(run_dir.RunDir(FLAGS.model_dir).evaluation(restored.step), {
+    atomic.write_json_atomically(run_dir.RunDir(FLAGS.model_dir).evaluation(restored.step), {
         "checkpoint": restored.checkpoint, "step": restored.step, "split": FLAGS.split,
         "num_users": len(queries.user_ids),
         "exclude_seen": FLAGS.exclude_seen, "metrics": results, "warnings": list(restored.warnings),

@@ -376,11 +376,9 @@ def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, in
     exports the same plain SavedModel. Returns (version path, checkpoint step). Raises FileNotFoundError /
     ValueError with the reason.
     """
-    from trainers import run_dir
+    from trainers import restored_run, training_input
 
-    from trainers import training_input
-
-    restored = run_dir.restore_model(model_dir, best)
+    restored = restored_run.restore_model(model_dir, best)
     histories = None
     if "history" in restored.config.model.query_features:
         histories = training_input.latest_histories(restored.corpus, restored.config)

@@ -7,7 +7,8 @@ from typing import Any, Dict, List
 import tensorflow as tf
 from absl import logging
 
-from trainers import baselines, callbacks, held_out, run_dir, summaries
+from data import atomic
+from trainers import baselines, callbacks, checkpoints, held_out, run_dir, summaries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None
     if first_batch is not None:
         initial_loss = summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(),
                                                     train_writer)
-        run_dir.write_json(write_dir.join(run_dir.INITIAL_LOSS), initial_loss)
+        atomic.write_json_atomically(write_dir.join(run_dir.INITIAL_LOSS), initial_loss)
     summaries.write_hparams(write_dir.tensorboard, hparams)
     split = held_out.selection_split(corpus)
     keep_best, patience = config.evaluation.keep_best, config.evaluation.early_stopping_patience
@@ -93,7 +94,7 @@ def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSet
     )
 
 
-def fit(tf_module, model, training_input, resume: run_dir.Resume, schedule: Schedule, fit_callbacks, verbose: int):
+def fit(tf_module, model, training_input, resume: checkpoints.Resume, schedule: Schedule, fit_callbacks, verbose: int):
     """Keras fit from the resumed step to the last one. A run stopped mid-epoch finishes that epoch first, so
     every epoch ends on a multiple of steps_per_epoch. Under a BackupAndRestore resume Keras itself skips the
     steps the backup had done, and the data starts at the backup's step. Early stopping (--keep_best with a
@@ -135,7 +136,7 @@ def weights_fingerprint(model) -> float:
     return total
 
 
-def task_summary(model, task, resume: run_dir.Resume, placement, replicas, fit_callbacks=()) -> Dict[str, Any]:
+def task_summary(model, task, resume: checkpoints.Resume, placement, replicas, fit_callbacks=()) -> Dict[str, Any]:
     """What this task did, for run_summary.json / task_summaries/ (and logged for people). replicas:
     {"num_replicas", "devices"} of the strategy. The callbacks' reports join it (--keep_best: "best",
     "stopped_early"), and "warnings" holds the restore's and the callbacks' (trainers.health)."""

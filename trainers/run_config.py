@@ -305,7 +305,7 @@ def model_defining_differences(trained: "RunConfig", new: "RunConfig") -> Tuple[
 def _later_log(trained_data: str, new_data: str) -> bool:
     """True when both --data are prepared directories: going on with a later log of the same catalogue is
     incremental training (scripts/compare_losses.py's drift); the restore itself refuses a corpus of other sizes,
-    whose tables do not fit the checkpoint (run_dir.restore_checkpoint)."""
+    whose tables do not fit the checkpoint (checkpoints.restore_checkpoint)."""
     named = (sources.BUILTIN, sources.MOVIELENS)
     return trained_data not in named and new_data not in named
 

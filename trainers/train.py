@@ -5,12 +5,12 @@ The data path, one call each (train -> _train -> _report_and_export):
     corpus = model_builder.load_corpus(config)                    -> PreparedCorpus (built-in, MovieLens, prepared)
     training_input = TrainingInput.of_run(corpus, config, ...)    -> the training batches under the strategy
     model = model_builder.build_for_training(...)                 -> TwoTowerModel, in the strategy's scope
-    resume = run_dir.restore_for_training(...)                    -> the step (and data position) to continue at
+    resume = checkpoints.restore_for_training(...)                -> the step (and data position) to continue at
     fit_loop.start_chief_logs(...)                                -> TensorBoard, the per-epoch evaluation (validation)
     fit_loop.fit(model, training_input, ..., callbacks.make_callbacks(...))
     fit_loop.chief_evaluation(...)                                -> test metrics of the chosen model, baselines
     held_out.metrics_document / report -> metrics.json and the report; export.export_after_training
-What goes to --model_dir is laid out in trainers/run_dir.py.
+What goes to --model_dir is laid out in trainers/run_dir.py; which checkpoint a run restores, trainers/checkpoints.py.
 """
 
 import dataclasses
@@ -23,7 +23,7 @@ import tempfile
 from absl import app, flags, logging
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from trainers import cli, distribute, run_config, run_dir, train_flags
+from trainers import checkpoints, cli, distribute, run_config, run_dir, train_flags
 
 train_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -111,13 +111,13 @@ def _train(tf, strategy, config, corpus, task: Task):
         fit_loop.steps_per_execution(config, task.strategy_name),
     )
     placement = fit_loop.item_table_placement(model, task_name)
-    checkpoint = run_dir.training_checkpoint(tf, model)
-    resume = run_dir.restore_for_training(tf, checkpoint, task.job_dir, task.strategy_name == "multi_worker",
-                                          config.optimization.learning_rate, repair=is_chief)
+    checkpoint = checkpoints.training_checkpoint(tf, model)
+    resume = checkpoints.restore_for_training(tf, checkpoint, task.job_dir, task.strategy_name == "multi_worker",
+                                              config.optimization.learning_rate, repair=is_chief)
     if is_chief:  # after the restore: a restart it refuses leaves the run's config.json and flags.txt as they were
         run_dir.write_config(task.write_dir, run_config.to_json(config, task.write_dir.path, corpus.description),
                              train_flags.flagfile_text(config, task.write_dir.path))
-    manager = run_dir.checkpoint_manager(tf, checkpoint, task.write_dir.checkpoints)
+    manager = checkpoints.checkpoint_manager(tf, checkpoint, task.write_dir.checkpoints)
     schedule = fit_loop.Schedule.of(config, corpus)
     schedule.log_resume(task_name, resume.step)
     train_writer, evaluation = None, None
@@ -191,7 +191,7 @@ def main(argv):
     try:
         run_dir.check_restart(model_dir, config)
         outcome = train(config, model_dir, cluster, strategy_name)
-    except (NonFiniteLossError, run_dir.CheckpointError, distribute.DistributeError) as error:
+    except (NonFiniteLossError, checkpoints.CheckpointError, distribute.DistributeError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")
     if outcome is not None:  # the chief: other tasks leave the run's files to it
         _report_and_export(config, run_dir.RunDir(model_dir), outcome)
@@ -199,12 +199,13 @@ def main(argv):
 
 def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
     """metrics.json, the report, the export, and last run_summary.json (which names the export)."""
+    from data import atomic
     from trainers import baselines, export, held_out
 
     selection = {"split": summary["split"], "validation_metrics": summary["validation_metrics"],
                  "keep_best": summary["keep_best"]}
-    run_dir.write_json(model_dir.join(run_dir.METRICS), held_out.metrics_document(summary["metrics"],
-                                                                                   summary["baselines"], **selection))
+    atomic.write_json_atomically(model_dir.join(run_dir.METRICS),
+                                 held_out.metrics_document(summary["metrics"], summary["baselines"], **selection))
     print(held_out.report(summary["metrics"], summary["baselines"], config.evaluation.eval_top_k, baselines.LABELS,
                           **selection), flush=True)
     if config.evaluation.export:

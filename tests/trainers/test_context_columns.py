@@ -72,9 +72,9 @@ def test_the_context_column_that_decides_the_items_raises_held_out_recall(traine
 @pytest.mark.slow
 def test_held_out_queries_read_their_own_rows_context(trained):
     from data import records
-    from trainers import held_out, run_dir
+    from trainers import held_out, restored_run
 
-    restored = run_dir.restore_model(str(trained["every_kind"]))
+    restored = restored_run.restore_model(str(trained["every_kind"]))
     queries = held_out.load_held_out(restored.corpus, config=restored.config)
     rows = records.read_all(restored.corpus.eval_files)  # one held-out row per user
     warm = np.flatnonzero(np.isin(rows["user_id"], queries.user_ids))
@@ -92,10 +92,10 @@ def test_a_fresh_retrieve_with_context_returns_the_in_memory_top_k(trained):
     import tensorflow as tf
 
     from retrieval import metrics
-    from trainers import held_out, run_dir
+    from trainers import held_out, restored_run
 
     model_dir = trained["every_kind"]
-    restored = run_dir.restore_model(str(model_dir))
+    restored = restored_run.restore_model(str(model_dir))
     corpus = restored.corpus
     device, tags, price = corpus.context_columns
     history_keys = ["item205", "item17", "item342"]

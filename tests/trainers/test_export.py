@@ -79,13 +79,13 @@ def test_savedmodel_in_fresh_process_serves_the_in_memory_top_k(exported):
     import tensorflow as tf
 
     from retrieval import index, metrics
-    from trainers import run_dir
+    from trainers import restored_run
 
     model_dir, version_dir = exported
     assert version_dir == str(model_dir / "export" / "1")
     assert sorted(os.listdir(model_dir / "export")) == ["1"], "no staging directory left behind"
     assert sorted(os.listdir(os.path.join(version_dir, "assets"))) == ["item_keys.txt", "user_keys.txt"]
-    restored = run_dir.restore_model(str(model_dir))
+    restored = restored_run.restore_model(str(model_dir))
     model, corpus = restored.model, restored.corpus
     user_ids = [0, 5, 17, 123, NUM_USERS - 1]
     queries = model.query_tower(tf.constant(user_ids, tf.int64)).numpy()
@@ -195,10 +195,10 @@ def test_a_user_not_in_training_gets_the_in_memory_top_k_from_the_export_by_hist
     import tensorflow as tf
 
     from retrieval import metrics
-    from trainers import held_out, run_dir
+    from trainers import held_out, restored_run
 
     model_dir = history_export
-    restored = run_dir.restore_model(str(model_dir))
+    restored = restored_run.restore_model(str(model_dir))
     corpus, oov = restored.corpus, held_out._oov_item_id(restored.corpus)
     assert oov is not None, "the corpus has an <oov> bucket to leave out"
     cold = held_out.load_held_out(corpus, config=restored.config).cold
@@ -229,10 +229,10 @@ def test_history_exports_answer_known_users_from_their_latest_history(history_ex
     import tensorflow as tf
 
     from retrieval import metrics
-    from trainers import run_dir, training_input
+    from trainers import restored_run, training_input
 
     model_dir = history_export
-    restored = run_dir.restore_model(str(model_dir))
+    restored = restored_run.restore_model(str(model_dir))
     latest = training_input.latest_histories(restored.corpus, restored.config)
     warm_user = int(np.flatnonzero((latest >= 0).any(axis=1))[0])
     queries = restored.model.query_embeddings({"history": tf.constant(latest[[warm_user]])}).numpy()

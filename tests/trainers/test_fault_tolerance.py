@@ -231,10 +231,10 @@ def test_restart_with_another_model_shape_is_a_one_line_error(damaged_run, tmp_p
 
 
 def test_restore_policy_sets_aside_a_bit_flip_and_an_unreadable_state_and_rebuilds_the_state(tmp_path):
-    """run_dir.newest_intact_checkpoint on checkpoints written here: a flipped bit (which a plain restore reads
+    """checkpoints.newest_intact_checkpoint on checkpoints written here: a flipped bit (which a plain restore reads
     without a word) makes the newest damaged, a garbled state file (which TensorFlow ignores, so a run would start
     over) is set aside and rebuilt from the files on disk, and a partial save is removed."""
-    from trainers import run_dir
+    from trainers import checkpoints
 
     directory = str(tmp_path / "checkpoints")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(table=tf.Variable(tf.ones([1000, 8]))), directory, 3)
@@ -247,7 +247,7 @@ def test_restore_policy_sets_aside_a_bit_flip_and_an_unreadable_state_and_rebuil
     (tmp_path / "checkpoints" / "checkpoint").write_text("garbled {")
     (tmp_path / "checkpoints" / "ckpt-40_temp").mkdir()
 
-    choice = run_dir.newest_intact_checkpoint(tf, directory, repair=True)
+    choice = checkpoints.newest_intact_checkpoint(tf, directory, repair=True)
     assert choice.path.endswith("ckpt-20") and choice.removed_partial_saves == ("ckpt-40_temp",)
     assert [warning["kind"] for warning in choice.warnings] == ["damaged_checkpoint_state", "damaged_checkpoint"]
     assert "Checksum" in choice.warnings[1]["message"]
@@ -255,4 +255,4 @@ def test_restore_policy_sets_aside_a_bit_flip_and_an_unreadable_state_and_rebuil
     assert damaged == ["checkpoint", "ckpt-30.data-00000-of-00001", "ckpt-30.index"]
     state = tf.train.get_checkpoint_state(directory)
     assert [os.path.basename(path) for path in state.all_model_checkpoint_paths] == ["ckpt-10", "ckpt-20"]
-    assert run_dir.newest_intact_checkpoint(tf, directory, repair=True).warnings == (), "set aside once"
+    assert checkpoints.newest_intact_checkpoint(tf, directory, repair=True).warnings == (), "set aside once"

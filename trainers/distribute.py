@@ -19,7 +19,7 @@ import os
 import select
 import socket
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from absl import logging
 
@@ -198,8 +198,9 @@ def configure_local_devices(tf, cpu_replicas: int) -> None:
         )
 
 
-def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_ps_shards: int = 0):
-    """The tf.distribute.Strategy for a resolved strategy name.
+def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_ps_shards: int = 0,
+                  status: Optional[Callable[..., None]] = None):
+    """The tf.distribute.Strategy for a resolved strategy name (status: as wait_for_peers').
 
     Under parameter_server every variable of at least MIN_SHARD_BYTES (in practice: the embedding tables) is
     split over the ps tasks (num_ps_shards, default all of them); small dense layers stay whole.
@@ -213,7 +214,7 @@ def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_p
         return tf.distribute.MirroredStrategy(devices=devices)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if name == "multi_worker":
-        wait_for_peers(spec)
+        wait_for_peers(spec, status)
         # RING collectives over gRPC: the only implementation on CPUs, and NCCL picks itself on GPUs via AUTO.
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     num_ps = len(spec.cluster["ps"])
@@ -223,10 +224,11 @@ def make_strategy(tf, name: str, spec: ClusterSpec, cpu_replicas: int = 1, num_p
     return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
 
 
-def run_server(tf, spec: ClusterSpec) -> None:
+def run_server(tf, spec: ClusterSpec, status: Optional[Callable[..., None]] = None) -> None:
     """Runs this ps (or parameter_server worker) task's gRPC server until the process is stopped: SIGTERM or
     SIGINT stop it with one line (cli.Stopped). The server runs on TensorFlow's threads while this one waits in
-    Python, where the signals are handled (Server.join would wait inside TensorFlow)."""
+    Python, where the signals are handled (Server.join would wait inside TensorFlow). status (a
+    trainers.task_status.TaskStatus, or any function of a phase and its keys) hears "serving" once it serves."""
     server = tf.distribute.Server(
         tf.train.ClusterSpec(spec.cluster), job_name=spec.task_type, task_index=spec.task_id, protocol="grpc",
         start=True,
@@ -234,6 +236,8 @@ def run_server(tf, spec: ClusterSpec) -> None:
     with cli.stop_on_signals(lambda name: f"{spec.task_name}: stopped by {name} while serving the parameter_server "
                                           "job"):
         logging.info("%s: serving the parameter_server job (the chief drives training)", spec.task_name)
+        if status is not None:
+            status("serving")
         while server is not None:  # held until the process ends: a collected Server asks TensorFlow to stop it
             time.sleep(0.5)  # short sleeps: a signal the kernel hands to one of TensorFlow's threads does not end a
             # sleep of this thread, and Python runs the handler only when this thread next runs Python
@@ -250,7 +254,7 @@ def host_and_port(address: str):
     return host.strip("[]"), int(port)
 
 
-def wait_for_peers(spec: ClusterSpec) -> None:
+def wait_for_peers(spec: ClusterSpec, status: Optional[Callable[..., None]] = None) -> None:
     """Waits, in Python, until every other training task of a multi_worker job accepts connections on its TF_CONFIG
     address, while this task listens on its own port so that the others see it too; logs whom it waits for.
 
@@ -258,7 +262,8 @@ def wait_for_peers(spec: ClusterSpec) -> None:
     own SIGTERM handler installed (it only records the signal): a task whose peer never comes could then only be
     killed with SIGKILL. Waiting here first, SIGTERM or Ctrl-C stops it with one line naming the missing tasks
     (cli.Stopped). A peer that dies later, once all have met, still blocks TensorFlow's set-up. DistributeError when
-    this task's port is taken.
+    this task's port is taken. status (a trainers.task_status.TaskStatus, or any function of a phase and its keys)
+    hears "waiting_for_workers" with missing={task name: address} whenever the missing ones change.
     """
     peers = {f"{task_type} {index}": address for task_type in ("chief", "worker")
              for index, address in enumerate(spec.cluster.get(task_type, []))
@@ -268,11 +273,14 @@ def wait_for_peers(spec: ClusterSpec) -> None:
         lambda name: f"{spec.task_name}: stopped by {name} while waiting for {_named(missing)} of the multi_worker "
                      "job to start; nothing was trained"
     ):
-        reported = -math.inf
+        reported, told = -math.inf, None
         while True:
             missing = {name: address for name, address in missing.items() if not _accepts(address)}
             if not missing:
                 return
+            if status is not None and missing != told:
+                status("waiting_for_workers", missing=dict(missing))
+                told = dict(missing)
             if time.monotonic() - reported >= PEER_REPORT_SECONDS:
                 logging.info("%s: waiting for %s to start (TF_CONFIG)", spec.task_name, _named(missing))
                 reported = time.monotonic()

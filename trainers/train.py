@@ -23,7 +23,7 @@ import tempfile
 from absl import app, flags, logging
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from trainers import checkpoints, cli, distribute, run_config, run_dir, train_flags
+from trainers import checkpoints, cli, distribute, run_config, run_dir, task_status, train_flags
 
 train_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -40,14 +40,18 @@ class Task:
     write_dir: run_dir.RunDir
 
 
-def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: str):
+def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: str, status=None):
     """Runs the whole job; returns (model metrics, popularity metrics) on held-out data on the chief, None on
-    other tasks (which train, but write their checkpoints to a scratch directory they delete)."""
+    other tasks (which train, but write their checkpoints to a scratch directory they delete). status: the task's
+    task_status.TaskStatus (None: none), told when it waits for its peers and when it trains."""
     import tensorflow as tf
 
     cpu_replicas = config.distribution.cpu_replicas
     distribute.configure_local_devices(tf, cpu_replicas if strategy_name == "mirrored" else 1)
-    strategy = distribute.make_strategy(tf, strategy_name, cluster, cpu_replicas, config.distribution.num_ps_shards)
+    strategy = distribute.make_strategy(tf, strategy_name, cluster, cpu_replicas, config.distribution.num_ps_shards,
+                                        status)
+    if status is not None:
+        status(task_status.TRAINING)
     logging.info("%s: --strategy=%s, %d replica(s) on %s", cluster.task_name, strategy_name,
                  strategy.num_replicas_in_sync, ", ".join(distribute.replica_devices(strategy)) or "the default device")
     if config.optimization.batch_size % strategy.num_replicas_in_sync:
@@ -177,11 +181,19 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     import tensorflow as tf
 
+    cluster, strategy_name = _resolve_strategy(tf, config)
+    # Each task of a TF_CONFIG job keeps <model_dir>/task_status/<task>.json up to date, its end included.
+    with task_status.TaskStatus.of_task(FLAGS.model_dir, cluster).recording() as status:
+        _run_task(tf, config, cluster, strategy_name, status)
+
+
+def _run_task(tf, config, cluster, strategy_name: str, status) -> None:
+    """This process's part of the job: a parameter_server job's ps and worker tasks serve, the others train (and
+    the chief reports and exports)."""
     from trainers.callbacks import NonFiniteLossError
 
-    cluster, strategy_name = _resolve_strategy(tf, config)
     if strategy_name == "parameter_server" and cluster.task_type in ("ps", "worker"):
-        distribute.run_server(tf, cluster)
+        distribute.run_server(tf, cluster, status)
         return
     if cluster.task_type is not None and not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required with TF_CONFIG: every task of the job must name the same one")
@@ -190,7 +202,7 @@ def main(argv):
         print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
     try:
         run_dir.check_restart(model_dir, config)
-        outcome = train(config, model_dir, cluster, strategy_name)
+        outcome = train(config, model_dir, cluster, strategy_name, status)
     except (NonFiniteLossError, checkpoints.CheckpointError, distribute.DistributeError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")
     if outcome is not None:  # the chief: other tasks leave the run's files to it

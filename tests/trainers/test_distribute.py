@@ -111,6 +111,12 @@ def _launch(tmp_path, workers, ps, *trainer_args, timeout=400):
     )
 
 
+def _phases(model_dir):
+    """{task: its task_status phase (and, stopped, the phase it stopped in)} of every task of the job."""
+    statuses = [json.loads(path.read_text()) for path in (model_dir / "task_status").glob("*.json")]
+    return {status["task"]: (status["phase"], status.get("during")) for status in statuses}
+
+
 def _summaries(model_dir):
     """{task: its summary}: the chief's run_summary.json and every other task's task_summaries/<task>.json."""
     chief = json.loads((model_dir / "run_summary.json").read_text())
@@ -138,6 +144,7 @@ def test_multi_worker_job_trains_workers_agree_and_the_chief_exports_and_evaluat
     assert final["model"]["recall_at_10"] > 1.5 * final["most_popular"]["recall_at_10"]
     # The chief alone exports (the trainer's --export, on by default) when the job is done.
     assert summaries["worker 0"]["export"] == {"path": str(model_dir / "export" / "1"), "step": 20}
+    assert _phases(model_dir) == {"worker 0": ("finished", None), "worker 1": ("finished", None)}
     assert (model_dir / "export" / "1" / "saved_model.pb").exists() and not (model_dir / "export" / "2").exists()
     _assert_evaluate_reproduces(model_dir, 20, final["model"])
 
@@ -162,6 +169,9 @@ def test_parameter_server_job_splits_the_item_table_over_both_ps_and_evaluates(t
     assert final["model"]["recall_at_10"] > 1.2 * final["most_popular"]["recall_at_10"]
     assert chief["export"]["path"] == str(model_dir / "export" / "1")
     assert not (model_dir / "export" / "2").exists(), "the chief alone exports"
+    # The chief finished; the workers and ps served until the launcher stopped them with SIGTERM.
+    assert _phases(model_dir) == {"chief 0": ("finished", None), **{
+        task: ("stopped", "serving") for task in ("worker 0", "worker 1", "ps 0", "ps 1")}}
     # The sharded checkpoint restores into a single-process model and evaluates to the chief's figures.
     _assert_evaluate_reproduces(model_dir, chief["final_step"], final["model"])
 

@@ -1,5 +1,6 @@
 """A task waiting for a peer that never comes honours SIGTERM: one real process of a 2-task job on 127.0.0.1,
-started alone, stops promptly with one line naming what it waited for."""
+started alone, stops promptly, and its <model_dir>/task_status/<task>.json says what it waited for and that the
+signal stopped it (trainers/task_status.py). The test waits on that file, not on the task's log lines."""
 
 import json
 import os
@@ -28,7 +29,7 @@ def _free_ports(count):
 
 
 def _start_alone(tmp_path, cluster, task, *flags):
-    """Starts one task of the cluster; returns (process, its stderr file)."""
+    """Starts one task of the cluster; returns (process, its stderr file, its task_status file)."""
     stderr = tmp_path / "stderr.txt"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
     with open(stderr, "w") as file:
@@ -37,21 +38,27 @@ def _start_alone(tmp_path, cluster, task, *flags):
              f"--cache_dir={tmp_path / 'cache'}", *TINY, *flags],
             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=file, env=env,
         )
-    return process, stderr
+    status = tmp_path / "model" / "task_status" / f"{task['type']}-{task['index']}.json"
+    return process, stderr, status
 
 
-def _stop_when_it_says(process, stderr, words, seconds=120):
-    """Waits for `words` on the task's stderr, sends SIGTERM; returns (seconds it took to exit, its stderr)."""
+def _status(path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stop_when_in_phase(process, stderr, status, phase, seconds=120):
+    """Waits until the task's status says `phase`, sends SIGTERM; returns (that status, seconds the task took to
+    exit, its status then, its stderr)."""
     deadline = time.monotonic() + seconds
     try:
-        while words not in stderr.read_text():
-            assert process.poll() is None, f"exited early:\n{stderr.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"never said {words!r}:\n{stderr.read_text()[-3000:]}"
+        while (before := _status(status)) is None or before["phase"] != phase:
+            assert process.poll() is None, f"exited early ({_status(status)}):\n{stderr.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"never {phase} ({_status(status)}):\n{stderr.read_text()[-3000:]}"
             time.sleep(0.1)
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
-        return time.monotonic() - sent, stderr.read_text()
+        return before, time.monotonic() - sent, _status(status), stderr.read_text()
     finally:
         if process.poll() is None:
             process.kill()
@@ -59,27 +66,32 @@ def _stop_when_it_says(process, stderr, words, seconds=120):
 
 
 @pytest.mark.slow
-def test_multi_worker_task_whose_peer_never_comes_stops_on_sigterm_with_one_line(tmp_path):
+def test_multi_worker_task_whose_peer_never_comes_stops_on_sigterm(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    process, stderr = _start_alone(tmp_path, cluster, {"type": "worker", "index": 0}, "--strategy=multi_worker")
-    took, text = _stop_when_it_says(process, stderr, "waiting for worker 1")
+    process, stderr, status = _start_alone(tmp_path, cluster, {"type": "worker", "index": 0}, "--strategy=multi_worker")
+    waiting, took, stopped, text = _stop_when_in_phase(process, stderr, status, "waiting_for_workers")
+    assert waiting["task"] == "worker 0" and waiting["pid"] == process.pid
+    assert waiting["missing"] == {"worker 1": f"127.0.0.1:{ports[1]}"}
     assert process.returncode == 128 + signal.SIGTERM
     assert took < 5, f"took {took:.1f} s to stop"
-    last_line = text.strip().splitlines()[-1]
-    assert "worker 0: stopped by SIGTERM" in last_line and f"worker 1 at 127.0.0.1:{ports[1]}" in last_line
+    assert stopped["phase"] == "stopped" and stopped["signal"] == "SIGTERM"
+    assert stopped["exit_code"] == 128 + signal.SIGTERM
+    assert stopped["during"] == "waiting_for_workers" and stopped["missing"] == waiting["missing"]
     assert "Traceback" not in text
     assert not (tmp_path / "model" / "config.json").exists() and not (tmp_path / "model" / "checkpoints").exists()
 
 
 @pytest.mark.slow
-def test_parameter_server_task_stops_on_sigterm_with_one_line(tmp_path):
+def test_parameter_server_task_stops_on_sigterm(tmp_path):
     ports = _free_ports(3)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"],
                "ps": [f"127.0.0.1:{ports[2]}"]}
-    process, stderr = _start_alone(tmp_path, cluster, {"type": "ps", "index": 0})
-    took, text = _stop_when_it_says(process, stderr, "ps 0: serving the parameter_server job")
+    process, stderr, status = _start_alone(tmp_path, cluster, {"type": "ps", "index": 0})
+    serving, took, stopped, text = _stop_when_in_phase(process, stderr, status, "serving")
+    assert serving["task"] == "ps 0"
     assert process.returncode == 128 + signal.SIGTERM
     assert took < 5, f"took {took:.1f} s to stop"
-    assert "ps 0: stopped by SIGTERM while serving the parameter_server job" in text.strip().splitlines()[-1]
+    assert stopped["phase"] == "stopped" and stopped["signal"] == "SIGTERM" and stopped["during"] == "serving"
+    assert stopped["exit_code"] == 128 + signal.SIGTERM
     assert "Traceback" not in text

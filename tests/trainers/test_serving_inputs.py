@@ -83,11 +83,11 @@ def test_the_signature_itself_treats_out_of_range_and_non_finite_values_as_none(
 
 
 def test_a_row_whose_finite_number_overflows_its_scores_is_answered_with_it_none():
-    """The last guard of serving_history (trainers.export._finite_top_k), on a toy tower whose query overflows
+    """The last guard of serving_history (trainers.serving.finite_top_k), on a toy tower whose query overflows
     float32 for a large finite price: that row gets the answer of price none (0), the other rows keep theirs."""
     import tensorflow as tf
 
-    from trainers import export
+    from trainers import serving
 
     items = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 
@@ -99,7 +99,7 @@ def test_a_row_whose_finite_number_overflows_its_scores_is_answered_with_it_none
         return scores, ids
 
     features = {"price": tf.constant([1e-30, 1e10, 0.0])}
-    scores, ids = export._finite_top_k(query_tower, search, features, ["price"])
+    scores, ids = serving.finite_top_k(query_tower, search, features, ["price"])
     assert np.isfinite(scores.numpy()).all(), scores
     expected_scores, expected_ids = search(query_tower(features))
     np.testing.assert_array_equal(scores.numpy()[[0, 2]], expected_scores.numpy()[[0, 2]])

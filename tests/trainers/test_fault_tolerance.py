@@ -93,21 +93,23 @@ def test_stopped_multi_worker_job_continues_from_its_backup(tmp_path):
     ]
     launcher_command = [sys.executable, "scripts/launch_local_cluster.py", "--workers=2", "--grace_seconds=1", "--"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.Popen(
-        [*launcher_command, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    output = []  # the job's lines, for the failure message: a job that fails before step 30 says why
+    log = tmp_path / "first.txt"  # the job's lines, for the failure message: a job that fails before step 30 says why
+    with open(log, "w") as output:
+        first = subprocess.Popen([*launcher_command, *args], cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                 env=env)
     try:
-        for line in first.stdout:
-            output.append(line)
-            if "worker 0: step 30/120" in line:
-                first.send_signal(signal.SIGTERM)
-                break
-        output.append(first.communicate(timeout=120)[0])
+        # The chief's checkpoint of step 30 (the backup of step 30 is saved before it, callbacks.make_callbacks).
+        deadline = time.monotonic() + 240
+        while not [step for step in _checkpoint_steps(tmp_path / "model") if step >= 30]:
+            assert first.poll() is None, f"the job ended before step 30:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint at step 30 within 240 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 128 + signal.SIGTERM, "".join(output)[-3000:]
+    assert first.returncode == 128 + signal.SIGTERM, log.read_text()[-3000:]
     second = subprocess.run(
         [*launcher_command, *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
     )

@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import atomic
-from trainers import baselines, callbacks, checkpoints, held_out, run_dir, summaries
+from trainers import baselines, callbacks, checkpoints, held_out, run_dir, summaries, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +126,12 @@ def item_table_placement(model, task_name: str) -> Dict[str, Any]:
 
 def weights_fingerprint(model) -> float:
     """The sum of every trainable weight (float64): workers of one synchronous job must end on the same one.
-    Summed callbacks.CHUNK_ROWS rows at a time, read in place (callbacks.row_chunks: a dense read of a table the
+    Summed variables.CHUNK_ROWS rows at a time, read in place (variables.row_chunks: a dense read of a table the
     sparse updates touched would copy all of it, 2.56 GB at 10M x 64), so it never holds a copy of an item table,
     float32 or float64 (5 GB at 10M x 64). A ShardedVariable is summed shard by shard."""
     total = 0.0
     for variable in model.trainable_variables:
-        for chunk in callbacks.row_chunks(variable):
+        for chunk in variables.row_chunks(variable):
             total += float(tf.reduce_sum(tf.cast(chunk, tf.float64)))
     return total
 

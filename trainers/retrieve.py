@@ -5,7 +5,9 @@ Prints one line per item: rank, item id, the item's own key (when the corpus has
 vocabulary, --user_id is the user's own key; otherwise the dense user id. --history lists item keys (the item ids
 as text for the built-in corpus), most recent first; keys the model does not know are ignored, and an empty
 --history= asks for the model's answer to an empty history (a history model's export only). --export_dir is one
-version (<model_dir>/export/3) or the directory of versions, whose newest is used.
+version (<model_dir>/export/3) or the directory of versions, whose newest is used. --output_json=PATH also writes
+the answer as JSON: {"export_dir": the version used, "k", "query": {"user_id": ...} or {"history": [keys],
+"context": [name=value]}, "items": [{"rank", "item_id", "item_key" (null without a vocabulary), "score"}]}.
 
 --context gives the context the model reads as name=value pairs: a time feature as an integer, a context column
 of the corpus in its own terms (a categorical value, the values of a multi-valued one joined by '|', a number);
@@ -22,7 +24,7 @@ import re
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app, flags
 
-from data import context
+from data import atomic, context
 from trainers import cli, export
 
 FLAGS = flags.FLAGS
@@ -34,6 +36,7 @@ flags.DEFINE_string("history", None, "The user's recent item keys, most recent f
 flags.DEFINE_list("context", [], "The context the model reads, as name=value: hour_of_day=0..23, day_of_week=0..6 "
                   "(Monday 0), the corpus's context columns by value (multi-valued: values joined by '|'; numeric: a "
                   "number); omitted ones and unknown values are none.")
+flags.DEFINE_string("output_json", None, "Also write the answer to this JSON file (the module docstring).")
 
 
 def resolve_version(export_dir: str) -> str:
@@ -171,23 +174,35 @@ def main(argv):
     if (FLAGS.user_id is None) == (FLAGS.history is None):
         raise app.UsageError("give --user_id or --history (one of them)")
     try:
-        loaded, metadata = load_export(resolve_version(FLAGS.export_dir))
+        version_dir = resolve_version(FLAGS.export_dir)
+        loaded, metadata = load_export(version_dir)
     except ValueError as error:
         raise app.UsageError(f"--export_dir={FLAGS.export_dir}: {error}") from None
     if FLAGS.k > metadata["num_items"]:
         raise app.UsageError(f"--k={FLAGS.k} exceeds the corpus size {metadata['num_items']}")
+    history_keys = None if FLAGS.history is None else [key.strip() for key in FLAGS.history.split(",") if key.strip()]
     try:
-        if FLAGS.history is not None:
-            history_keys = [key.strip() for key in FLAGS.history.split(",") if key.strip()]
+        if history_keys is not None:
             rows = retrieve_by_history(loaded, metadata, history_keys, FLAGS.context, FLAGS.k)
         else:
             rows = retrieve(loaded, metadata, FLAGS.user_id, FLAGS.k)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+    if FLAGS.output_json:
+        query = {"user_id": FLAGS.user_id} if history_keys is None else {"history": history_keys,
+                                                                         "context": FLAGS.context}
+        atomic.write_json_atomically(FLAGS.output_json, answer_document(version_dir, FLAGS.k, query, rows))
     with_keys = metadata["has_vocabulary"]
     print(f"{'rank':>4}  {'item id':>8}  {'item key':<24}  score" if with_keys else f"{'rank':>4}  {'item id':>8}  score")
     for rank, item_id, key, score in rows:
         print(f"{rank:>4}  {item_id:>8}  {key:<24}  {score:.4f}" if with_keys else f"{rank:>4}  {item_id:>8}  {score:.4f}")
+
+
+def answer_document(version_dir: str, k: int, query, rows):
+    """--output_json's document (the module docstring): the version used, the query, and the rows retrieve or
+    retrieve_by_history returned."""
+    items = [{"rank": rank, "item_id": item_id, "item_key": key, "score": score} for rank, item_id, key, score in rows]
+    return {"export_dir": version_dir, "k": k, "query": query, "items": items}
 
 
 if __name__ == "__main__":

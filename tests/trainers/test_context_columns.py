@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_module
-from tests.trainers.test_export import _retrieve_rows  # the printed rows of a trainers.retrieve run, split
+from tests.trainers.test_export import _retrieve_rows  # a trainers.retrieve run's rows (its --output_json)
 
 NUM_USERS, PER_USER, PER_CLUSTER = 300, 20, 100
 DEVICES = ("mobile", "desktop", "tv", "car")

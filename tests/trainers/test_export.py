@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -35,10 +36,9 @@ def exported(tmp_path_factory):
     corpus = prepare_csv(root / "log.csv", root / "corpus", "ts")
     model_dir = root / "model"
     # The trainer exports at the end (--export defaults to true).
-    trained = train_on(corpus, model_dir, "--export_top_k=20", *TRAIN, *USER_ID_MODEL)
-    exported_line = [line for line in trained.stdout.splitlines() if line.startswith("exported step")]
-    assert exported_line, trained.stdout
-    return model_dir, exported_line[0].split(" to ")[1].split()[0]
+    train_on(corpus, model_dir, "--export_top_k=20", *TRAIN, *USER_ID_MODEL)
+    export = json.loads((model_dir / "run_summary.json").read_text())["export"]
+    return model_dir, export["path"]
 
 
 LOADER = """
@@ -115,7 +115,9 @@ def test_savedmodel_in_fresh_process_serves_the_in_memory_top_k(exported):
 @pytest.mark.slow
 def test_retrieve_prints_the_top_k_with_the_users_own_keys(exported):
     model_dir, version_dir = exported
-    result = run_module("trainers.retrieve", f"--export_dir={model_dir / 'export'}", "--user_id=user-0005", "--k=3")
+    answer_path = model_dir / "retrieve-user-0005.json"
+    result = run_module("trainers.retrieve", f"--export_dir={model_dir / 'export'}", "--user_id=user-0005", "--k=3",
+                        f"--output_json={answer_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["rank", "item", "id", "item", "key", "score"]
@@ -124,6 +126,13 @@ def test_retrieve_prints_the_top_k_with_the_users_own_keys(exported):
     assert all(row[2] == f"song:{int(row[2][5:]):04d}" for row in rows)
     scores = [float(row[3]) for row in rows]
     assert scores == sorted(scores, reverse=True)
+    # --output_json holds the same answer, unrounded, with the version it read (the newest) and the query.
+    answer = json.loads(answer_path.read_text())
+    newest = max(int(name) for name in os.listdir(model_dir / "export"))
+    assert answer["export_dir"] == str(model_dir / "export" / str(newest))
+    assert answer["k"] == 3 and answer["query"] == {"user_id": "user-0005"}
+    assert [[str(item["rank"]), str(item["item_id"]), item["item_key"], f"{item['score']:.4f}"]
+            for item in answer["items"]] == rows
 
 
 @pytest.mark.slow
@@ -185,9 +194,15 @@ def history_export(tmp_path_factory):
 
 
 def _retrieve_rows(*args):
-    result = run_module("trainers.retrieve", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [line.split() for line in result.stdout.strip().splitlines()[1:]]
+    """[[rank, item id, item key, score]] of a trainers.retrieve run, from its --output_json; scores to 4 decimals
+    (as it prints them), so that two answers compare equal by their ranking, with scores to 1e-4."""
+    with tempfile.TemporaryDirectory() as directory:
+        answer_path = os.path.join(directory, "answer.json")
+        result = run_module("trainers.retrieve", *args, f"--output_json={answer_path}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(answer_path) as file:
+            answer = json.load(file)
+    return [[item["rank"], item["item_id"], item["item_key"], round(item["score"], 4)] for item in answer["items"]]
 
 
 @pytest.mark.slow

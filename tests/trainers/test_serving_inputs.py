@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_module
 from tests.trainers.test_context_columns import write_log
-from tests.trainers.test_export import _retrieve_rows  # the printed rows of a trainers.retrieve run, split
+from tests.trainers.test_export import _retrieve_rows  # a trainers.retrieve run's rows (its --output_json)
 
 PREPARE = ["--user_column=user", "--item_column=item", "--timestamp_column=time", "--context_columns=device",
            "--numeric_context_columns=price"]

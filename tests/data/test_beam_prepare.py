@@ -68,7 +68,7 @@ def prepared(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_both_runners_prepare_the_same_corpus(prepared, variant):
-    tmp_path, results = prepared[variant]
+    tmp_path, _ = prepared[variant]
     schema = VARIANTS[variant]
     for name in ("item_vocabulary.tsv", "user_vocabulary.tsv"):
         assert (tmp_path / "beam" / name).read_text() == (tmp_path / "in_process" / name).read_text(), name
@@ -90,7 +90,6 @@ def test_both_runners_prepare_the_same_corpus(prepared, variant):
         return names if schema else [name for name in names if not name.endswith(".tfrecord")]
 
     assert listing("beam") == listing("in_process")
-    assert results["beam"].stdout.splitlines()[1] == results["in_process"].stdout.splitlines()[1]  # rows line
     if "--history_length=2" in schema:
         for runner in ("beam", "in_process"):
             _assert_histories_are_data_history(tmp_path / runner, metadata[runner]["num_users"])

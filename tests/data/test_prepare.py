@@ -115,7 +115,10 @@ def test_command_line_error_is_one_line_and_skip_bad_records_reports(tmp_path):
     assert "missing column" in failed.stderr and not (tmp_path / "out").exists()
     skipped = run_module("data.prepare", *flags, f"--output_dir={tmp_path / 'out'}", "--skip_bad_records")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
-    assert "skipped 1 bad records" in skipped.stdout
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["num_bad_records"] == 1 and metadata["rows"]["bad_records"] == {"input": 1}
+    assert metadata["bad_record_messages"][0].startswith(f"{bad}:") and "missing column" in metadata[
+        "bad_record_messages"][0]
     assert corpus.PreparedCorpus.load(str(tmp_path / "out")).num_train + 40 == 239
 
 

@@ -90,7 +90,7 @@ def test_skip_bad_records_skips_each_bad_line_alone_and_counts_it(tmp_path):
     assert len(messages) == len(expected)
     for message, (line, start) in zip(messages, expected):
         assert message.startswith(f"{path}:{line}: {start}") and len(message) <= len(str(path)) + MAX_MESSAGE_CHARS
-    assert "rows: 5000 read = " in result.stdout and "4 bad records skipped" in result.stdout
+    assert metadata["num_bad_records"] == 4
 
 
 def _example(user, item, time):
@@ -148,7 +148,6 @@ def test_eval_input_is_the_split_and_every_held_out_row_is_counted(tmp_path):
     prepared = corpus.PreparedCorpus.load(str(tmp_path / "out"))
     assert set(prepared.item_keys) == {f"i{item}" for item in range(200)} | {"<oov>"}  # from training rows only
     assert set(prepared.user_keys) == {f"u{user}" for user in range(100)}
-    assert "1 item never in training, 1 item below --min_item_count (OOV), 1 user never in training" in result.stdout
 
     mixed = _prepare(tmp_path, f"--input={train}", f"--eval_input={held_out}", "--split=random")
     assert mixed.returncode != 0 and "Traceback" not in mixed.stderr

@@ -58,13 +58,16 @@ def test_readme_walk_from_a_csv_to_a_trained_model_and_a_top_k_query(tmp_path):
             [sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
         )
         assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-3000:]}"
-        return result.stdout
 
-    assert "prepared my_corpus" in run(commands[0])
+    run(commands[0])
+    prepared = json.loads((tmp_path / "my_corpus" / "metadata.json").read_text())
+    assert prepared["rows"]["read"] == {"input": NUM_USERS * PER_USER} and prepared["num_users"] == NUM_USERS
     run(commands[1])
     metrics = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())
     assert metrics["model"]["recall_at_10"] > 1.5 * metrics["most_popular"]["recall_at_10"]
     if importlib.util.find_spec("trainers.retrieve") is None or not (tmp_path / "runs/mine/export").exists():
         pytest.skip("the README walk ran to a trained model; its top-K step needs trainers.retrieve and an export")
-    top_k = run(commands[2])
-    assert len(set(re.findall(r"\bitem\d+\b", top_k))) >= 10, top_k  # the top 10, by the log's own keys
+    run([*commands[2], f"--output_json={tmp_path / 'top_k.json'}"])  # the README's command, its answer as JSON too
+    items = json.loads((tmp_path / "top_k.json").read_text())["items"]
+    keys = [item["item_key"] for item in items]
+    assert len(set(keys)) == 10 and all(re.fullmatch(r"item\d+", key) for key in keys), items  # the log's own keys

@@ -17,6 +17,7 @@
                initial_loss.json   the step-0 check (trainers.summaries.check_initial_loss) of a run that started at 0
                run_summary.json    what the chief's run did (steps, restore, placement, fingerprint, metrics)
                task_summaries/     the same from each other task of a distributed job (<task>.json)
+               task_status/        where each task of a distributed job is (trainers.task_status), <task>.json
                evaluation/         trainers.evaluate's reports, step-<N>.json
                export/<n>/         SavedModel versions (trainers.export)
 

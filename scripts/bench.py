@@ -10,8 +10,12 @@ burst of load from other processes hurts every row alike; a row shows the median
                               (median of its windows after the warm-up steps, 50 steps each: the default
                               logging cadence). The user-id model
                               (--query_features=user_id) unless the flags name other query features: the
-                              history row runs the trainer's default history model on histories of up to 50
-                              items (pass --num_users so that users hold some 50 interactions each)
+                              history rows run the trainer's default history model (histories of up to 50
+                              items): one on the benchmark corpus (--num_users, by default the built-in
+                              corpus's 20,000 users of 50 interactions: histories of some 28 items on average),
+                              one whose own --num_users (2,000 users of 500 interactions) fills nearly every
+                              history to 50 items. A row's --num_users names its own corpus; the report gives each
+                              history row's mean history length
   tf.nn + Adagrad, cached     the loop the TFRS tutorials teach, written by hand: the split read into memory,
                               `shuffle(100_000).batch(B).cache()`, embedding tables, a tf.function step on
                               tf.nn.sampled_softmax_loss, Keras Adagrad(0.1)
@@ -45,12 +49,17 @@ from data import sources  # noqa: E402
 import profile_step  # noqa: E402  (scripts/, beside this file)
 
 HISTORY_VARIANT = "--query_features=history --history_length=50"  # the history model's row
+# The history model on histories of 50 items: 2,000 users of 500 interactions, 90% of the rows' histories full
+# (47 items on average), beside the benchmark corpus's 28.
+FULL_HISTORY_VARIANT = HISTORY_VARIANT + " --num_users=2000"
 
 flags.DEFINE_list("sizes", ["100000", "1000000", "10000000"], "Item counts to measure.")
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 flags.DEFINE_integer("num_sampled", 1000, "Sampled negatives per step.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
-flags.DEFINE_integer("num_users", 100_000, "Users in the benchmark corpus.")
+flags.DEFINE_integer("num_users", 20_000, "Users in the benchmark corpus (the built-in corpus's 20,000: users of 50 "
+                     "interactions, histories of some 28 items on average). A row whose flags hold --num_users runs "
+                     "on a corpus of that many users.")
 flags.DEFINE_integer("num_interactions", 1_000_000, "Interactions in the benchmark corpus.")
 flags.DEFINE_integer("steps", 200, "Measured steps per configuration (after warm-up).")
 flags.DEFINE_integer("warmup_steps", 50, "Steps run before timing (tracing, first allocations).")
@@ -60,7 +69,7 @@ flags.DEFINE_string("cache_dir", sources.DEFAULT_CACHE_DIR, "Corpus cache (the t
 flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report path ('' to skip); a .json beside it.")
 flags.DEFINE_integer("repeats", 3, "Interleaved measurements per row.")
 flags.DEFINE_list("trainer_variants", ["", "--optimizer=adagrad", "--loss=in_batch", "--loss=in_batch --optimizer=adagrad",
-                                       "--loss=full_softmax", HISTORY_VARIANT],
+                                       "--loss=full_softmax", HISTORY_VARIANT, FULL_HISTORY_VARIANT],
                   "Trainer flag sets, one row each ('' = defaults of the user-id model).")
 flags.DEFINE_bool("breakdown", True, "Also measure where a trainer step's CPU time goes (scripts/profile_step.py).")
 flags.DEFINE_string("child", "", "Internal: run one measurement described by this JSON and print its result.")
@@ -72,20 +81,43 @@ TIMED_WINDOW = 50
 USER_ID_MODEL = "--query_features=user_id"  # what the trainer rows train unless their flags say otherwise
 
 
-def _corpus(num_items):
+def _corpus(num_items, num_users=None):
     from data import builtin, synthetic
 
     config = synthetic.SyntheticConfig(
-        num_items=num_items, num_users=FLAGS.num_users, num_interactions=FLAGS.num_interactions, seed=42
+        num_items=num_items, num_users=num_users or FLAGS.num_users, num_interactions=FLAGS.num_interactions, seed=42
     )
     return builtin.prepare(config, FLAGS.cache_dir)
+
+
+def _num_users(variant):
+    """The --num_users a row's flags name, or the benchmark corpus's."""
+    values = [flag.split("=", 1)[1] for flag in variant.split() if flag.startswith("--num_users=")]
+    return int(values[-1]) if values else FLAGS.num_users
+
+
+def _history_length(variant):
+    values = [flag.split("=", 1)[1] for flag in variant.split() if flag.startswith("--history_length=")]
+    return int(values[-1]) if values else 50
+
+
+def mean_history(num_items, num_users, history_length):
+    """The mean number of items in a training row's history (of up to history_length) on a benchmark corpus."""
+    import numpy as np
+
+    from data import history, pipeline
+
+    columns = pipeline.read_in_memory(_corpus(num_items, num_users).train_files)
+    log = history.history_log(columns["user_id"], columns["item_id"], columns["timestamp"])
+    _, available = history.history_positions(log, columns["user_id"], columns["timestamp"])
+    return float(np.mean(np.minimum(available, history_length)))
 
 
 def _trainer_flags(spec):
     """The trainer command line of a row: the benchmark corpus (the cache the bench made), its step budget."""
     steps = spec["warmup"] + spec["steps"]
     return [
-        f"--cache_dir={FLAGS.cache_dir}", f"--num_items={spec['num_items']}", f"--num_users={FLAGS.num_users}",
+        f"--cache_dir={FLAGS.cache_dir}", f"--num_items={spec['num_items']}", f"--num_users={spec['num_users']}",
         f"--num_interactions={FLAGS.num_interactions}", "--seed=42", f"--batch_size={FLAGS.batch_size}",
         f"--num_sampled={FLAGS.num_sampled}", f"--embedding_dim={FLAGS.embedding_dim}", "--epochs=1",
         f"--steps_per_epoch={steps}", f"--log_every_steps={_window(spec)}",
@@ -141,7 +173,7 @@ def _measure_tf_nn(spec):
     """The hand-written loop: tf.nn.sampled_softmax_loss and Keras Adagrad over cached batches."""
     import tensorflow as tf
 
-    corpus = _corpus(spec["num_items"])
+    corpus = _corpus(spec["num_items"], spec["num_users"])
     tf.keras.utils.set_random_seed(42)
     initializer = tf.keras.initializers.RandomUniform(-0.05, 0.05)
     item_table = tf.Variable(initializer([corpus.num_items, FLAGS.embedding_dim]), name="items")
@@ -169,7 +201,7 @@ def _measure_tfrs(spec):
     import tensorflow as tf
     import tensorflow_recommenders as tfrs
 
-    corpus = _corpus(spec["num_items"])
+    corpus = _corpus(spec["num_items"], spec["num_users"])
     tf.keras.utils.set_random_seed(42)
 
     class TutorialModel(tfrs.Model):
@@ -256,10 +288,12 @@ def rows_of(num_items):
         steps = FLAGS.dense_steps if "full_softmax" in variant else FLAGS.steps
         warmup = 2 if "full_softmax" in variant else FLAGS.warmup_steps
         name = f"trainer: {variant or 'defaults (sampled_softmax, lazy_adam)'}"
-        rows.append((name, {"kind": "trainer", "variant": variant, "steps": steps, "warmup": warmup}))
+        rows.append((name, {"kind": "trainer", "variant": variant, "steps": steps, "warmup": warmup,
+                            "num_users": _num_users(variant)}))
     for name, kind in (("tf.nn + Adagrad, cached", "tf_nn"), ("TFRS in-batch Retrieval", "tfrs"),
                        ("matmul limit", "matmul")):
-        rows.append((name, {"kind": kind, "steps": FLAGS.steps, "warmup": FLAGS.warmup_steps}))
+        rows.append((name, {"kind": kind, "steps": FLAGS.steps, "warmup": FLAGS.warmup_steps,
+                            "num_users": FLAGS.num_users}))
     for _, spec in rows:
         spec["num_items"] = num_items
     return rows
@@ -276,6 +310,29 @@ def summarise(results):
             "peak_bytes": max(result["peak_bytes"] for result in good), "repeats": len(good)}
 
 
+def history_density_lines(sizes, histories, bench_report):
+    """Markdown: each history row's corpus and mean history, its throughput against the user-id model, the
+    hand-written loop and TFRS in-batch fit (ratios of interleaved repeats)."""
+    lines = []
+    for num_items, rows in histories.items():
+        measured = sizes.get(num_items, {})
+        user_id = measured.get(bench_report.USER_ID_DEFAULTS, {})
+        for name, density in rows.items():
+            row = measured.get(name, {})
+            if "error" in row or not row:
+                continue
+            user_id_label = "of the user-id model" + (
+                f" ({user_id['examples_per_second']:,.0f})" if user_id and "error" not in user_id else "")
+            ratios = [f"{bench_report.ratio_with_spread(row, measured.get(reference, {})) or 'n/a'} {label}"
+                      for reference, label in ((bench_report.USER_ID_DEFAULTS, user_id_label),
+                                               (bench_report.PEER, "of tf.nn + Adagrad"),
+                                               (bench_report.TFRS, "of TFRS in-batch fit"))]
+            lines.append(f"- {num_items:,} items, `{name[len('trainer: '):]}`: {density['num_users']:,} users, "
+                         f"histories of {density['mean_history']:.1f} items on average: "
+                         f"{row['examples_per_second']:,.0f} examples/s, " + ", ".join(ratios))
+    return "\n".join(["", "## The history model at its history density", ""] + lines + [""]) if lines else ""
+
+
 def main(argv):
     del argv
     if FLAGS.child:
@@ -283,10 +340,16 @@ def main(argv):
         return
     import bench_report  # scripts/, beside this file
 
-    sizes = {}
+    sizes, histories = {}, {}
     for num_items in [int(size) for size in FLAGS.sizes]:
-        _corpus(num_items)  # generated once, outside any timing
         rows = rows_of(num_items)
+        for num_users in sorted({spec["num_users"] for _, spec in rows}):
+            _corpus(num_items, num_users)  # generated once, outside any timing
+        for name, spec in rows:
+            if "--query_features=history" in spec.get("variant", ""):
+                histories.setdefault(num_items, {})[name] = {
+                    "num_users": spec["num_users"],
+                    "mean_history": mean_history(num_items, spec["num_users"], _history_length(spec["variant"]))}
         results = {name: [] for name, _ in rows}
         for _ in range(FLAGS.repeats):
             for name, spec in rows:
@@ -298,14 +361,16 @@ def main(argv):
     if FLAGS.breakdown:
         breakdown = {num_items: profile_step.measure(num_items, FLAGS) for num_items in sizes if num_items <= 1_000_000}
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
-    text = bench_report.markdown(sizes, breakdown, command, FLAGS)
+    text = bench_report.markdown(sizes, breakdown, command, FLAGS).rstrip("\n") + "\n" + history_density_lines(
+        sizes, histories, bench_report)
     print(text)
     if FLAGS.output:
         os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
         with open(FLAGS.output, "w") as file:
             file.write(text)
         with open(os.path.splitext(FLAGS.output)[0] + ".json", "w") as file:
-            json.dump({"command": command, "sizes": sizes, "breakdown": breakdown}, file, indent=2)
+            json.dump({"command": command, "sizes": sizes, "breakdown": breakdown, "histories": histories}, file,
+                      indent=2)
 
 
 if __name__ == "__main__":

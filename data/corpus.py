@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from data import features
+from data import features, vocabulary
 from data.context import ContextColumn
 
 FORMAT = "retrieval-corpus/1"
@@ -63,6 +63,13 @@ class PreparedCorpus:
     # The validation split's files (empty: none) and rows (metadata.json's "num_validation").
     validation_files: List[str] = dataclasses.field(default_factory=list)
     num_validation: int = 0
+    # The id of the `<oov>` bucket of rare items (metadata.json's "oov_item_id"; for a corpus whose metadata.json
+    # predates it, the id of vocabulary.OOV_KEY in item_vocabulary.tsv); None when no item was folded into one.
+    oov_item_id: Optional[int] = None
+    # Held-out interactions per user of the test split (metadata.json's "eval_per_user"; None when the split did
+    # not choose them: the built-in corpus, a given held-out file) and of the validation split (0: none).
+    eval_per_user: Optional[int] = None
+    validation_per_user: int = 0
 
     @classmethod
     def load(cls, directory: str) -> "PreparedCorpus":
@@ -117,6 +124,9 @@ class PreparedCorpus:
             history_length=metadata.get("history_length"),
             validation_files=validation_files,
             num_validation=int(metadata.get("num_validation", 0)),
+            oov_item_id=metadata["oov_item_id"] if "oov_item_id" in metadata else _oov_item_id(item_keys),
+            eval_per_user=metadata.get("eval_per_user"),
+            validation_per_user=int(metadata.get("validation_per_user") or 0),
         )
 
     @property
@@ -128,6 +138,13 @@ class PreparedCorpus:
 def write_metadata(directory: str, **metadata) -> None:
     with open(os.path.join(directory, "metadata.json"), "w") as file:
         json.dump({"format": FORMAT, **metadata}, file, indent=2, sort_keys=True)
+
+
+def _oov_item_id(item_keys: Optional[List[str]]) -> Optional[int]:
+    """The id of the OOV bucket in a vocabulary (None without a vocabulary, or when it has no such key)."""
+    if item_keys is None or vocabulary.OOV_KEY not in item_keys:
+        return None
+    return item_keys.index(vocabulary.OOV_KEY)
 
 
 def _context_columns(directory: str, metadata) -> Tuple[ContextColumn, ...]:

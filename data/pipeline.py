@@ -199,20 +199,31 @@ def training_dataset(
 def read_in_memory(
     files: List[str], num_true: int = 1, max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES
 ) -> Optional[Dict[str, np.ndarray]]:
-    """The split's columns {name: [n]} when training_dataset batches it in memory; None when it streams: a split
-    above max_in_memory_bytes, num_true > 1, or records that carry their history (prepared to be streamed)."""
-    on_disk = sum(os.path.getsize(path) for path in files)
-    if num_true == 1 and on_disk <= max_in_memory_bytes and records.written_history_length(files) is None:
+    """The split's columns {name: [n]} in canonical_order when training_dataset batches it in memory; None when it
+    streams (fits_in_memory)."""
+    if fits_in_memory(files, num_true, max_in_memory_bytes):
         return canonical_order(records.read_all(files))
     return None
+
+
+def fits_in_memory(files: List[str], num_true: int = 1, max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES) -> bool:
+    """True when training_dataset batches the split in memory; False when it streams: a split above
+    max_in_memory_bytes, num_true > 1, or records that carry their history (prepared to be streamed)."""
+    on_disk = sum(os.path.getsize(path) for path in files)
+    return num_true == 1 and on_disk <= max_in_memory_bytes and records.written_history_length(files) is None
 
 
 def canonical_order(columns: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The rows {name: [n, ...]} by (user_id, timestamp, item_id), equal keys as read: a seed's batches then depend
     on the split's rows, not on the order a writer put them in its shards (data.prepare's two runners write the
     same rows in different orders). Some 0.2 s for a million rows."""
-    order = np.lexsort((columns["item_id"], columns["timestamp"], columns["user_id"]))
+    order = canonical_rows(columns)
     return {name: values[order] for name, values in columns.items()}
+
+
+def canonical_rows(columns: Dict[str, np.ndarray]) -> np.ndarray:
+    """[n] int64: the rows of canonical_order, as positions in the columns (canonical row i is row order[i])."""
+    return np.lexsort((columns["item_id"], columns["timestamp"], columns["user_id"])).astype(np.int64, copy=False)
 
 
 def shard_size(batch_size: int, num_shards: int) -> int:

@@ -42,7 +42,6 @@ import json
 import os
 import subprocess
 import sys
-from typing import Tuple
 
 import numpy as np
 from absl import app, flags
@@ -132,12 +131,21 @@ class TutorialModel:
 
 
 @functools.lru_cache(maxsize=1)
-def training_columns(train_files: Tuple[str, ...]):
-    """{column: [n]} of the corpus's training split, read from disk once for every tutorial model and baseline
-    (read-only)."""
-    from data import records
+def corpus_data(directory: str):
+    """The corpus's trainers.run_data.RunData without a run's config (a user-id model's queries, no cold users):
+    its training split read from disk once for every tutorial model, every baseline and their queries (with_config
+    for a history model's)."""
+    from data.corpus import PreparedCorpus
+    from trainers.run_data import RunData
 
-    return records.read_all(list(train_files))
+    return RunData.of(PreparedCorpus.load(directory))
+
+
+@functools.lru_cache(maxsize=1)
+def training_columns(directory: str):
+    """{user_id, item_id, timestamp: [n]} of the corpus's training split, rows in its files' order (the tutorial's
+    shuffle and the transitions' ties follow it), from corpus_data's one read (read-only)."""
+    return corpus_data(directory).train_columns_in_file_order()
 
 
 def train_tutorial_model(corpus, task: str, seed: int):
@@ -145,7 +153,7 @@ def train_tutorial_model(corpus, task: str, seed: int):
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
-    columns = training_columns(tuple(corpus.train_files))
+    columns = training_columns(corpus.directory)
     train = tf.data.Dataset.from_tensor_slices({"user_id": columns["user_id"], "item_id": columns["item_id"]})
     cached_train = train.shuffle(100_000, seed=seed).batch(FLAGS.tfrs_batch_size).cache()
     model = TutorialModel(corpus.num_users, corpus.num_items, FLAGS.tfrs_embedding_dim, task, corpus.item_counts)
@@ -161,7 +169,8 @@ def baseline_queries(corpus, history_length: int, exclude_seen: bool, split: str
 
     config = run_config.RunConfig(data=run_config.DataConfig(history_length=history_length),
                                   model=run_config.ModelConfig(query_features=("history",)))
-    return held_out.load_held_out(corpus, exclude_seen=exclude_seen, config=config, split=split)
+    return held_out.load_held_out(corpus_data(corpus.directory).with_config(config), exclude_seen=exclude_seen,
+                                  split=split)
 
 
 def rank_baseline(model, queries, ks):
@@ -257,19 +266,19 @@ def baseline_figures(corpus, train, ks, exclude_seen: bool):
 def rank_trained_models(seed: int, trainer_args, ks):
     """(corpus, {protocol: {row: metrics}}) of the seed's trained rows: this project's two models and the two
     tutorial models, each trained once and ranked under both protocols."""
-    from trainers import held_out, run_dir
+    from trainers import held_out, restored_run
 
     figures = {protocol: {} for protocol in PROTOCOLS}
     for name in PROJECT_MODELS:
-        restored = run_dir.restore_model(train_project_model(name, seed, trainer_args))
+        restored = restored_run.restore_model(train_project_model(name, seed, trainer_args))
         for protocol, exclude_seen in PROTOCOLS.items():
-            queries = held_out.load_held_out(restored.corpus, exclude_seen=exclude_seen, config=restored.config)
+            queries = held_out.load_held_out(restored.data, exclude_seen=exclude_seen)
             figures[protocol][name] = held_out.evaluate(restored.model, queries, ks)
-    corpus = restored.corpus
+    corpus = restored.data.warm_corpus  # the corpus as the trainer's runs saw it (its counts)
     for name, task in TUTORIAL_TASKS.items():
         model = train_tutorial_model(corpus, task, seed)
         for protocol, exclude_seen in PROTOCOLS.items():
-            queries = held_out.load_held_out(corpus, exclude_seen=exclude_seen)
+            queries = held_out.load_held_out(corpus_data(corpus.directory), exclude_seen=exclude_seen)
             figures[protocol][name] = held_out.evaluate(model, queries, ks)
     return corpus, figures
 
@@ -299,10 +308,10 @@ def compare(trainer_args):
         for protocol, rows in figures.items():
             for name, metrics in rows.items():
                 runs[protocol].setdefault(name, []).append(metrics)
-    train = training_columns(tuple(corpus.train_files))
+    train = training_columns(corpus.directory)
     result = {"data": FLAGS.data, "ks": list(ks), "seeds": list(seeds), "protocols": {}}
     for protocol, exclude_seen in PROTOCOLS.items():
-        queries = held_out.load_held_out(corpus, exclude_seen=exclude_seen)
+        queries = held_out.load_held_out(corpus_data(corpus.directory), exclude_seen=exclude_seen)
         runs[protocol]["most_popular"] = [held_out.popularity_baseline(corpus.item_counts, queries, ks)]
         baseline_metrics, baseline_held_out, settings = baseline_figures(corpus, train, ks, exclude_seen)
         if not np.array_equal(baseline_held_out.user_ids, queries.user_ids):

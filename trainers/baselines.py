@@ -14,31 +14,34 @@ from typing import Dict, Sequence
 import numpy as np
 
 from data import records
-from data.corpus import PreparedCorpus
 from retrieval import baselines
 from trainers import held_out as held_out_lib
+from trainers.run_data import RunData
 
 NAMES = ("most_popular", "item_transitions")
 LABELS = {"most_popular": "most-popular", "item_transitions": "item-to-item"}  # the report's column heads
 
 
-def evaluate(corpus: PreparedCorpus, queries: held_out_lib.HeldOut, ks: Sequence[int]) -> Dict[str, Dict[str, float]]:
-    """{baseline name: its metrics (warm, and COLD + name for cold users)} on the queries."""
-    transitions = fit_transitions(corpus)
+def evaluate(data: RunData, queries: held_out_lib.HeldOut, ks: Sequence[int]) -> Dict[str, Dict[str, float]]:
+    """{baseline name: its metrics (warm, and COLD + name for cold users)} on the queries: most-popular by the
+    counts training saw (data.warm_corpus), the transitions of the training split (fit_transitions)."""
+    transitions = fit_transitions(data)
     return {
-        "most_popular": held_out_lib.popularity_baseline(corpus.item_counts, queries, ks),
+        "most_popular": held_out_lib.popularity_baseline(data.warm_corpus.item_counts, queries, ks),
         "item_transitions": held_out_lib.for_both_groups(lambda group: _transitions_metrics(transitions, group, ks),
                                                          queries),
     }
 
 
-def fit_transitions(corpus: PreparedCorpus) -> baselines.ItemTransitions:
-    """Item-to-item counts of the training split. With histories written into the records (logs of any size) the
-    pairs are (history[0], item) of each record, counted batch by batch (O(distinct pairs) memory); otherwise the
-    split is in memory at the trainer's scale and is read whole, ordered by user and time."""
+def fit_transitions(data: RunData) -> baselines.ItemTransitions:
+    """Item-to-item counts of the training split (every user's rows). With histories written into the records
+    (logs of any size) the pairs are (history[0], item) of each record, counted batch by batch (O(distinct pairs)
+    memory); otherwise the split is in memory at the trainer's scale: the run's (RunData.train_columns), its rows
+    in the files' order (ties in time are pairs in that order), ordered by user and time."""
+    corpus = data.corpus
     popularity = np.asarray(corpus.item_counts, np.int64)
     if corpus.history_length is None:
-        train = records.read_all(corpus.train_files)
+        train = data.train_columns_in_file_order()
         return baselines.ItemTransitions().fit(train["user_id"], train["item_id"], train["timestamp"],
                                                corpus.num_items)
     keys, counts = np.zeros([0], np.int64), np.zeros([0], np.int64)

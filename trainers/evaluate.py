@@ -43,8 +43,7 @@ def main(argv):
     if max(ks) > restored.corpus.num_items:
         raise app.UsageError(f"--eval_top_k={max(ks)} exceeds the corpus size {restored.corpus.num_items}")
     try:
-        queries = held_out.load_held_out(restored.corpus, FLAGS.max_users, FLAGS.exclude_seen, restored.config,
-                                         split=FLAGS.split)
+        queries = held_out.load_held_out(restored.data, FLAGS.max_users, FLAGS.exclude_seen, split=FLAGS.split)
     except ValueError as error:  # --split=validation of a corpus without one
         raise app.UsageError(f"--split={FLAGS.split}: {error}") from None
     results = held_out.evaluate(restored.model, queries, ks)

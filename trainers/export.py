@@ -76,7 +76,7 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
     """
     if index not in INDEXES:
         raise ValueError(f"index {index!r}: expected one of {', '.join(INDEXES)}")
-    num_retrievable = corpus.num_items - (serving.oov_item_id(corpus) is not None)
+    num_retrievable = corpus.num_items - (corpus.oov_item_id is not None)
     if not 1 <= k <= num_retrievable:
         raise ValueError(f"export top-K k={k} must be between 1 and the corpus size {num_retrievable}")
     query_tower = model.query_tower
@@ -88,7 +88,7 @@ def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, in
         "num_users": corpus.num_users,
         "model_dir": os.path.abspath(model_dir),
         "checkpoint": checkpoint,
-        "oov_item_id": serving.oov_item_id(corpus),
+        "oov_item_id": corpus.oov_item_id,
         "query_features": list(getattr(query_tower, "query_features", ("user_id",))),
         "context_features": context_features,
         # The corpus's own context columns the model reads, and their kinds (trainers.retrieve --context).
@@ -116,33 +116,34 @@ def _context_feature_names(query_tower):
 
 
 def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
-                          best: bool = False):
+                          best: bool = False, data=None):
     """Exports the newest checkpoint of a run (best: its --keep_best checkpoint): what the trainer calls at the end,
     whatever its strategy.
 
     The model is rebuilt on one device from config.json, so mirrored or parameter-server-sharded training
-    exports the same plain SavedModel. Returns (version path, checkpoint step). Raises FileNotFoundError /
-    ValueError with the reason.
+    exports the same plain SavedModel. data: the run's trainers.run_data.RunData when the caller holds it (the
+    trainer: its training split is not read again); None: loaded from config.json. Returns (version path,
+    checkpoint step). Raises FileNotFoundError / ValueError with the reason.
     """
     from trainers import restored_run, training_input
 
-    restored = restored_run.restore_model(model_dir, best)
+    restored = restored_run.restore_model(model_dir, best, data)
     histories = None
     if "history" in restored.config.model.query_features:
-        histories = training_input.latest_histories(restored.corpus, restored.config)
+        histories = training_input.latest_histories(restored.data)
     path = export(restored.model, restored.corpus, model_dir, export_dir, k, index, restored.checkpoint, histories)
     return path, restored.step
 
 
-def export_after_training(model_dir: str, k: int, best: bool = False):
-    """The trainer's --export (best: of the --keep_best checkpoint): prints and returns (version path, step), or
-    exits with the command that retries it (the run's checkpoints are kept either way)."""
+def export_after_training(model_dir: str, k: int, best: bool = False, data=None):
+    """The trainer's --export (best: of the --keep_best checkpoint; data: the run's RunData): prints and returns
+    (version path, step), or exits with the command that retries it (the run's checkpoints are kept either way)."""
     # The trained model is unreachable by now but held in reference cycles (Keras layers and their callbacks):
     # collected here, its tables (7.68 GB with the Adam slots at 10M x 64) are free for the exported model to
     # reuse, instead of the export adding its own on top (the oneDNN allocator keeps what it once held).
     gc.collect()
     try:
-        path, step = export_from_model_dir(model_dir, k=k, best=best)
+        path, step = export_from_model_dir(model_dir, k=k, best=best, data=data)
     except (OSError, ValueError, tf.errors.OpError) as error:
         sys.exit(f"training finished and its checkpoints are kept, but the export failed: {error}. Retry with "
                  f"`python -m trainers.export --model_dir={model_dir} --k={k}{' --best' if best else ''}`.")

@@ -9,6 +9,7 @@ from absl import logging
 
 from data import atomic
 from trainers import baselines, callbacks, checkpoints, held_out, run_dir, summaries, variables
+from trainers.run_data import RunData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +19,8 @@ class Schedule:
 
     @classmethod
     def of(cls, config, corpus) -> "Schedule":
-        """One pass over the training split per epoch (rows of num_true interactions), capped by
-        --steps_per_epoch."""
+        """One pass over the training split per epoch (rows of num_true interactions; corpus: as training sees it,
+        RunData.warm_corpus), capped by --steps_per_epoch."""
         steps = corpus.num_train // (config.optimization.batch_size * config.loss.num_true)
         if config.optimization.steps_per_epoch:
             steps = min(steps, config.optimization.steps_per_epoch)
@@ -35,27 +36,31 @@ class Schedule:
                          step // self.steps_per_epoch + 1, step % self.steps_per_epoch, self.steps_per_epoch)
 
 
-def start_chief_logs(model, config, corpus, write_dir, hparams, first_batch=None):
+def start_chief_logs(model, config, queries: held_out.HeldOut, split: str, write_dir, hparams, first_batch=None):
     """The chief's TensorBoard set-up before fit: the train writer, the step-0 check on first_batch (None for a
     resumed run, which does not start over; its result also in initial_loss.json), the hparams, and the held-out
-    evaluation callback (keeping the best checkpoint with --keep_best)."""
+    evaluation callback on the queries of the split model selection reads (held_out.selection_split), keeping the
+    best checkpoint with --keep_best."""
     train_writer = tf.summary.create_file_writer(write_dir.events("train"))
     if first_batch is not None:
         initial_loss = summaries.check_initial_loss(model, first_batch, config.loss.expected_initial_loss(),
                                                     train_writer)
         atomic.write_json_atomically(write_dir.join(run_dir.INITIAL_LOSS), initial_loss)
     summaries.write_hparams(write_dir.tensorboard, hparams)
-    split = held_out.selection_split(corpus)
     keep_best, patience = config.evaluation.keep_best, config.evaluation.early_stopping_patience
     if keep_best and split == held_out.TEST:
         logging.warning("--keep_best=%s: the corpus has no validation split, so the epoch is chosen on the test "
                         "split, whose figures that flatters (prepare it with --validation_per_user)", keep_best)
-    queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen, config,
-                                     split=split)
     keeper = callbacks.BestKeeper(keep_best, patience, write_dir.best_checkpoints) if keep_best else None
     evaluation = callbacks.EvaluationCallback(queries, config.evaluation.eval_top_k, write_dir.events("eval"), keeper,
                                               split=split)
     return train_writer, evaluation
+
+
+def held_out_queries(data: RunData, split: str) -> held_out.HeldOut:
+    """The run's held-out queries of the split (--eval_max_users, --exclude_seen), from the run's data."""
+    evaluation = data.config.evaluation
+    return held_out.load_held_out(data, evaluation.eval_max_users, evaluation.exclude_seen, split=split)
 
 
 # Cap on the automatic steps_per_execution: beyond ~100 steps per call the host round trip is long amortised.
@@ -159,30 +164,31 @@ def task_summary(model, task, resume: checkpoints.Resume, placement, replicas, f
     }
 
 
-def chief_evaluation(model, corpus, config, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
+def chief_evaluation(model, data: RunData, evaluation: callbacks.EvaluationCallback, write_dir) -> Dict[str, Any]:
     """The final test metrics of the model chosen (the best epoch's with --keep_best, else the last), the classic
     baselines on the same queries (trainers.baselines; also in TensorBoard, each a run of its own,
     tensorboard/<name>), and the embedding projector of the most frequent items. With a validation split the
     test split is read here once, for the chosen model; without one the per-epoch metrics are the test ones."""
+    config = data.config
     ks: List[int] = list(config.evaluation.eval_top_k)
     selection_metrics = evaluation.final_metrics() or held_out.evaluate(model, evaluation.held_out, ks)
     validation_metrics, test_queries = None, evaluation.held_out
     if evaluation.split == held_out.VALIDATION:
         validation_metrics = selection_metrics
         restore_best(model, evaluation.keeper)
-        test_queries = held_out.load_held_out(corpus, config.evaluation.eval_max_users, config.evaluation.exclude_seen,
-                                              config, split=held_out.TEST)
+        test_queries = held_out_queries(data, held_out.TEST)
         model_metrics = held_out.evaluate(model, test_queries, ks)
         write_test_events(write_dir.events(held_out.TEST), model_metrics, int(model.optimizer.iterations.numpy()))
     else:
         model_metrics = selection_metrics
     step = int(model.optimizer.iterations.numpy())
     if config.logging.projector_items:
+        corpus = data.warm_corpus  # the counts training saw
         num_shown = min(config.logging.projector_items, corpus.num_items)
         top_items = model.item_tower(tf.range(num_shown, dtype=tf.int64)).numpy().astype("float32")
         summaries.write_projector(write_dir.events("projector"), top_items, corpus.item_counts, corpus.item_keys,
                                   step)
-    results = baselines.evaluate(corpus, test_queries, ks)
+    results = baselines.evaluate(data, test_queries, ks)
     for name, values in results.items():  # tensorboard/<name>, named as in metrics.json
         write_baseline_events(write_dir.events(name), values, step)
     return {"metrics": model_metrics, "baselines": results, "split": held_out.TEST,

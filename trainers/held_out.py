@@ -23,9 +23,7 @@ with a warning (selection_split).
 """
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -34,6 +32,7 @@ from data import history, records
 from data.corpus import PreparedCorpus
 from data.pipeline import time_feature_columns
 from retrieval import metrics
+from trainers.run_data import RunData
 
 COLD = "cold_users/"  # the prefix of the cold users' metrics
 VALIDATION, TEST = "validation", "test"  # the held-out splits' names, in metrics.json, TensorBoard and the report
@@ -103,60 +102,82 @@ def _group_by_user(columns, user_ids: Optional[np.ndarray] = None):
     return user_ids, [by_user.get(user, empty) for user in user_ids.tolist()]
 
 
-def load_held_out(corpus: PreparedCorpus, max_users: int = 0, exclude_seen: bool = False, config=None,
-                  split: str = TEST) -> HeldOut:
-    """Groups the held-out split `split` ("test": eval-*.tfrecord; "validation") by user (the first max_users
-    users by id when max_users > 0).
+def load_held_out(data: RunData, max_users: int = 0, exclude_seen: bool = False, split: str = TEST) -> HeldOut:
+    """Groups the held-out split `split` ("test": eval-*.tfrecord; "validation") of data.corpus by user (the first
+    max_users users by id when max_users > 0).
 
     With exclude_seen, also each user's items before the split (training; for "test" training and validation),
-    which evaluation then never ranks (the usual protocol when users do not re-consume items). config (a
-    RunConfig; None: a user-id model without cold users): the histories and time features its query tower reads,
-    and the cold users, whose queries go to `cold`.
+    which evaluation then never ranks (the usual protocol when users do not re-consume items). data.config (a
+    RunConfig; None: a user-id model without cold users): the histories and time features its query tower reads;
+    data.cold_user_ids: the cold users, whose queries go to `cold`. The training rows are data's (read once per
+    run), and only when needed: never for records that carry their histories, without exclude_seen or cold users.
     """
-    held_files, before_files = split_files(corpus, split)
+    corpus, config = data.corpus, data.config
     features = config.model.query_features if config is not None else ("user_id",)
     history_length = config.data.history_length if config is not None else 0
-    cold_ids = np.zeros([0], np.int64)
-    if config is not None:
-        cold_ids = history.cold_user_ids(corpus.num_users, config.data.cold_users, config.seed)
-    evaluation = records.read_all(held_files)
+    cold_ids = data.cold_user_ids
+    evaluation = records.read_all(split_files(corpus, split)[0])
     warm = _rows_of(evaluation, ~np.isin(evaluation["user_id"], cold_ids))
     unique_users, groups = _group_by_user(warm)
     if max_users:
         unique_users, groups = unique_users[:max_users], groups[:max_users]
     written = corpus.history_length is not None  # the eval records carry their histories: no training split
-    needs_train = exclude_seen or len(cold_ids) or not written  # (without written histories, the last items)
-    train = records.read_all(before_files) if needs_train else None  # "train": the rows before the split's
+    needs_before = exclude_seen or len(cold_ids) or not written  # (without written histories, the last items)
+    before, before_file_rows = _rows_before(data, split) if needs_before else (None, None)
     seen_ids = None
     if exclude_seen:
-        _, seen = _group_by_user(train, unique_users)
+        _, seen = _group_by_user(before, unique_users)
         seen_ids = metrics.pad_ragged([np.unique(items) for items in seen])
     first_rows = _first_rows(warm, unique_users)  # [q] each user's first held-out row
-    moment = warm["timestamp"][first_rows]
-    query_history = None
-    if written:
-        last_items = warm["history"][first_rows][:, 0]
-        if "history" in features:
-            query_history = warm["history"][first_rows][:, :history_length]
-    else:
-        log = history.history_log(train["user_id"], train["item_id"], train["timestamp"])
-        if "history" in features:
-            query_history = history.histories_from_log(log, unique_users, moment, history_length)
-            last_items = query_history[:, 0]  # newest first
-        else:
-            last_items = history.histories_from_log(log, unique_users, moment, 1)[:, 0]
+    query_history, last_items = _warm_histories(unique_users, warm["timestamp"][first_rows],
+                                                warm["history"][first_rows] if written else None, before,
+                                                "history" in features, history_length)
     context_names = [column.name for column in corpus.context_columns]
     context = _context(warm, first_rows, context_names) if "context" in features else None
-    oov = _oov_item_id(corpus)
     cold = None
     if len(cold_ids):
-        names = ["user_id", "item_id", "timestamp", *context_names]
-        cold_rows = {name: np.concatenate([train[name], evaluation[name]]) for name in names}
-        cold_rows = _rows_of(cold_rows, np.isin(cold_rows["user_id"], cold_ids))
+        cold_rows = _cold_rows(before, before_file_rows, evaluation, cold_ids,
+                               ["user_id", "item_id", "timestamp", *context_names])
         cold = _cold_held_out(cold_rows, _held_out_per_user(corpus, split), history_length,
-                              context_names if "context" in features else None, exclude_seen, oov)
-    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, oov, cold,
-                   last_items)
+                              context_names if "context" in features else None, exclude_seen, corpus.oov_item_id)
+    return HeldOut(unique_users, metrics.pad_ragged(groups), seen_ids, query_history, context, corpus.oov_item_id,
+                   cold, last_items)
+
+
+def _rows_before(data: RunData, split: str):
+    """({name: [n]} the rows before the split's: the run's training split (RunData.train_columns, read once per
+    run) and, before the test split, the validation split after it; [n] int64 each row's position in the files'
+    order, records.read_all(split_files(corpus, split)[1])'s)."""
+    train, train_rows = data.train_columns, data.train_file_rows
+    later_files = split_files(data.corpus, split)[1][len(data.corpus.train_files):]
+    if not later_files:
+        return train, train_rows
+    later = records.read_all(later_files)
+    rows = np.concatenate([train_rows, len(train_rows) + np.arange(len(later["user_id"]), dtype=np.int64)])
+    return {name: np.concatenate([train[name], later[name]]) for name in train}, rows
+
+
+def _warm_histories(users: np.ndarray, moment: np.ndarray, written: Optional[np.ndarray], before,
+                    with_history: bool, history_length: int):
+    """(the queries' histories [q, history_length] when the model reads one, else None; [q] each query's newest
+    item before its moment, -1 for none): from the histories written into its first held-out record ([q, N]; None:
+    none), or looked up in the rows before the split."""
+    if written is not None:
+        return (written[:, :history_length] if with_history else None), written[:, 0]
+    log = history.history_log(before["user_id"], before["item_id"], before["timestamp"])
+    if with_history:
+        query_history = history.histories_from_log(log, users, moment, history_length)
+        return query_history, query_history[:, 0]  # newest first
+    return None, history.histories_from_log(log, users, moment, 1)[:, 0]
+
+
+def _cold_rows(before, before_file_rows: np.ndarray, evaluation, cold_ids: np.ndarray, names: Sequence[str]):
+    """{name: [m]} of `names`: the cold users' rows before the split, then theirs of the split, each part in its
+    files' order (which breaks the held-out choice's ties, data.splits.held_out)."""
+    is_cold = np.isin(before["user_id"], cold_ids)
+    rows = np.flatnonzero(is_cold)[np.argsort(before_file_rows[is_cold], kind="stable")]
+    held = np.isin(evaluation["user_id"], cold_ids)
+    return {name: np.concatenate([before[name][rows], evaluation[name][held]]) for name in names}
 
 
 def _cold_held_out(rows, eval_per_user: int, history_length: int, context_names: Optional[Sequence[str]],
@@ -197,18 +218,10 @@ def _context(columns, rows: np.ndarray, context_names: Sequence[str]) -> Dict[st
     return {**context, **{name: columns[name][rows] for name in context_names}}
 
 
-def _oov_item_id(corpus: PreparedCorpus) -> Optional[int]:
-    from data.vocabulary import OOV_KEY
-
-    return corpus.item_keys.index(OOV_KEY) if corpus.item_keys and OOV_KEY in corpus.item_keys else None
-
-
 def _held_out_per_user(corpus: PreparedCorpus, split: str) -> int:
     """The held-out interactions per user of the corpus's split (metadata.json's eval_per_user or
     validation_per_user; 1 for the built-in corpus's test split)."""
-    with open(os.path.join(corpus.directory, "metadata.json")) as file:
-        key = "validation_per_user" if split == VALIDATION else "eval_per_user"
-        return int(json.load(file).get(key) or 1)
+    return (corpus.validation_per_user if split == VALIDATION else corpus.eval_per_user) or 1
 
 
 def evaluate(model, held_out: HeldOut, ks: Sequence[int]) -> Dict[str, float]:

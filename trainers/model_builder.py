@@ -1,4 +1,5 @@
-"""The corpus and the two-tower model a RunConfig describes: the trainer, evaluation and export share them."""
+"""The corpus and the two-tower model a RunConfig describes: the trainer, evaluation and export share them (the
+model is built from the corpus as training sees it, trainers.run_data.RunData.warm_corpus)."""
 
 from typing import Optional, Sequence
 
@@ -12,7 +13,9 @@ from trainers.run_config import DataConfig, ModelConfig, OptimizationConfig, Run
 
 
 def load_corpus(config: RunConfig) -> PreparedCorpus:
-    """The corpus of config.data (data.sources); raises ValueError subclasses or movielens.DownloadError."""
+    """The corpus of config.data (data.sources) as its files hold it, checked against settings that would read a
+    split it streams (check_written_histories); raises ValueError subclasses or movielens.DownloadError. What the
+    run derives from it (cold users, the corpus as training sees it) is trainers.run_data.RunData's."""
     data = config.data
     synthetic_config = synthetic.SyntheticConfig(
         num_items=data.num_items,
@@ -25,10 +28,6 @@ def load_corpus(config: RunConfig) -> PreparedCorpus:
     )
     corpus = sources.load_corpus(data.data, data.cache_dir, synthetic_config)
     check_written_histories(corpus, config)
-    if data.cold_users:
-        from trainers import training_input
-
-        corpus = training_input.without_cold_users(corpus, config)
     return corpus
 
 

@@ -3,11 +3,12 @@ describes, on one device, with its newest intact checkpoint (trainers.checkpoint
 trained it."""
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
 from trainers import checkpoints, model_builder, run_config, run_dir
+from trainers.run_data import RunData
 
 
 @dataclasses.dataclass
@@ -15,17 +16,24 @@ class RestoredRun:
     """A run's model rebuilt on one device from config.json, with its newest intact checkpoint restored."""
 
     model: Any
-    corpus: Any
-    config: run_config.RunConfig
+    data: RunData  # the run's corpus and what it derives from it (cold users, the training split once read)
+    config: run_config.RunConfig  # config.json's
     checkpoint: str
     step: int
     warnings: Tuple[Dict[str, Any], ...] = ()
 
+    @property
+    def corpus(self):
+        """The corpus as its files hold it (data.warm_corpus: as training saw it)."""
+        return self.data.corpus
 
-def restore_model(model_dir: str, best: bool = False) -> RestoredRun:
+
+def restore_model(model_dir: str, best: bool = False, data: Optional[RunData] = None) -> RestoredRun:
     """Rebuilds a run's model from <model_dir>/config.json and restores its newest intact checkpoint (best: the
     --keep_best one), damaged newer ones set aside (checkpoints.newest_intact_checkpoint), whatever strategy trained
-    it: a sharded or mirrored model restores into a plain one.
+    it: a sharded or mirrored model restores into a plain one. data: the run's RunData when the caller holds it
+    (the trainer's, whose config is this config.json's; ValueError when its corpus settings differ); None: loaded
+    from config.json's corpus.
 
     Raises FileNotFoundError (no config.json or no checkpoint), ConfigError, checkpoints.CheckpointError, and the
     corpus loaders' errors (ValueError subclasses) when the corpus is gone.
@@ -36,13 +44,17 @@ def restore_model(model_dir: str, best: bool = False) -> RestoredRun:
     choice = checkpoints.newest_intact_checkpoint(tf, directory, repair=True)
     if choice.path is None:
         raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first")
-    corpus = model_builder.load_corpus(config)
-    model = model_builder.model_from_config(corpus, config)
+    if data is None:
+        data = RunData.of(model_builder.load_corpus(config), config)
+    elif (data.config.data, data.config.seed) != (config.data, config.seed):
+        raise ValueError(f"{model_dir}: the data handed to the restore are of another corpus or seed than its "
+                         f"{run_dir.CONFIG}'s")
+    model = model_builder.model_from_config(data.warm_corpus, config)  # built as it was trained
     _create_variables_to_restore(model)  # created first, so restore() checks every one
     checkpoints.restore_checkpoint(lambda path: tf.train.Checkpoint(model=model).restore(path).expect_partial(),
                                    choice.path)
     step = int(choice.path.rsplit("-", 1)[-1])
-    return RestoredRun(model, corpus, config, choice.path, step, choice.warnings)
+    return RestoredRun(model, data, config, choice.path, step, choice.warnings)
 
 
 def _create_variables_to_restore(model) -> None:

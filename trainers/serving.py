@@ -15,15 +15,8 @@ import numpy as np
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from data import context, vocabulary
+from data import context
 from retrieval import index as index_lib
-
-
-def oov_item_id(corpus) -> Optional[int]:
-    """The id of the `<oov>` bucket of rare items, or None when the corpus has none."""
-    if corpus.item_keys is None or vocabulary.OOV_KEY not in corpus.item_keys:
-        return None
-    return corpus.item_keys.index(vocabulary.OOV_KEY)
 
 
 def serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str, user_histories=None):
@@ -33,7 +26,7 @@ def serving_module(model, corpus, k: int, index_kind: str, vocabulary_dir: str, 
     module = tf.Module()
     module.query_tower = model.query_tower
     module.item_tower = model.item_tower
-    oov_id = oov_item_id(corpus)
+    oov_id = corpus.oov_item_id
     module.index = index_lib.build_index(index_kind, model.item_tower.embed_all(), k + (oov_id is not None))
     search = _top_k_without(module.index, k, oov_id)
     module.user_histories = None

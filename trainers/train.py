@@ -1,15 +1,18 @@
 """Trains a two-tower retrieval model: `python -m trainers.train --flags` (flags: trainers/train_flags.py).
 
-The data path, one call each (train -> _train -> _report_and_export):
+The data path, one call each (main -> run_task -> train -> _train -> _report_and_export):
     config = train_flags.config_from_flags()                      flags -> RunConfig
     corpus = model_builder.load_corpus(config)                    -> PreparedCorpus (built-in, MovieLens, prepared)
-    training_input = TrainingInput.of_run(corpus, config, ...)    -> the training batches under the strategy
-    model = model_builder.build_for_training(...)                 -> TwoTowerModel, in the strategy's scope
+    data = RunData.of(corpus, config)                             -> cold users, warm_corpus, the training split
+                                                                     (read once, when first asked for)
+    training_input = TrainingInput.of_run(data, ...)              -> the training batches under the strategy
+    model = model_builder.build_for_training(..., data.warm_corpus, ...)  -> TwoTowerModel, in the strategy's scope
     resume = checkpoints.restore_for_training(...)                -> the step (and data position) to continue at
-    fit_loop.start_chief_logs(...)                                -> TensorBoard, the per-epoch evaluation (validation)
+    fit_loop.start_chief_logs(..., fit_loop.held_out_queries(data, split), ...)  -> TensorBoard, the per-epoch
+                                                                     evaluation (validation)
     fit_loop.fit(model, training_input, ..., callbacks.make_callbacks(...))
-    fit_loop.chief_evaluation(...)                                -> test metrics of the chosen model, baselines
-    held_out.metrics_document / report -> metrics.json and the report; export.export_after_training
+    fit_loop.chief_evaluation(model, data, ...)                   -> test metrics of the chosen model, baselines
+    held_out.metrics_document / report -> metrics.json and the report; export.export_after_training(..., data)
 What goes to --model_dir is laid out in trainers/run_dir.py; which checkpoint a run restores, trainers/checkpoints.py.
 """
 
@@ -41,9 +44,10 @@ class Task:
 
 
 def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: str, status=None):
-    """Runs the whole job; returns (model metrics, popularity metrics) on held-out data on the chief, None on
-    other tasks (which train, but write their checkpoints to a scratch directory they delete). status: the task's
-    task_status.TaskStatus (None: none), told when it waits for its peers and when it trains."""
+    """Runs the whole job; returns (the run's summary with the held-out metrics of the model and the baselines,
+    the run's trainers.run_data.RunData, which the export reuses) on the chief, None on other tasks (which train,
+    but write their checkpoints to a scratch directory they delete). status: the task's task_status.TaskStatus
+    (None: none), told when it waits for its peers and when it trains."""
     import tensorflow as tf
 
     cpu_replicas = config.distribution.cpu_replicas
@@ -61,28 +65,32 @@ def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: 
     if strategy_name == "parameter_server" and stateful:
         raise app.UsageError("--frequency_estimation=streaming and --cross_batch_batches need synchronous training "
                              "(every replica sees each global batch); --strategy=parameter_server steps workers apart")
-    corpus = _load_and_check_corpus(config)
+    data = _load_and_check_data(config)
     if cluster.is_chief:
-        return _train(tf, strategy, config, corpus, Task(cluster, strategy_name, *[run_dir.RunDir(model_dir)] * 2))
+        summary = _train(tf, strategy, data, Task(cluster, strategy_name, *[run_dir.RunDir(model_dir)] * 2))
+        return summary, data
     # As in TensorFlow's multi-worker guide: other workers save too (saving may need their collectives), to a
     # directory of their own that is deleted afterwards.
     scratch_dir = tempfile.mkdtemp(prefix=f"{cluster.task_type}-{cluster.task_id}-")
     try:
         task = Task(cluster, strategy_name, run_dir.RunDir(model_dir), run_dir.RunDir(scratch_dir))
-        return _train(tf, strategy, config, corpus, task)
+        return _train(tf, strategy, data, task)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
-def _load_and_check_corpus(config):
-    """The corpus of --data, with every setting that depends on its size checked (UsageError naming the flag)."""
+def _load_and_check_data(config):
+    """The RunData of --data (the corpus, and what the run derives from it), with every setting that depends on
+    the corpus's size checked (UsageError naming the flag)."""
     from data import movielens
     from trainers import model_builder
+    from trainers.run_data import RunData
 
     try:
-        corpus = model_builder.load_corpus(config)
+        data = RunData.of(model_builder.load_corpus(config), config)
     except (movielens.DownloadError, ValueError) as error:  # DataError / CorpusError / a bad synthetic config
         raise app.UsageError(f"--data={config.data.data}: {error}") from None
+    corpus = data.corpus
     try:
         config.loss.validate(corpus.num_items)
         model_builder.context_features(corpus, config.model)
@@ -93,22 +101,24 @@ def _load_and_check_corpus(config):
         raise app.UsageError(f"--eval_top_k={max(evaluation.eval_top_k)} exceeds the corpus size {corpus.num_items}")
     if evaluation.export and evaluation.export_top_k > corpus.num_items:
         raise app.UsageError(f"--export_top_k={evaluation.export_top_k} exceeds the corpus size {corpus.num_items}")
-    if corpus.num_train < batch_rows:
-        raise app.UsageError(f"--batch_size={config.optimization.batch_size} exceeds the {corpus.num_train} "
+    num_train = data.warm_corpus.num_train  # the rows training sees (--cold_users: the warm users')
+    if num_train < batch_rows:
+        raise app.UsageError(f"--batch_size={config.optimization.batch_size} exceeds the {num_train} "
                              "training interactions")
-    return corpus
+    return data
 
 
-def _train(tf, strategy, config, corpus, task: Task):
+def _train(tf, strategy, data, task: Task):
     """train() in this task: build, restore, fit, then (on the chief) evaluate. Returns the chief's metrics."""
-    from trainers import callbacks, fit_loop, model_builder
+    from trainers import callbacks, fit_loop, held_out, model_builder
     from trainers.training_input import TrainingInput
 
+    config, corpus = data.config, data.warm_corpus  # the corpus as training sees it
     is_chief, task_name = task.cluster.is_chief, task.cluster.task_name
     tf.keras.utils.set_random_seed(config.seed)
     if config.optimization.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")  # compile() wraps a LossScaleOptimizer
-    training_input = TrainingInput.of_run(corpus, config, parameter_server=task.strategy_name == "parameter_server")
+    training_input = TrainingInput.of_run(data, parameter_server=task.strategy_name == "parameter_server")
     first_batch = training_input.first_batch()
     model = model_builder.build_for_training(
         tf, strategy, corpus, config, first_batch,
@@ -127,7 +137,9 @@ def _train(tf, strategy, config, corpus, task: Task):
     train_writer, evaluation = None, None
     if is_chief:
         hparams = train_flags.hparams(config, task.write_dir.path)
-        train_writer, evaluation = fit_loop.start_chief_logs(model, config, corpus, task.write_dir, hparams,
+        split = held_out.selection_split(data.corpus)
+        train_writer, evaluation = fit_loop.start_chief_logs(model, config, fit_loop.held_out_queries(data, split),
+                                                             split, task.write_dir, hparams,
                                                              first_batch if not resume.step else None)
     settings = fit_loop.callback_settings(config, task, schedule)
     fit_callbacks = callbacks.make_callbacks(settings, manager, train_writer, evaluation, first_batch)
@@ -142,7 +154,7 @@ def _train(tf, strategy, config, corpus, task: Task):
     if not is_chief:
         run_dir.write_summary(task.job_dir, task_name, False, summary)
         return None
-    return {**summary, **fit_loop.chief_evaluation(model, corpus, config, evaluation, task.write_dir)}
+    return {**summary, **fit_loop.chief_evaluation(model, data, evaluation, task.write_dir)}
 
 
 def _progress_line(tf, epochs: int):
@@ -184,20 +196,20 @@ def main(argv):
     cluster, strategy_name = _resolve_strategy(tf, config)
     # Each task of a TF_CONFIG job keeps <model_dir>/task_status/<task>.json up to date, its end included.
     with task_status.TaskStatus.of_task(FLAGS.model_dir, cluster).recording() as status:
-        _run_task(tf, config, cluster, strategy_name, status)
+        run_task(tf, config, FLAGS.model_dir, cluster, strategy_name, status)
 
 
-def _run_task(tf, config, cluster, strategy_name: str, status) -> None:
+def run_task(tf, config, model_dir: str, cluster, strategy_name: str, status=None) -> None:
     """This process's part of the job: a parameter_server job's ps and worker tasks serve, the others train (and
-    the chief reports and exports)."""
+    the chief reports and exports). model_dir: --model_dir ("": a new ./runs/<timestamp>, without TF_CONFIG)."""
     from trainers.callbacks import NonFiniteLossError
 
     if strategy_name == "parameter_server" and cluster.task_type in ("ps", "worker"):
         distribute.run_server(tf, cluster, status)
         return
-    if cluster.task_type is not None and not FLAGS.model_dir:
+    if cluster.task_type is not None and not model_dir:
         raise app.UsageError("--model_dir is required with TF_CONFIG: every task of the job must name the same one")
-    model_dir = FLAGS.model_dir or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    model_dir = model_dir or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     if cluster.is_chief:
         print(f"model_dir: {model_dir}  (tensorboard --logdir {os.path.join(model_dir, 'tensorboard')})", flush=True)
     try:
@@ -206,11 +218,12 @@ def _run_task(tf, config, cluster, strategy_name: str, status) -> None:
     except (NonFiniteLossError, checkpoints.CheckpointError, distribute.DistributeError) as error:
         sys.exit(f"{cluster.task_name}: stopped: {error}")
     if outcome is not None:  # the chief: other tasks leave the run's files to it
-        _report_and_export(config, run_dir.RunDir(model_dir), outcome)
+        _report_and_export(config, run_dir.RunDir(model_dir), *outcome)
 
 
-def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
-    """metrics.json, the report, the export, and last run_summary.json (which names the export)."""
+def _report_and_export(config, model_dir: run_dir.RunDir, summary, data) -> None:
+    """metrics.json, the report, the export (from the run's data: nothing read again), and last run_summary.json
+    (which names the export)."""
     from data import atomic
     from trainers import baselines, export, held_out
 
@@ -222,7 +235,7 @@ def _report_and_export(config, model_dir: run_dir.RunDir, summary) -> None:
                           **selection), flush=True)
     if config.evaluation.export:
         path, step = export.export_after_training(model_dir.path, config.evaluation.export_top_k,
-                                                  best=bool(config.evaluation.keep_best))
+                                                  best=bool(config.evaluation.keep_best), data=data)
         summary = {**summary, "export": {"path": path, "step": step}}
     run_dir.write_summary(model_dir, summary["task"], True, summary)
 

@@ -75,7 +75,7 @@ def test_held_out_queries_read_their_own_rows_context(trained):
     from trainers import held_out, restored_run
 
     restored = restored_run.restore_model(str(trained["every_kind"]))
-    queries = held_out.load_held_out(restored.corpus, config=restored.config)
+    queries = held_out.load_held_out(restored.data)
     rows = records.read_all(restored.corpus.eval_files)  # one held-out row per user
     warm = np.flatnonzero(np.isin(rows["user_id"], queries.user_ids))
     by_user = warm[np.argsort(rows["user_id"][warm])]
@@ -92,7 +92,7 @@ def test_a_fresh_retrieve_with_context_returns_the_in_memory_top_k(trained):
     import tensorflow as tf
 
     from retrieval import metrics
-    from trainers import held_out, restored_run
+    from trainers import restored_run
 
     model_dir = trained["every_kind"]
     restored = restored_run.restore_model(str(model_dir))
@@ -107,7 +107,7 @@ def test_a_fresh_retrieve_with_context_returns_the_in_memory_top_k(trained):
         "hour_of_day": tf.constant([20], tf.int64),
     }
     queries = restored.model.query_embeddings(features).numpy()
-    oov = held_out._oov_item_id(corpus)
+    oov = corpus.oov_item_id
     exclude = None if oov is None else np.array([[oov]])
     _, expected = metrics.exact_top_k(queries, restored.model.item_tower.embed_all().numpy(), 10, exclude_ids=exclude)
     export = f"--export_dir={model_dir / 'export'}"

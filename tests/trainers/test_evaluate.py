@@ -54,10 +54,11 @@ def test_evaluate_reproduces_the_trainers_metrics_and_writes_them_at_the_checkpo
 def test_held_out_with_exclude_seen_lists_each_users_training_items(trained):
     from trainers import held_out as held_out_lib
     from trainers import model_builder, run_dir
+    from trainers.run_data import RunData
 
     config, _ = run_dir.load_config(str(trained))
     corpus = model_builder.load_corpus(config)
-    held_out = held_out_lib.load_held_out(corpus, max_users=50, exclude_seen=True)
+    held_out = held_out_lib.load_held_out(RunData.of(corpus), max_users=50, exclude_seen=True)
     from data import records
 
     train = records.read_all(corpus.train_files + corpus.validation_files)  # the test split's users saw both

@@ -214,9 +214,9 @@ def test_a_user_not_in_training_gets_the_in_memory_top_k_from_the_export_by_hist
 
     model_dir = history_export
     restored = restored_run.restore_model(str(model_dir))
-    corpus, oov = restored.corpus, held_out._oov_item_id(restored.corpus)
+    corpus, oov = restored.corpus, restored.corpus.oov_item_id
     assert oov is not None, "the corpus has an <oov> bucket to leave out"
-    cold = held_out.load_held_out(corpus, config=restored.config).cold
+    cold = held_out.load_held_out(restored.data).cold
     assert len(cold.user_ids) >= 50
     items = restored.model.item_tower.embed_all().numpy()
     for row in range(3):
@@ -248,7 +248,7 @@ def test_history_exports_answer_known_users_from_their_latest_history(history_ex
 
     model_dir = history_export
     restored = restored_run.restore_model(str(model_dir))
-    latest = training_input.latest_histories(restored.corpus, restored.config)
+    latest = training_input.latest_histories(restored.data)
     warm_user = int(np.flatnonzero((latest >= 0).any(axis=1))[0])
     queries = restored.model.query_embeddings({"history": tf.constant(latest[[warm_user]])}).numpy()
     oov = restored.corpus.item_keys.index("<oov>")

@@ -10,6 +10,7 @@ import pytest
 from data import corpus as corpus_lib
 from data import history, records
 from trainers import baselines, held_out
+from trainers.run_data import RunData
 from trainers.run_config import DataConfig, ModelConfig, RunConfig
 
 PAD = history.PAD
@@ -53,14 +54,14 @@ EVAL = [(0, 6, MONDAY + 2 * DAY + 12 * 3600), (1, 7, MONDAY + 2 * DAY + 12 * 360
 
 def test_warm_queries_see_the_training_history_before_the_first_held_out_row_and_its_moment(tmp_path):
     corpus = _write_corpus(tmp_path, TRAIN, EVAL)
-    queries = held_out.load_held_out(corpus, config=_config(("history", "context"), history_length=2))
+    queries = held_out.load_held_out(RunData.of(corpus, _config(("history", "context"), history_length=2)))
     np.testing.assert_array_equal(queries.user_ids, [0, 1])
     np.testing.assert_array_equal(queries.history, [[3, 2], [5, 4]])  # newest first, cut at history_length
     np.testing.assert_array_equal(queries.relevant_ids, [[6, PAD], [7, 3]])
     np.testing.assert_array_equal(queries.context["hour_of_day"], [12, 12])
     np.testing.assert_array_equal(queries.context["day_of_week"], [2, 2])  # Wednesday
     assert queries.cold is None and set(queries.features()) == {"user_id", "history", "hour_of_day", "day_of_week"}
-    user_id_only = held_out.load_held_out(corpus)
+    user_id_only = held_out.load_held_out(RunData.of(corpus))
     assert user_id_only.history is None and user_id_only.context is None and set(user_id_only.features()) == {"user_id"}
 
 
@@ -70,7 +71,7 @@ def test_cold_users_are_queried_per_held_out_row_with_their_other_items(tmp_path
     evaluation = [(user, int(rng.integers(NUM_ITEMS)), MONDAY + DAY) for user in range(40)]
     corpus = _write_corpus(tmp_path, train, evaluation)
     config = _config(("history",), history_length=3, cold_users=0.25)
-    queries = held_out.load_held_out(corpus, exclude_seen=True, config=config)
+    queries = held_out.load_held_out(RunData.of(corpus, config), exclude_seen=True)
     cold_ids = history.cold_user_ids(40, 0.25, 0)
     assert len(cold_ids) == 10 and not np.isin(queries.user_ids, cold_ids).any()
     cold = queries.cold
@@ -105,10 +106,12 @@ def test_cold_metrics_sit_beside_their_own_baseline_and_oov_is_never_ranked(tmp_
     evaluation = [(user, user % 4 + 4, MONDAY + DAY) for user in range(8)]  # ... is held out again
     corpus = _write_corpus(tmp_path, train, evaluation, item_keys=keys)
     config = _config(("history",), history_length=8, cold_users=0.5, seed=1)
-    queries = held_out.load_held_out(corpus, config=config)
+    data = RunData.of(corpus, config)
+    queries = held_out.load_held_out(data)
+    assert corpus.oov_item_id == 0, "from the vocabulary: this metadata.json has no oov_item_id"
     assert queries.oov_item_id == 0 and queries.cold.oov_item_id == 0 and len(queries.cold.user_ids) == 4
     model_metrics = held_out.evaluate(_LastItem(), queries, ks=[1, 3])
-    results = baselines.evaluate(corpus, queries, ks=[1, 3])
+    results = baselines.evaluate(data, queries, ks=[1, 3])
     baseline = results["most_popular"]
     assert model_metrics["recall_at_1"] == 1.0 and model_metrics["cold_users/recall_at_1"] == 1.0
     assert baseline["recall_at_1"] == 0.0 and baseline["cold_users/recall_at_1"] == 0.0
@@ -134,9 +137,10 @@ def test_item_transitions_rank_what_followed_the_last_training_item(tmp_path):
     train = [(user, item, MONDAY + step) for user in range(8) for step, item in enumerate([1, 2, 3][: 3 - user // 4])]
     evaluation = [(user, 4 if user < 4 else 3, MONDAY + DAY) for user in range(8)]
     corpus = _write_corpus(tmp_path, train, evaluation)
-    queries = held_out.load_held_out(corpus)  # a user-id model's queries: the baselines read the last items
+    data = RunData.of(corpus)
+    queries = held_out.load_held_out(data)  # a user-id model's queries: the baselines read the last items
     np.testing.assert_array_equal(queries.last_items, [3, 3, 3, 3, 2, 2, 2, 2])
-    results = baselines.evaluate(corpus, queries, ks=[1, 2])
+    results = baselines.evaluate(data, queries, ks=[1, 2])
     assert results["item_transitions"]["recall_at_1"] == 0.5 and results["most_popular"]["recall_at_1"] == 0.0
     assert results["item_transitions"]["recall_at_2"] == 0.5  # users 0-3: popularity's 1, 2; never 4
 
@@ -163,12 +167,12 @@ def test_validation_queries_read_training_rows_and_test_queries_training_and_val
     corpus = _write_corpus(tmp_path, train, test, validation=validation)
     assert held_out.selection_split(corpus) == "validation"
     config = _config(("history",), history_length=3)
-    chosen_on = held_out.load_held_out(corpus, exclude_seen=True, config=config, split="validation")
+    chosen_on = held_out.load_held_out(RunData.of(corpus, config), exclude_seen=True, split="validation")
     np.testing.assert_array_equal(chosen_on.relevant_ids, [[3], [5]])
     np.testing.assert_array_equal(chosen_on.history, [[2, 1, PAD], [4, PAD, PAD]])
     np.testing.assert_array_equal(chosen_on.last_items, [2, 4])
     np.testing.assert_array_equal(chosen_on.seen_ids, [[1, 2], [4, PAD]])
-    tested = held_out.load_held_out(corpus, exclude_seen=True, config=config)  # split="test", the default
+    tested = held_out.load_held_out(RunData.of(corpus, config), exclude_seen=True)  # split="test", the default
     np.testing.assert_array_equal(tested.relevant_ids, [[6], [7]])
     np.testing.assert_array_equal(tested.history, [[3, 2, 1], [5, 4, PAD]])
     np.testing.assert_array_equal(tested.last_items, [3, 5])  # the item-to-item baseline's query
@@ -176,4 +180,4 @@ def test_validation_queries_read_training_rows_and_test_queries_training_and_val
     without = _write_corpus(tmp_path / "old", train, test) if (tmp_path / "old").mkdir() is None else None
     assert held_out.selection_split(without) == "test"
     with pytest.raises(ValueError, match="no validation split"):
-        held_out.load_held_out(without, split="validation")
+        held_out.load_held_out(RunData.of(without), split="validation")

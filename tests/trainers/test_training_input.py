@@ -9,6 +9,7 @@ import pytest
 from data import history, records
 from tests.conftest import TINY_CORPUS, run_module
 from trainers import model_builder, training_input
+from trainers.run_data import RunData
 from trainers.event_reader import read_scalars
 from trainers.run_config import DataConfig, ModelConfig, RunConfig
 
@@ -28,9 +29,11 @@ def _history_config(config, **data):
 def test_batches_carry_each_rows_history_and_no_cold_user(corpus):
     corpus, config = corpus
     config = _history_config(config, history_length=5, cold_users=0.25)
-    cold = training_input.cold_users(corpus, config)
+    data = RunData.of(corpus, config)
+    cold = data.cold_user_ids
     assert len(cold) == 50
-    source = training_input.TrainingInput.of_run(corpus, config)
+    source = training_input.TrainingInput.of_run(data)
+    assert source.columns is data.train_columns, "the run's one in-memory training split"
     train = records.read_all(corpus.train_files)
     warm = ~np.isin(train["user_id"], cold)
     batch = next(iter(source.batches().take(1)))
@@ -44,9 +47,9 @@ def test_batches_carry_each_rows_history_and_no_cold_user(corpus):
 def test_the_corpus_training_sees_under_cold_users(corpus):
     corpus, config = corpus
     config = _history_config(config, cold_users=0.25)
-    view = training_input.without_cold_users(corpus, config)
+    view = RunData.of(corpus, config).warm_corpus
     train = records.read_all(corpus.train_files)
-    warm = ~np.isin(train["user_id"], training_input.cold_users(corpus, config))
+    warm = ~np.isin(train["user_id"], history.cold_user_ids(corpus.num_users, 0.25, config.seed))
     assert view.num_train == warm.sum() < corpus.num_train
     np.testing.assert_array_equal(view.item_counts, np.bincount(train["item_id"][warm], minlength=corpus.num_items))
 
@@ -54,10 +57,11 @@ def test_the_corpus_training_sees_under_cold_users(corpus):
 def test_latest_histories_are_each_users_last_training_items(corpus):
     corpus, config = corpus
     config = _history_config(config, history_length=4, cold_users=0.25)
-    latest = training_input.latest_histories(corpus, config)
+    data = RunData.of(corpus, config)
+    latest = training_input.latest_histories(data)
     train = records.read_all(corpus.train_files)
     assert latest.shape == (corpus.num_users, 4)
-    cold = training_input.cold_users(corpus, config)
+    cold = data.cold_user_ids
     assert np.all(latest[cold] == history.PAD), "cold users have no training history"
     user = int(np.setdiff1d(np.arange(corpus.num_users), cold)[0])
     mine = train["user_id"] == user

@@ -124,9 +124,3 @@ def write_summary(run_dir: RunDir, task_name: str, is_chief: bool, summary: Dict
     """run_summary.json (the chief) or task_summaries/<task>.json (every other task)."""
     atomic.write_json_atomically(run_dir.join(RUN_SUMMARY) if is_chief else run_dir.task_summary(task_name), summary)
 
-
-def restore_model(model_dir: str, best: bool = False):
-    """trainers.restored_run.restore_model, under its old name, for callers not yet moved to it."""
-    from trainers import restored_run  # not at the top: restored_run imports this module
-
-    return restored_run.restore_model(model_dir, best)

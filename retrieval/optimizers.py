@@ -1,4 +1,11 @@
-"""Optimizers for large embedding tables."""
+"""Optimizers for large embedding tables.
+
+A sparse gradient's de-duplication and its rows' update run under a name scope of the variable's name
+(`variable_scope`: query_tower/history_encoder/embeddings -> `history_encoder_embeddings`), so a
+profile tells the tables' updates apart.
+"""
+
+import re
 
 import tensorflow as tf
 
@@ -17,7 +24,36 @@ def sum_duplicate_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
     return tf.IndexedSlices(summed, unique_indices, gradient.dense_shape)
 
 
-class LazyAdam(tf.keras.optimizers.Adam):
+def variable_scope(variable) -> str:
+    """A name scope for a variable's update: its name's last two parts (`history_encoder_embeddings`)."""
+    parts = variable.name.split(":")[0].split("/")
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", "_".join(parts[-2:]))
+
+
+class _ScopedSparseUpdates:
+    """Mixin: each sparse gradient de-duplicated under its variable's scope (see the module docstring)."""
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        # Keras drops the pairs without a gradient before de-duplicating the rest, in order: so do the scopes.
+        self._gradient_scopes = [variable_scope(variable) for gradient, variable in grads_and_vars
+                                 if gradient is not None]
+        return super().apply_gradients(grads_and_vars, *args, **kwargs)
+
+    def _deduplicate_sparse_grad(self, gradients):
+        scopes = getattr(self, "_gradient_scopes", None)
+        if scopes is None or len(scopes) != len(gradients):
+            scopes = [None] * len(gradients)
+        deduplicated = []
+        for gradient, scope in zip(gradients, scopes):
+            if isinstance(gradient, tf.IndexedSlices):
+                with tf.name_scope(scope or "sparse"):
+                    gradient = sum_duplicate_rows(gradient)
+            deduplicated.append(gradient)
+        return deduplicated
+
+
+class LazyAdam(_ScopedSparseUpdates, tf.keras.optimizers.Adam):
     """Adam that, for sparse (IndexedSlices) gradients, updates only the rows the step touched.
 
     tf.keras Adam decays both moments and moves the variable over the whole table on every step, even for an
@@ -27,14 +63,66 @@ class LazyAdam(tf.keras.optimizers.Adam):
     Keras de-duplicates sparse indices before update_step (here with `sum_duplicate_rows`), so each row appears once.
 
     The weights' rows move by `add_to_rows`.
+
+    momentless_variables: substrings of variable names (`history_encoder/embeddings`) whose updates keep the
+      second moment only: Adam with beta_1 = 0 for them (RMSprop with Adam's bias correction), one slot per row
+      instead of two, so a step gathers and scatters one table fewer for them. Their first moment is not created.
     """
 
-    def _deduplicate_sparse_grad(self, gradients):
-        return _sum_duplicates(gradients)
+    def __init__(self, learning_rate=0.001, *args, momentless_variables=(), **kwargs):
+        super().__init__(learning_rate, *args, **kwargs)
+        self.momentless_variables = tuple(momentless_variables)
+        if self.momentless_variables and self.amsgrad:
+            raise ValueError("LazyAdam: momentless_variables with amsgrad=True; expected one or the other")
+
+    def get_config(self):
+        return {**super().get_config(), "momentless_variables": list(self.momentless_variables)}
+
+    def is_momentless(self, variable) -> bool:
+        return any(name in variable.name for name in self.momentless_variables)
+
+    def build(self, var_list):
+        if not self.momentless_variables:
+            return super().build(var_list)
+        super(tf.keras.optimizers.Adam, self).build(var_list)  # the base optimizer's bookkeeping, not Adam's slots
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        self._momentums, self._velocities = [], []
+        for variable in var_list:
+            self._momentums.append(None if self.is_momentless(variable) else
+                                   self.add_variable_from_reference(model_variable=variable, variable_name="m"))
+            self._velocities.append(self.add_variable_from_reference(model_variable=variable, variable_name="v"))
 
     def update_step(self, gradient, variable):
-        if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+        momentless = self.is_momentless(variable) if self.momentless_variables else False
+        if not momentless and (not isinstance(gradient, tf.IndexedSlices) or self.amsgrad):
             return super().update_step(gradient, variable)
+        with tf.name_scope(variable_scope(variable)):
+            if momentless:
+                return self._momentless_update(gradient, variable)
+            return self._sparse_update(gradient, variable)
+
+    def _momentless_update(self, gradient, variable):
+        """Adam with beta_1 = 0: v = beta_2 v + (1 - beta_2) g^2, w -= lr sqrt(1 - beta_2^t) g / (sqrt(v) + eps),
+        over the touched rows of a sparse gradient, over the whole variable for a dense one."""
+        dtype = variable.dtype
+        beta_2 = tf.cast(self.beta_2, dtype)
+        beta_2_power = tf.pow(beta_2, tf.cast(self.iterations + 1, dtype))
+        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2_power)
+        epsilon = self.epsilon * tf.sqrt(1 - beta_2_power) if self.adaptive_epsilon else self.epsilon
+        v = self._velocities[self._index_dict[self._var_key(variable)]]
+        if not isinstance(gradient, tf.IndexedSlices):
+            v.assign(beta_2 * v + (1 - beta_2) * tf.square(gradient))
+            variable.assign_sub(alpha * gradient / (tf.sqrt(v) + epsilon))
+            return
+        indices = gradient.indices  # [rows], each once
+        v_rows = beta_2 * tf.gather(v, indices) + (1 - beta_2) * tf.square(gradient.values)  # [rows, dim]
+        v.scatter_update(tf.IndexedSlices(v_rows, indices))
+        add_to_rows(variable, indices, -alpha * gradient.values / (tf.sqrt(v_rows) + epsilon),
+                    self._distribution_strategy)
+
+    def _sparse_update(self, gradient, variable):
         dtype = variable.dtype
         local_step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
@@ -55,16 +143,17 @@ class LazyAdam(tf.keras.optimizers.Adam):
         add_to_rows(variable, indices, -alpha * m_rows / (tf.sqrt(v_rows) + epsilon), self._distribution_strategy)
 
 
-class Adagrad(tf.keras.optimizers.Adagrad):
+class Adagrad(_ScopedSparseUpdates, tf.keras.optimizers.Adagrad):
     """tf.keras Adagrad, the same arithmetic bit for bit, with sparse gradients' rows summed by `sum_duplicate_rows`
     and both scatter_adds (accumulator, weights) made by `add_to_rows`."""
-
-    def _deduplicate_sparse_grad(self, gradients):
-        return _sum_duplicates(gradients)
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable)
+        with tf.name_scope(variable_scope(variable)):
+            return self._sparse_update(gradient, variable)
+
+    def _sparse_update(self, gradient, variable):
         learning_rate = tf.cast(self.learning_rate, variable.dtype)
         accumulator = self._accumulators[self._index_dict[self._var_key(variable)]]
         indices = gradient.indices  # [rows], each once
@@ -89,6 +178,3 @@ def add_to_rows(variable, indices, deltas, strategy, return_rows=False):
     variable.scatter_update(tf.IndexedSlices(rows, indices))
     return rows if return_rows else None
 
-
-def _sum_duplicates(gradients):
-    return [sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]

@@ -36,6 +36,9 @@ HISTORY_ENCODERS = ("mean", "weighted_mean", "gru", "attention")
 PAD = -1
 # The mean encoders train the item table through this many most recent items of each history (HistoryEncoder._mean).
 TRAINED_POSITIONS = 10
+# The name of the history's own table's variable (query_tower/history_encoder/embeddings): the one the trainer's
+# optimizer updates without a first moment (retrieval.optimizers.LazyAdam's momentless_variables).
+HISTORY_TABLE = "history_encoder/embeddings"
 # Context features derived from the interaction's timestamp, and their number of values.
 TIME_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
 
@@ -72,11 +75,17 @@ class HistoryEncoder(tf.keras.layers.Layer):
     item_embedding: the embedding layer to read item ids with (the item tower's, shared), or None for a table of
       its own of num_items rows.
     max_length: the longest history (positions of the attention encoder).
+    trained_positions: the mean encoders train the item table through this many most recent items of each history
+      (the older ones are read without a gradient; see _mean).
     """
 
     def __init__(self, item_embedding: Optional[tf.keras.layers.Layer], embedding_dim: int, encoder: str = "mean",
-                 max_length: int = 50, num_items: int = 0, name: str = "history_encoder"):
+                 max_length: int = 50, num_items: int = 0, name: str = "history_encoder",
+                 trained_positions: int = TRAINED_POSITIONS):
         super().__init__(name=name)
+        if trained_positions < 1:
+            raise ValueError(f"trained_positions={trained_positions}; expected 1 or more")
+        self.trained_positions = trained_positions
         if encoder not in HISTORY_ENCODERS:
             raise ValueError(f"history_encoder={encoder!r}; expected one of {', '.join(HISTORY_ENCODERS)}")
         if item_embedding is None:
@@ -119,8 +128,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
     def _mean(self, history):
         """The (position-weighted) mean of the valid items.
 
-        The table is trained through the TRAINED_POSITIONS most recent items of each history only: the older
-        ones are read without a gradient. Every interaction is among the most recent items of the histories that
+        The table is trained through the trained_positions (TRAINED_POSITIONS) most recent items of each history
+        only: the older ones are read without a gradient. Every interaction is among the most recent items of the histories that
         follow it, so every row still learns from each of its occurrences; at 1,000,000 items this halves the
         step (the optimizer touched some 16,000 random rows of the table and its two Adam slots per batch of 1,024
         histories of 50) for the same recall (README, "The query tower"). Each slice's valid items are pooled
@@ -138,10 +147,11 @@ class HistoryEncoder(tf.keras.layers.Layer):
             weights = tf.cast(tf.exp(tf.cast(tf.gather(self.position_logits, slots), tf.float32)),
                               self.compute_dtype)  # [L]
             norms = tf.reduce_sum(tf.where(valid, weights, tf.zeros_like(weights)), axis=1, keepdims=True)
-        sums = (self._sums(history[:, :TRAINED_POSITIONS], valid[:, :TRAINED_POSITIONS],
-                           None if weights is None else weights[:TRAINED_POSITIONS], batch_size, trained=True)
-                + self._sums(history[:, TRAINED_POSITIONS:], valid[:, TRAINED_POSITIONS:],
-                             None if weights is None else weights[TRAINED_POSITIONS:], batch_size, trained=False))
+        trained = self.trained_positions
+        sums = (self._sums(history[:, :trained], valid[:, :trained],
+                           None if weights is None else weights[:trained], batch_size, trained=True)
+                + self._sums(history[:, trained:], valid[:, trained:],
+                             None if weights is None else weights[trained:], batch_size, trained=False))
         return sums / tf.maximum(norms, tf.cast(1e-6, norms.dtype))
 
     def _sums(self, history, valid, weights, batch_size, trained: bool):

@@ -1,13 +1,18 @@
 """CPU time of the history model's trainer step against the user-id model's, and where it goes.
 
     .venv/bin/python scripts/profile_history.py [--num_users=20000] [--num_items=1000000] [--ops]
+    .venv/bin/python scripts/profile_history.py --models=history,history+trained_positions=5   # a lever, A/B
 
 Builds each model as trainers.train does (model_builder.build_model, lazy Adam, the in-memory input with its
 query inputs) and times Keras fit on one thread in CPU milliseconds per step (time.process_time; CPU time barely
 moves with the load of other processes, where wall time on a shared 2-core machine does; wall time per step is
 printed too, and --threads=0 runs TensorFlow on its default threads as the trainer does). The models run in
 turns, in one process, so both see the same machine. --ops adds an op-level profile of each (tf.profiler over a
-few steps, the .xplane.pb's op events summed by name on the TensorFlow compute lines), the top ops printed.
+few steps, the .xplane.pb's op events summed by name on the TensorFlow compute lines), grouped into the parts of
+the step (CATEGORIES: input lookups, the history table's update, the other tables' updates, the encoder, the rest:
+loss, item tower, head) and the top ops printed. A model name may carry settings after `+`
+(`history+trained_positions=5`: HistoryEncoder.trained_positions), so a lever is timed against the default in
+the same process, in turns.
 """
 
 import collections
@@ -25,7 +30,8 @@ sys.path.insert(0, REPO_ROOT)
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer("num_items", 1_000_000, "Items in the built-in corpus (bench.py's size).")
-flags.DEFINE_integer("num_users", 100_000, "Users (bench.py's default; 20,000 gives histories of some 28 items).")
+flags.DEFINE_integer("num_users", 20_000, "Users: the built-in corpus's 20,000 (histories of some 28 items on "
+                     "average, bench.py's corpus); 100,000 gives 5.2, 2,000 gives 47.")
 flags.DEFINE_integer("num_interactions", 1_000_000, "Interactions.")
 flags.DEFINE_integer("history_length", 50, "--history_length of the history model.")
 flags.DEFINE_integer("steps", 100, "Timed steps per round.")
@@ -33,11 +39,17 @@ flags.DEFINE_integer("rounds", 3, "Alternating rounds per model (the median is p
 flags.DEFINE_integer("steps_per_execution", 50, "Steps per tf.function call (the trainer's automatic value).")
 flags.DEFINE_integer("threads", 1, "TensorFlow's intra- and inter-op threads (0: its default, as the trainer runs).")
 flags.DEFINE_boolean("ops", False, "Also print an op-level profile of each model's step.")
-flags.DEFINE_string("models", "user_id,history", "Which models to time.")
+flags.DEFINE_string("models", "user_id,history", "Which models to time: user_id or history, each optionally with "
+                    "+setting=value pieces (trained_positions=5; momentless=history_encoder/embeddings).")
 FLAGS = flags.FLAGS
 OP_EVENT = re.compile(r"^[^:]+:[A-Za-z0-9_]+$")
-CATEGORIES = (("[data]", "input pipeline"), ("history_encoder", "history encoder (forward and gradient)"),
-              ("Adam/", "optimizer (Keras de-duplication, lazy Adam)"), ("", "rest (loss, item tower, head)"))
+# Each op goes to the first category whose marker its name holds. The optimizer runs each sparse table's
+# de-duplication and update under the table's scope (retrieval.optimizers.variable_scope).
+CATEGORIES = (("[data]", "input pipeline (history lookups, shuffle, batch)"),
+              ("Adam/history_encoder", "history table update (de-duplication, lazy Adam rows)"),
+              ("history_encoder", "history encoder (forward and gradient)"),
+              ("Adam/", "other updates (item table, head, position weights)"),
+              ("", "rest (loss, item tower, head)"))
 
 
 def categories(totals):
@@ -48,7 +60,24 @@ def categories(totals):
     return grouped
 
 
-def _model_and_batches(tf, corpus, query_features):
+SETTINGS = ("trained_positions", "momentless")  # what a --models name may set after `+`
+
+
+def _model_and_batches(tf, corpus, name):
+    query_features, *pieces = name.split("+")
+    settings = dict(piece.split("=", 1) for piece in pieces)
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"--models: unknown setting(s) {unknown} in {name!r}; expected some of {SETTINGS}")
+    # momentless=history_encoder/embeddings: LazyAdam(momentless_variables=...), one slot for that table
+    optimizer_options = {"momentless_variables": settings["momentless"].split(";")} if "momentless" in settings else {}
+    model, batches = _default_model_and_batches(tf, corpus, query_features, optimizer_options)
+    if "trained_positions" in settings:
+        model.query_tower.history_encoder.trained_positions = int(settings["trained_positions"])
+    return model, batches
+
+
+def _default_model_and_batches(tf, corpus, query_features, optimizer_options=None):
     from data import history, pipeline
     from retrieval.optimizers import LazyAdam
     from trainers import model_builder
@@ -60,7 +89,8 @@ def _model_and_batches(tf, corpus, query_features):
     model = model_builder.build_model(corpus, trainer.loss, trainer.model.embedding_dim, trainer.model.hidden_dims,
                                       trainer.model.normalize, global_batch_size=batch_size,
                                       query_config=model_config, history_length=FLAGS.history_length)
-    model.compile(optimizer=LazyAdam(trainer.optimization.learning_rate), steps_per_execution=FLAGS.steps_per_execution)
+    model.compile(optimizer=LazyAdam(trainer.optimization.learning_rate, **(optimizer_options or {})),
+                  steps_per_execution=FLAGS.steps_per_execution)
     columns = pipeline.read_in_memory(corpus.train_files)
     query_inputs = None
     if "history" in query_features:
@@ -120,8 +150,10 @@ def main(argv):
                                        num_interactions=FLAGS.num_interactions, seed=RunConfig.seed)
     corpus = builtin.prepare(config, sources.DEFAULT_CACHE_DIR)
     models = {name: _model_and_batches(tf, corpus, name) for name in FLAGS.models.split(",")}
-    for model, batches in models.values():  # trace and warm up
+    for name, (model, batches) in models.items():  # trace and warm up
         _ms_per_step(model, batches, 2 * FLAGS.steps_per_execution)
+        slots = sum(int(variable.shape.num_elements() or 0) for variable in model.optimizer.variables[1:])
+        print(f"{name}: {slots / 1e6:.1f}M optimizer slot values", flush=True)
     times = {name: [] for name in models}
     walls = {name: [] for name in models}
     for _ in range(FLAGS.rounds):
@@ -133,6 +165,12 @@ def main(argv):
     wall = {name: sorted(values)[len(values) // 2] for name, values in walls.items()}
     print(json.dumps({"cpu_ms_per_step": result, "wall_ms_per_step": wall, "rounds": times, "wall_rounds": walls}),
           flush=True)
+    if "history" in result and len(result) > 1:
+        for name in result:
+            if name != "history":
+                ratios = sorted(a / b for a, b in zip(times[name], times["history"]))  # rounds ran in turns
+                print(f"{name} / history CPU per step: median of the rounds' ratios "
+                      f"{ratios[len(ratios) // 2]:.3f}x ({ratios[0]:.3f}-{ratios[-1]:.3f})")
     if "user_id" in result and "history" in result:
         print(f"history / user_id CPU per step: {result['history'] / result['user_id']:.2f}x "
               f"(throughput ratio {result['user_id'] / result['history']:.2f}); wall: "

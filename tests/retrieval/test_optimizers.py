@@ -1,6 +1,7 @@
 """LazyAdam, the trainer's default optimizer, against a NumPy reference of lazy Adam."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from retrieval.optimizers import Adagrad, LazyAdam, sum_duplicate_rows
@@ -89,3 +90,30 @@ def test_adagrad_equals_keras_adagrad_bit_for_bit_on_sparse_and_dense_gradients(
         keras.apply_gradients([(dense, keras_table)])
     np.testing.assert_array_equal(ours_table.numpy(), keras_table.numpy())
     np.testing.assert_array_equal(ours.variables[1].numpy(), keras.variables[1].numpy())  # the accumulator
+
+
+def test_momentless_variables_keep_one_slot_and_follow_adam_without_a_first_moment():
+    rng = np.random.default_rng(3)
+    initial = rng.normal(size=(8, 3)).astype(np.float32)
+    history_table = tf.Variable(initial, name="history_encoder/embeddings")
+    item_table = tf.Variable(initial, name="item_tower/embedding/embeddings")
+    optimizer = LazyAdam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON,
+                         momentless_variables=["history_encoder/embeddings"])
+    steps = [(np.array([0, 0, 2]), rng.normal(size=(3, 3))), (np.array([1, 3]), rng.normal(size=(2, 3))),
+             (np.array([0, 5]), rng.normal(size=(2, 3)))]
+    table, v = initial.astype(np.float64).copy(), np.zeros((8, 3))
+    for step, (indices, values) in enumerate(steps, start=1):
+        gradient = tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(indices), tf.constant([8, 3]))
+        optimizer.apply_gradients([(gradient, history_table), (gradient, item_table)])
+        rows, summed = np.unique(indices), np.zeros((8, 3))
+        np.add.at(summed, indices, values)
+        v[rows] = BETA_2 * v[rows] + (1 - BETA_2) * summed[rows] ** 2
+        table[rows] -= LEARNING_RATE * np.sqrt(1 - BETA_2**step) * summed[rows] / (np.sqrt(v[rows]) + EPSILON)
+    np.testing.assert_allclose(history_table.numpy(), table, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(history_table.numpy()[[4, 6, 7]], initial[[4, 6, 7]])  # never touched
+    expected, _, _ = _numpy_lazy_adam(initial, steps)  # the other table: lazy Adam as before
+    np.testing.assert_allclose(item_table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # iterations, then v of the history table and m, v of the item table: no first moment for the history table
+    assert len(optimizer.variables) == 1 + 1 + 2
+    with pytest.raises(ValueError, match="momentless_variables"):
+        LazyAdam(momentless_variables=["x"], amsgrad=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrieval.query import HISTORY_ENCODERS, PAD, TRAINED_POSITIONS, HistoryEncoder, QueryTower
+from retrieval.query import HISTORY_ENCODERS, HISTORY_TABLE, PAD, TRAINED_POSITIONS, HistoryEncoder, QueryTower
 from retrieval.towers import Tower
 
 NUM_USERS, NUM_ITEMS, DIM = 10, 30, 8
@@ -92,18 +92,23 @@ def test_the_shared_item_table_gets_sparse_rows_of_the_history_items_only():
     assert np.count_nonzero(np.abs(dense).sum(axis=1)) == 4
 
 
-@pytest.mark.parametrize("encoder", ["mean", "weighted_mean"])
-def test_the_table_is_trained_through_the_most_recent_items_and_reads_them_all(encoder):
+@pytest.mark.parametrize("encoder,trained_positions", [("mean", None), ("weighted_mean", None), ("weighted_mean", 3)])
+def test_the_table_is_trained_through_the_most_recent_items_and_reads_them_all(encoder, trained_positions):
     item_tower = Tower(NUM_ITEMS, DIM, name="item_tower")
     item_tower(tf.constant([0], tf.int64))
-    history = HistoryEncoder(item_tower.embedding, DIM, encoder, max_length=14)
-    items = list(range(1, TRAINED_POSITIONS + 3))  # two older than the trained positions
+    options = {} if trained_positions is None else {"trained_positions": trained_positions}
+    history = HistoryEncoder(item_tower.embedding, DIM, encoder, max_length=14, **options)
+    trained = trained_positions or TRAINED_POSITIONS
+    assert history.trained_positions == trained
+    items = list(range(1, trained + 3))  # two older than the trained positions
     with tf.GradientTape() as tape:
         pooled = history(tf.constant([items + [PAD, PAD]], tf.int64))
         loss = tf.reduce_sum(pooled)
     np.testing.assert_allclose(pooled.numpy()[0], _mean_of(item_tower, [items])[0], rtol=1e-5)
     gradient = tape.gradient(loss, item_tower.embedding.embeddings)
-    assert sorted(gradient.indices.numpy().tolist()) == items[:TRAINED_POSITIONS]
+    assert sorted(gradient.indices.numpy().tolist()) == items[:trained]
+    with pytest.raises(ValueError, match="trained_positions=0"):
+        HistoryEncoder(item_tower.embedding, DIM, encoder, trained_positions=0)
 
 
 def test_own_history_table_when_not_shared():
@@ -159,3 +164,11 @@ def test_bad_settings_are_named():
         QueryTower(NUM_USERS, DIM, query_features=("history",))
     with pytest.raises(ValueError, match="history_encoder"):
         HistoryEncoder(tf.keras.layers.Embedding(3, DIM), DIM, "lstm")
+
+
+def test_history_table_names_the_own_table_of_the_query_towers_history():
+    history = HistoryEncoder(None, DIM, "weighted_mean", num_items=NUM_ITEMS)
+    tower = QueryTower(4, DIM, normalize=True, query_features=("history",), history=history)
+    tower({"user_id": tf.constant([0]), "history": tf.constant([[1, 2, PAD]], tf.int64)})
+    matching = [variable.name for variable in tower.trainable_variables if HISTORY_TABLE in variable.name]
+    assert matching == [history.item_embedding.embeddings.name]

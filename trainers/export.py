@@ -41,6 +41,7 @@ from absl import app, flags
 
 from data import atomic
 from trainers import cli, serving
+from trainers.run_config import EvaluationConfig
 
 METADATA = os.path.join("assets.extra", "export.json")
 INDEXES = ("brute_force", "scann")
@@ -66,8 +67,8 @@ def _no_config_warning():
         tensorflow_logger.removeFilter(without)
 
 
-def export(model, corpus, model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
-           checkpoint: str = "", user_histories=None) -> str:
+def export(model, corpus, model_dir: str, export_dir: str = "", k: int = EvaluationConfig.export_top_k,
+           index: str = "brute_force", checkpoint: str = "", user_histories=None) -> str:
     """Writes the next version <export_dir>/<n>/ (export_dir defaults to <model_dir>/export); returns its path.
 
     user_histories: [num_users, L] every training user's latest history, for a model whose query reads one.
@@ -115,8 +116,8 @@ def _context_feature_names(query_tower):
     return list(getattr(query_tower, "context_names", ())) + list(getattr(query_tower, "numeric_context_names", ()))
 
 
-def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = 100, index: str = "brute_force",
-                          best: bool = False, data=None):
+def export_from_model_dir(model_dir: str, export_dir: str = "", k: int = EvaluationConfig.export_top_k,
+                          index: str = "brute_force", best: bool = False, data=None):
     """Exports the newest checkpoint of a run (best: its --keep_best checkpoint): what the trainer calls at the end,
     whatever its strategy.
 
@@ -162,7 +163,9 @@ def _define_flags():
     """Only when run as a command: the trainer imports this module and owns --model_dir itself."""
     flags.DEFINE_string("model_dir", None, "A trainers.train run directory (config.json + checkpoints/).")
     flags.DEFINE_string("export_dir", "", "Where versions go; default <model_dir>/export.")
-    flags.DEFINE_integer("k", 100, "Items the serving signature returns per query.", lower_bound=1)
+    # The trainer's --export_top_k (trainers.run_config.EvaluationConfig), so both export the same K by default.
+    flags.DEFINE_integer("k", EvaluationConfig.export_top_k, "Items the serving signature returns per query.",
+                         lower_bound=1)
     flags.DEFINE_enum("index", "brute_force", list(INDEXES), "Top-K index inside the SavedModel.")
     flags.DEFINE_bool("best", False, "Export the run's --keep_best checkpoint (checkpoints/best/), not the newest.")
 

@@ -163,6 +163,15 @@ class Adagrad(_ScopedSparseUpdates, tf.keras.optimizers.Adagrad):
         add_to_rows(variable, indices, -learning_rate * gradient.values / tf.sqrt(accumulated + self.epsilon), strategy)
 
 
+
+# The optimizers a run chooses by name (trainers: --optimizer), as samplers.SAMPLERS and losses.HEADS name theirs.
+OPTIMIZERS = {
+    "lazy_adam": LazyAdam,
+    "adam": tf.keras.optimizers.Adam,
+    "adagrad": Adagrad,
+    "sgd": tf.keras.optimizers.SGD,
+}
+
 def add_to_rows(variable, indices, deltas, strategy, return_rows=False):
     """variable[indices] += deltas (indices [rows] each once, deltas [rows, dim]); the new rows if return_rows.
 

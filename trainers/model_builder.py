@@ -116,17 +116,11 @@ def model_from_config(corpus: PreparedCorpus, config: RunConfig) -> TwoTowerMode
                        config.optimization.loss_reduction)
 
 
-def make_optimizer(tf, optimization: OptimizationConfig):
+def make_optimizer(optimization: OptimizationConfig):
     """The optimizer --optimizer names, at --learning_rate."""
-    from retrieval.optimizers import Adagrad, LazyAdam
+    from retrieval import optimizers
 
-    optimizers = {
-        "lazy_adam": LazyAdam,
-        "adam": tf.keras.optimizers.Adam,
-        "adagrad": Adagrad,
-        "sgd": tf.keras.optimizers.SGD,
-    }
-    return optimizers[optimization.optimizer](optimization.learning_rate)
+    return optimizers.OPTIMIZERS[optimization.optimizer](optimization.learning_rate)
 
 
 def build_for_training(
@@ -137,7 +131,7 @@ def build_for_training(
     the first batch, ready for a restore."""
     with strategy.scope():
         model = model_from_config(corpus, config)
-        model.compile(optimizer=make_optimizer(tf, config.optimization),
+        model.compile(optimizer=make_optimizer(config.optimization),
                       steps_per_execution=steps_per_execution)
         model.item_tower(tf.reshape(first_batch["item_id"], [-1]))
         model.query_embeddings(first_batch)

@@ -24,7 +24,7 @@ import json
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from data import history, sources, synthetic
-from retrieval import model as two_tower, query
+from retrieval import model as two_tower, optimizers, query
 from retrieval.retrieval_loss import LossConfig
 from trainers import distribute
 
@@ -32,7 +32,6 @@ FORMAT = "retrieval-run/2"
 # A history longer than this is no user's: a [batch, history_length] lookup table of 10,000 items per query
 # already holds 40 MB per 1,024 rows; 10^9 would ask TensorFlow for a Range of 8 GB before the first step.
 MAX_HISTORY_LENGTH = 10_000
-OPTIMIZERS = ("lazy_adam", "adam", "adagrad", "sgd")  # trainers.model_builder.make_optimizer
 # The built-in corpus's own defaults (data.synthetic): its settings here default to them.
 _BUILTIN = synthetic.SyntheticConfig()
 
@@ -132,7 +131,7 @@ class OptimizationConfig:
     optimizer: str = setting(
         "lazy_adam",
         "Optimizer. lazy_adam updates only the embedding rows a step touches (retrieval.optimizers.LazyAdam).",
-        choices=OPTIMIZERS,
+        choices=tuple(optimizers.OPTIMIZERS),
     )
     learning_rate: float = setting(0.005, "Learning rate.", lower_bound=0.0)
     batch_size: int = setting(1024, "Global batch size.", lower_bound=1)

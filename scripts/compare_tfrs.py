@@ -51,6 +51,7 @@ sys.path.insert(0, REPO_ROOT)
 
 import retrieval  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from retrieval import baselines  # noqa: E402
+from trainers.run_config import EvaluationConfig  # noqa: E402
 
 flags.DEFINE_string("data", "movielens", "The corpus, as trainers.train's --data (builtin, movielens, a directory).")
 flags.DEFINE_integer("tfrs_epochs", 3, "TFRS tutorial: epochs.")
@@ -58,7 +59,7 @@ flags.DEFINE_string("work_dir", "runs/compare_tfrs", "Where this project's two r
 flags.DEFINE_integer("tfrs_batch_size", 8192, "TFRS tutorial: batch size.")
 flags.DEFINE_string("output", "", "Write the figures here as JSON ('' : <work_dir>/compare.json).")
 flags.DEFINE_float("tfrs_learning_rate", 0.1, "TFRS tutorial: Adagrad's learning rate.")
-flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K.")
+flags.DEFINE_list("eval_top_k", [str(k) for k in EvaluationConfig.eval_top_k], "Cut-offs K (the trainer's).")
 flags.DEFINE_integer("tfrs_embedding_dim", 32, "TFRS tutorial: embedding size.")
 flags.DEFINE_list("seeds", ["42"], "The seeds: every trained model is trained once per seed (the built-in corpus is "
                   "drawn with the first); the table gives the mean and range.")

@@ -23,6 +23,10 @@ from typing import Dict, List
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from trainers.run_config import EvaluationConfig  # noqa: E402  (imports TensorFlow, after TF_USE_LEGACY_KERAS)
+
 PROTOCOLS = {"seen": [], "exclude_seen": ["--exclude_seen"]}
 
 FLAGS = flags.FLAGS
@@ -31,7 +35,7 @@ flags.DEFINE_list("seeds", ["42", "43", "44"], "The trainer's --seed of each rep
 flags.DEFINE_multi_string("candidate", ["default="], "NAME=FLAGS: a candidate setting (repeatable).")
 flags.DEFINE_string("work_dir", "/tmp/select_defaults", "Where each run's model_dir goes.")
 flags.DEFINE_string("output_json", "", "Write every figure here (default <work_dir>/select_defaults.json).")
-flags.DEFINE_list("eval_top_k", ["10", "50", "100"], "Cut-offs K.")
+flags.DEFINE_list("eval_top_k", [str(k) for k in EvaluationConfig.eval_top_k], "Cut-offs K (the trainer's).")
 
 
 def _run(module: str, args: List[str]) -> None:

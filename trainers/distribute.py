@@ -8,7 +8,8 @@
     auto              parameter_server when TF_CONFIG has ps tasks, multi_worker when it has several tasks,
                       mirrored with several GPUs (or --cpu_replicas), default otherwise
 
-TF_CONFIG is checked before any TensorFlow runtime starts: a bad one is a one-line `DistributeError`.
+TF_CONFIG is checked before any TensorFlow runtime starts: a bad one is a one-line `DistributeError`. The settings a
+resolved strategy cannot honour are trainers.checks' (check_strategy, check_replicas).
 """
 
 import contextlib
@@ -173,19 +174,6 @@ def resolve_strategy_name(name: str, spec: ClusterSpec, num_local_devices: int) 
                 "--strategy=parameter_server: TF_CONFIG needs one \"chief\" (the coordinator) and \"worker\" tasks"
             )
     return name
-
-
-def check_settings(name: str, config) -> None:
-    """DistributeError for a RunConfig setting the resolved strategy cannot honour: --cpu_replicas beyond 1 outside
-    mirrored; --keep_best under multi_worker (only the chief evaluates, and its workers could not stop early
-    together)."""
-    if config.distribution.cpu_replicas > 1 and name != "mirrored":
-        raise DistributeError(f"--cpu_replicas={config.distribution.cpu_replicas} applies to --strategy=mirrored, "
-                              f"not {name}")
-    if config.evaluation.keep_best and name == "multi_worker":
-        raise DistributeError(f"--keep_best={config.evaluation.keep_best} does not run under --strategy=multi_worker "
-                              "(only the chief evaluates, and the workers cannot stop early together); use mirrored, "
-                              "parameter_server, or trainers.evaluate on the run's checkpoints")
 
 
 def configure_local_devices(tf, cpu_replicas: int) -> None:

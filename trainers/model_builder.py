@@ -9,13 +9,14 @@ from retrieval import query
 from retrieval.model import TwoTowerModel
 from retrieval.retrieval_loss import LossConfig, RetrievalLoss
 from retrieval.towers import Tower
+from trainers import checks
 from trainers.run_config import DataConfig, ModelConfig, OptimizationConfig, RunConfig
 
 
 def load_corpus(config: RunConfig) -> PreparedCorpus:
-    """The corpus of config.data (data.sources) as its files hold it, checked against settings that would read a
-    split it streams (check_written_histories); raises ValueError subclasses or movielens.DownloadError. What the
-    run derives from it (cold users, the corpus as training sees it) is trainers.run_data.RunData's."""
+    """The corpus of config.data (data.sources) as its files hold it; raises ValueError subclasses or
+    movielens.DownloadError. The settings it cannot meet are trainers.checks.check_with_corpus's; what the run
+    derives from it (cold users, the corpus as training sees it) is trainers.run_data.RunData's."""
     data = config.data
     synthetic_config = synthetic.SyntheticConfig(
         num_items=data.num_items,
@@ -26,26 +27,7 @@ def load_corpus(config: RunConfig) -> PreparedCorpus:
         validation_per_user=data.validation_per_user,
         seed=config.seed,
     )
-    corpus = sources.load_corpus(data.data, data.cache_dir, synthetic_config)
-    check_written_histories(corpus, config)
-    return corpus
-
-
-def check_written_histories(corpus: PreparedCorpus, config: RunConfig) -> None:
-    """ValueError naming the flag when a corpus whose records carry their histories (prepared to be streamed,
-    data.prepare --history_length) meets a setting that reads its training split whole, or a longer history."""
-    written = corpus.history_length
-    if written is None:
-        return
-    why = (f"this corpus was prepared with --history_length={written}, its records carry their histories and "
-           "the trainer streams them, reading no split whole")
-    if "history" in config.model.query_features and config.data.history_length > written:
-        raise ValueError(f"--history_length={config.data.history_length}: {why}, so histories are at most {written} "
-                         f"items; train with --history_length<={written} or prepare the log again")
-    for flag, value in (("cold_users", config.data.cold_users), ("exclude_seen", config.evaluation.exclude_seen)):
-        if value:
-            raise ValueError(f"--{flag}={value} needs the training split read whole: {why}; drop --{flag}, or "
-                             "prepare the log without --history_length")
+    return sources.load_corpus(data.data, data.cache_dir, synthetic_config)
 
 
 def build_model(
@@ -89,16 +71,11 @@ def build_query_tower(corpus: PreparedCorpus, model: ModelConfig, item_tower: To
 def context_features(corpus: PreparedCorpus, model: ModelConfig):
     """({name: number of values} of the categorical context the query tower reads, [names of numeric ones]):
     model.context_features when query_features has context, each a time feature or one of the corpus's context
-    columns (ValueError naming context_features and the names available otherwise)."""
+    columns (ValueError naming context_features and the names available otherwise: checks.check_context_columns)."""
     if "context" not in model.query_features:
         return {}, []
+    checks.check_context_columns(corpus, model)
     declared = {column.name: column for column in corpus.context_columns}
-    query.check_features(model.query_features, model.context_features, list(declared))
-    time_features = [name for name in model.context_features if name in query.TIME_FEATURES]
-    if time_features and not corpus.has_timestamps:
-        raise ValueError(f"context_features={','.join(model.context_features)}: {' and '.join(time_features)} "
-                         "come from timestamps, and this corpus was prepared without --timestamp_column (its "
-                         "timestamps are row numbers); drop them or prepare the log with --timestamp_column")
     vocabularies = {name: query.TIME_FEATURES[name] for name in model.context_features if name in query.TIME_FEATURES}
     numeric = []
     for column in (declared[name] for name in model.context_features if name in declared):

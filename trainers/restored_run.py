@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from trainers import checkpoints, model_builder, run_config, run_dir
+from trainers import checkpoints, checks, model_builder, run_config, run_dir
 from trainers.run_data import RunData
 
 
@@ -45,7 +45,9 @@ def restore_model(model_dir: str, best: bool = False, data: Optional[RunData] = 
     if choice.path is None:
         raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first")
     if data is None:
-        data = RunData.of(model_builder.load_corpus(config), config)
+        corpus = model_builder.load_corpus(config)
+        checks.check_written_histories(corpus, config)  # as the trainer did (checks.check_with_corpus)
+        data = RunData.of(corpus, config)
     elif (data.config.data, data.config.seed) != (config.data, config.seed):
         raise ValueError(f"{model_dir}: the data handed to the restore are of another corpus or seed than its "
                          f"{run_dir.CONFIG}'s")

@@ -5,7 +5,7 @@ RunData.of(corpus, config) is built once per process and handed to everyone who 
 (trainers.training_input), the held-out evaluation's histories and seen items (trainers.held_out), the baselines
 (trainers.baselines) and the export's latest histories. Nothing is read until it is asked for, and a corpus whose
 records carry their histories (data.prepare --history_length: the trainer streams them) is never asked for its
-training split whole by the trainer (model_builder.check_written_histories refuses the settings that would).
+training split whole by the trainer (trainers.checks.check_written_histories refuses the settings that would).
 """
 
 import dataclasses

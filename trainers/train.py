@@ -1,10 +1,14 @@
 """Trains a two-tower retrieval model: `python -m trainers.train --flags` (flags: trainers/train_flags.py).
 
 The data path, one call each (main -> run_task -> train -> _train -> _report_and_export):
-    config = train_flags.config_from_flags()                      flags -> RunConfig
+    config = train_flags.config_from_flags()                      flags -> RunConfig (checks.check_config)
+    checks.check_strategy(config, strategy_name)                  the settings the resolved --strategy can honour
+    checks.check_replicas(config, strategy_name, num_replicas)    ... and the strategy built
     corpus = model_builder.load_corpus(config)                    -> PreparedCorpus (built-in, MovieLens, prepared)
     data = RunData.of(corpus, config)                             -> cold users, warm_corpus, the training split
                                                                      (read once, when first asked for)
+    checks.check_with_corpus(config, data)                        the settings the corpus can meet (its size,
+                                                                     written histories, context columns)
     training_input = TrainingInput.of_run(data, ...)              -> the training batches under the strategy
     model = model_builder.build_for_training(..., data.warm_corpus, ...)  -> TwoTowerModel, in the strategy's scope
     resume = checkpoints.restore_for_training(...)                -> the step (and data position) to continue at
@@ -13,7 +17,8 @@ The data path, one call each (main -> run_task -> train -> _train -> _report_and
     fit_loop.fit(model, training_input, ..., callbacks.make_callbacks(...))
     fit_loop.chief_evaluation(model, data, ...)                   -> test metrics of the chosen model, baselines
     held_out.metrics_document / report -> metrics.json and the report; export.export_after_training(..., data)
-What goes to --model_dir is laid out in trainers/run_dir.py; which checkpoint a run restores, trainers/checkpoints.py.
+What goes to --model_dir is laid out in trainers/run_dir.py; which checkpoint a run restores, trainers/checkpoints.py;
+the checks of the settings (each refusal one line naming the flag), trainers/checks.py.
 """
 
 import dataclasses
@@ -26,7 +31,7 @@ import tempfile
 from absl import app, flags, logging
 
 import retrieval  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from trainers import checkpoints, cli, distribute, run_config, run_dir, task_status, train_flags
+from trainers import checkpoints, checks, cli, distribute, run_config, run_dir, task_status, train_flags
 
 train_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -58,13 +63,10 @@ def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: 
         status(task_status.TRAINING)
     logging.info("%s: --strategy=%s, %d replica(s) on %s", cluster.task_name, strategy_name,
                  strategy.num_replicas_in_sync, ", ".join(distribute.replica_devices(strategy)) or "the default device")
-    if config.optimization.batch_size % strategy.num_replicas_in_sync:
-        raise app.UsageError(f"--batch_size={config.optimization.batch_size} must be a multiple of the "
-                             f"{strategy.num_replicas_in_sync} replicas of --strategy={strategy_name}")
-    stateful = config.loss.frequency_estimation == "streaming" or config.loss.cross_batch_batches
-    if strategy_name == "parameter_server" and stateful:
-        raise app.UsageError("--frequency_estimation=streaming and --cross_batch_batches need synchronous training "
-                             "(every replica sees each global batch); --strategy=parameter_server steps workers apart")
+    try:
+        checks.check_replicas(config, strategy_name, strategy.num_replicas_in_sync)
+    except run_config.ConfigError as error:
+        raise app.UsageError(str(error)) from None
     data = _load_and_check_data(config)
     if cluster.is_chief:
         summary = _train(tf, strategy, data, Task(cluster, strategy_name, *[run_dir.RunDir(model_dir)] * 2))
@@ -81,7 +83,7 @@ def train(config: run_config.RunConfig, model_dir: str, cluster, strategy_name: 
 
 def _load_and_check_data(config):
     """The RunData of --data (the corpus, and what the run derives from it), with every setting that depends on
-    the corpus's size checked (UsageError naming the flag)."""
+    the corpus checked (checks.check_with_corpus; UsageError naming the flag)."""
     from data import movielens
     from trainers import model_builder
     from trainers.run_data import RunData
@@ -90,21 +92,10 @@ def _load_and_check_data(config):
         data = RunData.of(model_builder.load_corpus(config), config)
     except (movielens.DownloadError, ValueError) as error:  # DataError / CorpusError / a bad synthetic config
         raise app.UsageError(f"--data={config.data.data}: {error}") from None
-    corpus = data.corpus
     try:
-        config.loss.validate(corpus.num_items)
-        model_builder.context_features(corpus, config.model)
-    except ValueError as error:
-        raise app.UsageError(f"--{error}") from None
-    evaluation, batch_rows = config.evaluation, config.optimization.batch_size * config.loss.num_true
-    if max(evaluation.eval_top_k) > corpus.num_items:
-        raise app.UsageError(f"--eval_top_k={max(evaluation.eval_top_k)} exceeds the corpus size {corpus.num_items}")
-    if evaluation.export and evaluation.export_top_k > corpus.num_items:
-        raise app.UsageError(f"--export_top_k={evaluation.export_top_k} exceeds the corpus size {corpus.num_items}")
-    num_train = data.warm_corpus.num_train  # the rows training sees (--cold_users: the warm users')
-    if num_train < batch_rows:
-        raise app.UsageError(f"--batch_size={config.optimization.batch_size} exceeds the {num_train} "
-                             "training interactions")
+        checks.check_with_corpus(config, data)
+    except run_config.ConfigError as error:
+        raise app.UsageError(str(error)) from None
     return data
 
 
@@ -178,7 +169,7 @@ def _resolve_strategy(tf, config):
         # --cpu_replicas asks for that many local devices, so auto takes mirrored for it as for GPUs.
         num_local_devices = max(len(tf.config.list_physical_devices("GPU")), config.distribution.cpu_replicas)
         strategy_name = distribute.resolve_strategy_name(config.distribution.strategy, cluster, num_local_devices)
-        distribute.check_settings(strategy_name, config)
+        checks.check_strategy(config, strategy_name)
     except distribute.DistributeError as error:
         raise app.UsageError(str(error)) from None
     return cluster, strategy_name

@@ -4,8 +4,9 @@ Every flag but --model_dir is made from its setting's one definition: the field 
 trainers.run_config's sections and RunConfig.seed (the loss's in retrieval.retrieval_loss.LossConfig). Its type
 comes from the field's annotation; its default, bounds, choices and help text from the field (define_flags).
 --model_dir is where a run is written, not a setting of it, and is defined here. What a flag's bounds cannot say
-is checked here too: label_smoothing in [0, 1), temperature > 0, finite floats, the list flags' integers, and the
-settings that must agree (--keep_best, --context_features). The run writes its settings back as an absl flagfile
+of its own value is checked here too, where the flags are parsed: label_smoothing in [0, 1), temperature > 0, finite
+floats, the list flags' integers; the settings that must agree (--keep_best, --context_features, ...) are
+trainers.checks.check_config's, which config_from_flags calls. The run writes its settings back as an absl flagfile
 (<model_dir>/flags.txt), so `python -m trainers.train --flagfile=<model_dir>/flags.txt --model_dir=<new dir>`
 reproduces it.
 """
@@ -19,9 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from absl import flags
 
 from data import sources
-from retrieval import query
 from retrieval.retrieval_loss import LossConfig
-from trainers import run_config
+from trainers import checks, run_config
 from trainers.run_config import (
     SECTIONS,
     ConfigError,
@@ -126,7 +126,7 @@ def _section_from_flags(flag_values: flags.FlagValues, section_class, **parsed):
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> RunConfig:
     """The run's RunConfig from the parsed flags (default: absl's global FLAGS); ConfigError (naming the flag) for
-    values flags cannot check."""
+    values flags cannot check and for settings that cannot go together (trainers.checks.check_config)."""
     _check_finite_floats(flag_values)
     given = flag_values.profile_steps
     profile_steps = positive_ints("profile_steps", given) if given else ()
@@ -134,10 +134,6 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> RunConfig:
         raise ConfigError(f"--profile_steps={','.join(given)}: expected START,END with START <= END")
     hidden_dims = positive_ints("hidden_dims", flag_values.hidden_dims) if flag_values.hidden_dims else ()
     model = _section_from_flags(flag_values, ModelConfig, hidden_dims=hidden_dims)
-    try:
-        query.check_features(model.query_features, model.context_features)
-    except ValueError as error:
-        raise ConfigError(f"--{error}") from None
     eval_top_k = positive_ints("eval_top_k", flag_values.eval_top_k)
     config = RunConfig(
         seed=flag_values.seed,  # the loss's too (RunConfig.__post_init__)
@@ -149,8 +145,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> RunConfig:
         logging=_section_from_flags(flag_values, LoggingConfig, profile_steps=profile_steps),
         distribution=_section_from_flags(flag_values, DistributionConfig),
     )
-    _check_keep_best(config)
-    _check_context_features(config)
+    checks.check_config(config)
     return config
 
 
@@ -161,36 +156,6 @@ def _check_finite_floats(flag_values: flags.FlagValues) -> None:
         value = flag_values[name].value
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{name}={value}: expected a finite number")
-
-
-def _check_context_features(config: RunConfig) -> None:
-    """ConfigError when --context_features is set but --query_features has no context: the columns would be
-    silently unread."""
-    model = config.model
-    if "context" not in model.query_features and model.context_features != ModelConfig().context_features:
-        raise ConfigError(f"--context_features={','.join(model.context_features)} is read only with context in "
-                          f"--query_features (now {','.join(model.query_features)}): add it, e.g. "
-                          f"--query_features={','.join(model.query_features)},context, or drop --context_features")
-
-
-# The held-out metrics of every cut-off K (trainers.held_out), and the one without: what --keep_best can name.
-METRICS_AT_K = ("recall_at_", "hit_rate_at_", "ndcg_at_", "top_k_accuracy_at_")
-
-
-def _check_keep_best(config: RunConfig) -> None:
-    """ConfigError unless --keep_best names a metric the run's evaluation computes (cold_users/...: with
-    --cold_users), and --early_stopping_patience comes with it."""
-    evaluation = config.evaluation
-    if evaluation.early_stopping_patience and not evaluation.keep_best:
-        raise ConfigError(f"--early_stopping_patience={evaluation.early_stopping_patience} needs --keep_best=METRIC, "
-                          "the held-out metric it watches (e.g. --keep_best=recall_at_10)")
-    names = [f"{prefix}{k}" for prefix in METRICS_AT_K for k in evaluation.eval_top_k] + ["mrr"]
-    names += [f"cold_users/{name}" for name in names] if config.data.cold_users else []
-    if evaluation.keep_best and evaluation.keep_best not in names:
-        ks = ",".join(map(str, evaluation.eval_top_k))
-        raise ConfigError(f"--keep_best={evaluation.keep_best}: not a held-out metric of this run; expected "
-                          f"{', '.join(prefix + 'K' for prefix in METRICS_AT_K)} with K in --eval_top_k={ks}, or mrr"
-                          f"{' (cold_users/ before any, with --cold_users)' if config.data.cold_users else ''}")
 
 
 def flagfile_text(config: RunConfig, model_dir: str) -> str:

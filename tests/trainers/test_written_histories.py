@@ -89,14 +89,14 @@ def test_a_longer_history_is_refused_at_the_command_line(corpora, tmp_path):
     ("evaluation", "exclude_seen", True, "--exclude_seen=True needs the training split read whole"),
 ])
 def test_settings_that_read_the_whole_split_are_refused(corpora, section, name, value, expected):
-    """The same check as the command line's (model_builder.load_corpus runs it before reading anything)."""
+    """The same check as the command line's (trainers.checks.check_with_corpus runs it before reading anything)."""
     import dataclasses
 
     from data import corpus
-    from trainers import model_builder, run_config
+    from trainers import checks, run_config
 
     config = run_config.RunConfig()
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, history_length=WRITTEN))
     config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: value})})
     with pytest.raises(ValueError, match=expected):
-        model_builder.check_written_histories(corpus.PreparedCorpus.load(str(corpora / "written")), config)
+        checks.check_written_histories(corpus.PreparedCorpus.load(str(corpora / "written")), config)

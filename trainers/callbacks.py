@@ -161,9 +161,10 @@ class LossProgressCheck(tf.keras.callbacks.Callback):
     in a run from step 0, the loss of its first batch (probe_batch) at step 0 (exactly 0: no negatives) and again
     after health.CHECK_STEP steps (not moved). Each warning is logged and kept in `warnings` (the run summary's)."""
 
-    def __init__(self, config, probe_batch=None):
+    def __init__(self, loss, optimization, probe_batch=None):
+        """loss, optimization: the run's LossConfig and OptimizationConfig (what the warnings name)."""
         super().__init__()
-        self.config = config
+        self.loss, self.optimization = loss, optimization
         self.probe_batch = probe_batch
         self.warnings: List[dict] = []
         self.initial_loss: Optional[float] = None  # the probe's loss at step 0, until the check is done
@@ -187,16 +188,16 @@ class LossProgressCheck(tf.keras.callbacks.Callback):
             return
         self.started = True
         logged = self.probe_batch is not None and "negative_ids" in self.probe_batch
-        self._warn(health.rows_without_negatives(self.config, logged))
+        self._warn(health.rows_without_negatives(self.loss, self.optimization, logged))
         if self.probe_batch is not None and not self.warnings and int(self.model.optimizer.iterations.numpy()) == 0:
             self.initial_loss = self._probe_loss()
-            self._warn(health.zero_loss(self.initial_loss, self.config))
+            self._warn(health.zero_loss(self.initial_loss, self.loss, self.optimization))
             if self.warnings:
                 self.initial_loss = None
 
     def on_train_batch_end(self, batch, logs=None):
         if self.initial_loss is not None and int(self.model.optimizer.iterations.numpy()) >= health.CHECK_STEP:
-            self._warn(health.loss_not_moved(self.initial_loss, self._probe_loss(), self.config))
+            self._warn(health.loss_not_moved(self.initial_loss, self._probe_loss(), self.loss, self.optimization))
             self.initial_loss = None
 
 
@@ -297,7 +298,9 @@ class CallbackSettings:
     profile_steps: Sequence[int] = ()
     backup_dir: Optional[str] = None  # multi_worker: BackupAndRestore's directory
     parameter_server: bool = False
-    run_config: Any = None  # the RunConfig, for LossProgressCheck (None: no such check)
+    # The run's LossConfig and OptimizationConfig, for LossProgressCheck (None: no such check).
+    loss: Any = None
+    optimization: Any = None
     steps_per_execution: int = 1
 
 
@@ -313,7 +316,7 @@ def make_callbacks(
     The order is the contract: progress, TensorBoard and the loss-progress check see every step first; the NaN
     guard stops a non-finite step before BackupAndRestore or the checkpoint callback can save its weights;
     held-out evaluation runs last, on the weights the epoch's checkpoint holds. probe_batch: the run's first
-    batch, for the loss-progress check (settings.run_config).
+    batch, for the loss-progress check (settings.loss and settings.optimization).
     """
     ordered = []
     if settings.task_name != LOCAL_TASK:
@@ -327,8 +330,8 @@ def make_callbacks(
             ordered.append(
                 summaries.ThroughputCallback(train_writer, settings.examples_per_step, settings.log_every_steps)
             )
-    if settings.run_config is not None:
-        ordered.append(LossProgressCheck(settings.run_config, probe_batch))
+    if settings.loss is not None:
+        ordered.append(LossProgressCheck(settings.loss, settings.optimization, probe_batch))
     ordered.append(NanGuard())
     if settings.backup_dir:
         every = settings.checkpoint_every_steps

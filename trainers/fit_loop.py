@@ -94,7 +94,8 @@ def callback_settings(config, task, schedule: Schedule) -> callbacks.CallbackSet
         profile_steps=config.logging.profile_steps,
         backup_dir=task.job_dir.backup if task.strategy_name == "multi_worker" else None,
         parameter_server=task.strategy_name == "parameter_server",
-        run_config=config,
+        loss=config.loss,
+        optimization=config.optimization,
         steps_per_execution=steps_per_execution(config, task.strategy_name),
     )
 
